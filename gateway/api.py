@@ -1,0 +1,114 @@
+"""The HTTP endpoints. Each handler is thin: the work happens in ``cancel.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from structlog.typing import FilteringBoundLogger
+
+from gateway.cancel import Canceller, Reply, RequestInfo, error_body, reply_headers
+from gateway.errors import ErrorCode, GatewayError, Source, spec
+from gateway.loader import Runtime
+from gateway.models import Envelope
+from gateway.routing import Caller, Callers
+
+RUNTIME = web.AppKey("runtime", Runtime)
+LOG = web.AppKey("log", FilteringBoundLogger)
+CALLERS = web.AppKey("callers", Callers)
+CANCELLER = web.AppKey("canceller", Canceller)
+INFO = web.RequestKey("info", RequestInfo)
+CALLER = web.RequestKey("caller", Caller)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/cancellations", create_cancellation)
+    app.router.add_get("/v1/connections", list_connections)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
+async def create_cancellation(request: web.Request) -> web.Response:
+    limit = request.app[RUNTIME].config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"the request body is larger than {limit} bytes"
+        )
+    body = await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
+    reply = await request.app[CANCELLER].cancel(request[CALLER], body, request[INFO])
+    return envelope_response(reply)
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    """The connections this caller may use, with what a request may say; never secrets."""
+    caller = request[CALLER]
+    listed: list[dict[str, Any]] = []
+    for name, target in sorted(request.app[RUNTIME].targets.items()):
+        if not caller.may_use(name):
+            continue
+        definition = target.definition
+        listed.append(
+            {
+                "name": name,
+                "provider": definition.name,
+                "resources": list(definition.resources),
+                "params": {
+                    pname: {
+                        "type": pspec.type,
+                        "required": pspec.required,
+                        "per_request": pspec.per_request,
+                        "description": pspec.description,
+                    }
+                    for pname, pspec in definition.params.items()
+                },
+            }
+        )
+    return _json({"connections": listed})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return _json({"status": "ready", "config_version": runtime.version})
+
+
+def envelope_response(reply: Reply) -> web.Response:
+    return web.Response(
+        body=reply.body,
+        status=reply.http_status,
+        headers=reply.headers,
+        content_type="application/json",
+    )
+
+
+def error_response(request: web.Request, exc: GatewayError) -> web.Response:
+    """An envelope for a decision taken before any cancellation began (auth, routing, HTTP)."""
+    info = request[INFO]
+    envelope = Envelope(
+        status=spec(exc.code).status,
+        error=error_body(
+            exc.code,
+            exc.message,
+            Source.GATEWAY,
+            retry_after_s=exc.retry_after_s,
+            fields=exc.fields,
+        ),
+        request_id=info.request_id,
+        trace_id=info.trace.trace_id,
+    )
+    reply = Reply(
+        spec(exc.code).http_status,
+        envelope.model_dump_json().encode(),
+        reply_headers(info.request_id, exc.retry_after_s),
+    )
+    if exc.code is ErrorCode.UNAUTHORIZED:
+        reply.headers["WWW-Authenticate"] = 'Bearer realm="cancel-gateway"'
+    return envelope_response(reply)
+
+
+def _json(data: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

@@ -1,0 +1,117 @@
+"""The application factory. Middleware order, outermost first:
+
+request context (request id, trace, log context) → errors to envelope → authentication → handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from structlog.contextvars import bound_contextvars
+from structlog.typing import FilteringBoundLogger
+
+from gateway import api
+from gateway.api import CALLER, CALLERS, CANCELLER, INFO, LOG, RUNTIME, error_response
+from gateway.cancel import Canceller, RequestInfo
+from gateway.clock import Clock
+from gateway.errors import ErrorCode, GatewayError
+from gateway.loader import Runtime
+from gateway.logging import make_logger
+from gateway.routing import Callers
+from gateway.tracing import request_id_from, trace_from
+from gateway.upstream import AiohttpTransport, Transport, new_session
+
+_HTTP_CODES = {
+    404: ErrorCode.UNKNOWN_ENDPOINT,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
+
+
+def create_app(
+    runtime: Runtime,
+    *,
+    log: FilteringBoundLogger | None = None,
+    transport: Transport | None = None,
+    clock: Clock | None = None,
+) -> web.Application:
+    """Build the gateway. Without ``transport`` the app opens one pooled client session on
+    startup and closes it on cleanup."""
+    log = log or make_logger(runtime.secrets, level=runtime.config.logging.level)
+    app = web.Application(
+        middlewares=[request_context, errors_to_envelope, authenticate],
+        client_max_size=runtime.config.server.max_body_bytes,
+    )
+    app[RUNTIME] = runtime
+    app[LOG] = log
+    app[CALLERS] = Callers(runtime.config.callers)
+    if transport is not None:
+        app[CANCELLER] = Canceller(runtime, transport, log, clock)
+    else:
+
+        async def client_session(app: web.Application) -> AsyncIterator[None]:
+            async with new_session() as session:
+                app[CANCELLER] = Canceller(runtime, AiohttpTransport(session), log, clock)
+                yield
+
+        app.cleanup_ctx.append(client_session)
+    api.add_routes(app)
+    return app
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    info = RequestInfo(
+        request_id=request_id_from(request.headers.get("X-Request-ID")),
+        trace=trace_from(request.headers.get("traceparent")),
+        idempotency_key=request.headers.get("Idempotency-Key"),
+    )
+    request[INFO] = info
+    with bound_contextvars(request_id=info.request_id, trace_id=info.trace.trace_id):
+        response = await handler(request)
+    response.headers["X-Request-ID"] = info.request_id
+    return response
+
+
+@web.middleware
+async def errors_to_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes an envelope: the gateway's own decisions, aiohttp's HTTP errors
+    (404, 405, 413) and bugs, which are logged with the request id and never shown."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(request, exc)
+    except web.HTTPException as exc:
+        code = _HTTP_CODES.get(exc.status)
+        if code is None:
+            raise
+        message = {
+            ErrorCode.UNKNOWN_ENDPOINT: f"no endpoint {request.path}",
+            ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.path}",
+            ErrorCode.PAYLOAD_TOO_LARGE: "the request body is larger than "
+            f"{request.app[RUNTIME].config.server.max_body_bytes} bytes",
+        }[code]
+        response = error_response(request, GatewayError(code, message))
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        request.app[LOG].exception("request.crashed", method=request.method, path=request.path)
+        info = request[INFO]
+        error = GatewayError(
+            ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
+        )
+        return error_response(request, error)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every ``/v1/`` endpoint needs a caller key; unknown paths answer 404 without one."""
+    if request.path.startswith("/v1/") and request.match_info.http_exception is None:
+        request[CALLER] = request.app[CALLERS].authenticate(request.headers.get("Authorization"))
+    return await handler(request)

@@ -1,0 +1,317 @@
+"""One cancellation from start to finish: parse → route → build → send → classify → envelope.
+
+Every cancellation logs ``cancellation.received`` and ``cancellation.completed``, whatever
+happens in between (a bug included), so no record is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from structlog.typing import FilteringBoundLogger
+
+from gateway.clock import Clock, SystemClock
+from gateway.errors import ErrorCode, GatewayError, Source, Status, spec
+from gateway.loader import Runtime
+from gateway.logging import Redactor
+from gateway.models import (
+    CancelRequest,
+    Envelope,
+    ErrorBody,
+    FieldProblem,
+    UpstreamInfo,
+    new_cancellation_id,
+)
+from gateway.routing import Caller, route
+from gateway.tracing import Trace
+from gateway.translate.build import Call, Target, build_request, resolve_resource
+from gateway.translate.classify import Outcome, classify, format_time
+from gateway.translate.wire import UpstreamRequest
+from gateway.upstream import Transport, UpstreamFailure
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the HTTP layer learned about the request before the cancellation starts."""
+
+    request_id: str
+    trace: Trace
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    http_status: int
+    body: bytes  # the envelope, serialised with every secret removed
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def render_envelope(envelope: Envelope, redactor: Redactor) -> bytes:
+    """The envelope as JSON. Providers may echo what they were sent, credentials included, in
+    their messages: every string passes the same redaction as the logs."""
+    return orjson.dumps(redactor.clean(envelope.model_dump(mode="json")))
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What is known so far; each step adds to it, and the envelope is made from it."""
+
+    cancellation_id: str
+    connection: str | None = None
+    provider: str | None = None
+    resource: str | None = None
+    resource_id: str | None = None
+    upstream: UpstreamInfo | None = None
+
+
+class Canceller:
+    def __init__(
+        self,
+        runtime: Runtime,
+        transport: Transport,
+        log: FilteringBoundLogger,
+        clock: Clock | None = None,
+    ) -> None:
+        self._runtime = runtime
+        self._transport = transport
+        self._log = log
+        self._clock = clock or SystemClock()
+        self._redactor = Redactor(runtime.secrets)
+
+    async def cancel(self, caller: Caller, body: bytes, info: RequestInfo) -> Reply:
+        started = self._clock.monotonic()
+        facts = _Facts(new_cancellation_id())
+        log = self._log.bind(cancellation_id=facts.cancellation_id, caller=caller.name)
+        try:
+            outcome = await self._run(caller, body, info, facts, log)
+        except GatewayError as exc:
+            outcome = gateway_outcome(exc)
+        except Exception:
+            log.exception("cancellation.crashed")
+            outcome = gateway_outcome(
+                GatewayError(
+                    ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
+                )
+            )
+        reply = self._reply(facts, outcome, info)
+        log.info(
+            "cancellation.completed",
+            status=outcome.status.value,
+            error_code=outcome.code.value if outcome.code else None,
+            http_status=reply.http_status,
+            connection=facts.connection,
+            provider=facts.provider,
+            resource_id=facts.resource_id,
+            duration_ms=_ms(self._clock.monotonic() - started),
+        )
+        return reply
+
+    async def _run(
+        self,
+        caller: Caller,
+        body: bytes,
+        info: RequestInfo,
+        facts: _Facts,
+        log: FilteringBoundLogger,
+    ) -> Outcome:
+        try:
+            check_idempotency_key(info.idempotency_key)
+            request = parse_request(body)
+        except GatewayError:
+            log.info("cancellation.received", body_bytes=len(body))
+            raise
+        facts.connection, facts.resource_id = request.connection, request.id
+        log.info(
+            "cancellation.received",
+            connection=request.connection,
+            resource=request.resource,
+            resource_id=request.id,
+            with_idempotency_key=info.idempotency_key is not None,
+        )
+        target = route(self._runtime.targets, caller, request.connection)
+        facts.provider = target.definition.name
+        facts.resource = resolve_resource(target.definition, request.resource)
+        call = Call(
+            cancellation_id=facts.cancellation_id,
+            caller=caller.name,
+            idempotency_key=upstream_idempotency_key(caller.name, info, facts.cancellation_id),
+            request_id=info.request_id,
+            traceparent=info.trace.child_traceparent(),
+        )
+        upstream = build_request(target, facts.resource, request, call)
+        return await self._send(target, facts, upstream, log)
+
+    async def _send(
+        self,
+        target: Target,
+        facts: _Facts,
+        request: UpstreamRequest,
+        log: FilteringBoundLogger,
+    ) -> Outcome:
+        assert facts.resource is not None
+        log.info("upstream.request", method=request.method, url=request.url, attempt=1)
+        started = self._clock.monotonic()
+        try:
+            response = await self._transport(request, target.timeout_s)
+        except UpstreamFailure as failure:
+            latency = _ms(self._clock.monotonic() - started)
+            facts.upstream = UpstreamInfo(
+                method=request.method, url=request.url, attempts=1, latency_ms=latency
+            )
+            log.warning(
+                "upstream.error",
+                code=failure.code.value,
+                message=failure.message,
+                sent=failure.sent,
+                latency_ms=latency,
+                attempt=1,
+            )
+            title = target.definition.title or target.definition.name
+            return Outcome(spec(failure.code).status, failure.code, f"{title}: {failure.message}")
+        latency = _ms(self._clock.monotonic() - started)
+        facts.upstream = UpstreamInfo(
+            method=request.method,
+            url=request.url,
+            status=response.status,
+            attempts=1,
+            latency_ms=latency,
+        )
+        log.info("upstream.response", status=response.status, latency_ms=latency, attempt=1)
+        return classify(target.definition, facts.resource, response, self._clock.now())
+
+    def _reply(self, facts: _Facts, outcome: Outcome, info: RequestInfo) -> Reply:
+        succeeded = outcome.status in (Status.CANCELLED, Status.ALREADY_CANCELLED)
+        error = None
+        if outcome.code is not None:
+            error = error_body(
+                outcome.code,
+                outcome.message,
+                outcome.source,
+                provider_code=outcome.provider_code,
+                provider_status=outcome.provider_status,
+                retry_after_s=outcome.retry_after_s,
+                fields=outcome.fields,
+            )
+        envelope = Envelope(
+            cancellation_id=facts.cancellation_id,
+            status=outcome.status,
+            connection=facts.connection,
+            provider=facts.provider,
+            resource=facts.resource,
+            resource_id=facts.resource_id,
+            cancelled_at=(outcome.cancelled_at or format_time(self._clock.now()))
+            if succeeded
+            else None,
+            provider_response=outcome.provider_response if succeeded else None,
+            error=error,
+            upstream=facts.upstream,
+            request_id=info.request_id,
+            trace_id=info.trace.trace_id,
+        )
+        http_status = 200 if outcome.code is None else spec(outcome.code).http_status
+        return Reply(
+            http_status,
+            render_envelope(envelope, self._redactor),
+            reply_headers(info.request_id, outcome.retry_after_s),
+        )
+
+
+def parse_request(body: bytes) -> CancelRequest:
+    """The canonical request, strictly: JSON only (no NaN/Infinity), no unknown fields."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            f"the body is not valid JSON: {exc}",
+            fields=[("body", "not valid JSON")],
+        ) from None
+    if not isinstance(data, dict):
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            "the body must be a JSON object",
+            fields=[("body", "must be a JSON object")],
+        )
+    try:
+        return CancelRequest.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            (".".join(str(p) for p in e["loc"]) or "body", e["msg"].removeprefix("Value error, "))
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        summary = "; ".join(f"{loc}: {message}" for loc, message in problems)
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", fields=problems
+        ) from None
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    if value is not None and not _IDEMPOTENCY_KEY.fullmatch(value):
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+            fields=[("headers.Idempotency-Key", "must be 1 to 255 printable ASCII characters")],
+        )
+    return value
+
+
+def upstream_idempotency_key(caller: str, info: RequestInfo, cancellation_id: str) -> str:
+    """The key sent to providers that honour one: stable across attempts and, when the caller
+    gave a key, across the caller's retries too. Derived, so one caller's key never collides
+    with another's at the provider."""
+    if info.idempotency_key is None:
+        return cancellation_id
+    digest = hashlib.sha256(f"{caller}\n{info.idempotency_key}".encode()).hexdigest()
+    return f"cg-{digest[:40]}"
+
+
+def gateway_outcome(exc: GatewayError) -> Outcome:
+    return Outcome(
+        spec(exc.code).status,
+        exc.code,
+        exc.message,
+        retry_after_s=exc.retry_after_s,
+        source=Source.GATEWAY,
+        fields=tuple(exc.fields),
+    )
+
+
+def error_body(
+    code: ErrorCode,
+    message: str,
+    source: Source,
+    *,
+    provider_code: str | None = None,
+    provider_status: int | None = None,
+    retry_after_s: float | None = None,
+    fields: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+) -> ErrorBody:
+    return ErrorBody(
+        code=code,
+        message=message,
+        source=source,
+        provider_code=provider_code,
+        provider_status=provider_status,
+        retryable=spec(code).retryable,
+        retry_after_s=retry_after_s,
+        fields=[FieldProblem(loc=loc, message=text) for loc, text in fields],
+    )
+
+
+def reply_headers(request_id: str, retry_after_s: float | None) -> dict[str, str]:
+    headers = {"X-Request-ID": request_id}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(math.ceil(retry_after_s))
+    return headers
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)

@@ -1,0 +1,251 @@
+"""The provider-definition format: one YAML file describes one provider's cancel dialect.
+
+Validating a file compiles it: templates become ``Template`` objects and JMESPath expressions
+are parsed, so nothing is parsed per request. ``README.md`` ("Adding a provider") documents
+every key with the built-in files in ``gateway/providers/`` as examples.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from gateway.errors import ErrorCode
+from gateway.translate.templates import (
+    Body,
+    Template,
+    TemplateError,
+    compile_structure,
+    compile_template,
+    structure_templates,
+    unknown_names,
+)
+
+
+def _template(value: Any) -> Template:
+    if isinstance(value, Template):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("must be a string template")
+    try:
+        return compile_template(str(value))
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _structure(value: Any) -> Body:
+    try:
+        return compile_structure(value)
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _jmespath(value: Any) -> ParsedResult:
+    if isinstance(value, ParsedResult):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a JMESPath expression (a string)")
+    try:
+        return jmespath.compile(value)
+    except JMESPathError as exc:
+        raise ValueError(f"invalid JMESPath expression {value!r}: {exc}") from exc
+
+
+TemplateField = Annotated[Template, BeforeValidator(_template)]
+StructureField = Annotated[Any, BeforeValidator(_structure)]
+Expression = Annotated[ParsedResult, BeforeValidator(_jmespath)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+# Outcomes a provider's answer can be classified as: the provider-side codes of the contract.
+ProviderOutcome = Literal[
+    "already_cancelled",
+    "invalid_request",
+    "not_found",
+    "not_cancellable",
+    "provider_rejected",
+    "provider_auth_failed",
+    "provider_misconfigured",
+    "provider_error",
+    "provider_bad_response",
+    "provider_unavailable",
+    "provider_timeout",
+    "rate_limited",
+    "idempotency_in_progress",
+]
+
+CANONICAL_FIELDS = ("id", "reason", "requested_by", "notify", "notes")
+
+
+class CredentialSpec(_Strict):
+    required: bool = True
+    description: str = ""
+
+
+class ParamSpec(_Strict):
+    """A provider-specific value: fixed by the connection, or also given per request."""
+
+    type: Literal["string", "integer", "number", "boolean"] = "string"
+    required: bool = False
+    per_request: bool = False
+    default: str | int | float | bool | None = None
+    max_length: int | None = Field(default=None, ge=1)
+    pattern: str | None = None
+    description: str = ""
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from exc
+        return value
+
+
+class FieldRule(_Strict):
+    """Limits and defaults the provider puts on a canonical request field."""
+
+    required: bool = False
+    max_length: int | None = Field(default=None, ge=1)
+    default: Annotated[Any, BeforeValidator(_structure)] = None
+
+
+class Auth(_Strict):
+    """The credential header. A value that renders empty (no credential) sends no header."""
+
+    header: TemplateField
+    value: TemplateField
+
+
+class Success(_Strict):
+    status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
+    when: Expression | None = None  # truthy on the parsed body
+    require_json: bool = True
+
+
+class AlreadyCancelled(_Strict):
+    status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
+    when: Expression
+
+
+class Extract(_Strict):
+    cancelled_at: Expression | None = None
+    provider_response: dict[str, Expression] = Field(default_factory=dict)
+
+
+MatchValue = str | int | list[str | int]
+
+
+class RuleMatch(_Strict):
+    status: int | list[int] | None = None
+    code: MatchValue | None = None
+    type: MatchValue | None = None
+    message: MatchValue | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RuleMatch:
+        if self.status is None and self.code is None and self.type is None and self.message is None:
+            raise ValueError("a rule must match on at least one of status, code, type, message")
+        return self
+
+
+class Rule(_Strict):
+    when: RuleMatch
+    outcome: ProviderOutcome
+    note: str = ""  # where the rule comes from in the provider's documents
+
+
+class Errors(_Strict):
+    """Where a provider puts its error details, and what they mean.
+
+    ``code``, ``type`` and ``message`` are JMESPath expressions over the error body (use
+    ``a || b`` for alternatives). Rules are tried in order; strings compare case-insensitively.
+    With no rule matching, the contract's generic table by HTTP status applies.
+    """
+
+    code: Expression | None = None
+    type: Expression | None = None
+    message: Expression | None = None
+    rules: list[Rule] = Field(default_factory=list)
+
+
+class Resource(_Strict):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    path: TemplateField
+    retry_safe: bool = False  # may be repeated after it was sent (see README, "Retries")
+    headers: dict[str, TemplateField] = Field(default_factory=dict)
+    query: dict[str, TemplateField] = Field(default_factory=dict)
+    body: StructureField = None
+    fields: dict[Literal["id", "reason", "requested_by", "notify", "notes"], FieldRule] = Field(
+        default_factory=dict
+    )
+    success: Success = Field(default_factory=Success)
+    already_cancelled: AlreadyCancelled | None = None
+    extract: Extract = Field(default_factory=Extract)
+    errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
+
+
+class ProviderDefinition(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+    title: str = ""
+    base_url: TemplateField | None = None
+    credentials: dict[str, CredentialSpec] = Field(default_factory=dict)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    auth: Auth | None = None
+    errors: Errors = Field(default_factory=Errors)
+    resources: dict[str, Resource] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_are_known(self) -> ProviderDefinition:
+        problems = [f"{where}: {problem}" for where, problem in self.template_problems()]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def template_problems(self) -> list[tuple[str, str]]:
+        """(location, problem) for every template naming something the context cannot hold,
+        and every credential used outside the auth header (credentials never go in a URL,
+        a body or a log)."""
+        found: list[tuple[str, str]] = []
+
+        def check(where: str, template: Template, credentials_allowed: bool = False) -> None:
+            for name in unknown_names(template, self.params, self.credentials):
+                found.append((where, f"{{{name}}} references nothing known"))
+            if not credentials_allowed and any(
+                n.startswith("credentials.") for n in template.names
+            ):
+                found.append((where, "credentials may only be used in auth"))
+
+        if self.base_url is not None:
+            check("base_url", self.base_url)
+        if self.auth is not None:
+            check("auth.header", self.auth.header)
+            check("auth.value", self.auth.value, credentials_allowed=True)
+        for rname, res in self.resources.items():
+            check(f"resources.{rname}.path", res.path)
+            for key, tpl in res.headers.items():
+                check(f"resources.{rname}.headers.{key}", tpl)
+            for key, tpl in res.query.items():
+                check(f"resources.{rname}.query.{key}", tpl)
+            for tpl in structure_templates(res.body):
+                check(f"resources.{rname}.body", tpl)
+            for fname, rule in res.fields.items():
+                for tpl in structure_templates(rule.default):
+                    check(f"resources.{rname}.fields.{fname}.default", tpl)
+        return found
+
+    def errors_for(self, resource: str) -> Errors:
+        return self.resources[resource].errors or self.errors
+
+
+__all__ = ["CANONICAL_FIELDS", "ErrorCode", "ProviderDefinition", "Resource"]

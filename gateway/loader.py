@@ -1,0 +1,226 @@
+"""Read a configuration file and everything it names, and report every problem at once.
+
+Each problem is reported as ``file: key.path: message`` and never shows a secret's value. The
+result, ``Runtime``, is everything the server needs: resolved connections (``Target``),
+callers, the provider definitions and the set of secret values the logs must never show.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gateway.config import GatewayConfig
+from gateway.definition import ProviderDefinition
+from gateway.problems import ConfigError, Problem
+from gateway.providers import builtin_files
+from gateway.targets import check_callers, resolve_target
+from gateway.translate.build import Target
+
+# ${NAME} or ${NAME:-default}; a default may hold one level of braces (a URL template).
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
+M = TypeVar("M", bound=BaseModel)
+SECRET_PATHS = (("callers", "*", "key"), ("connections", "*", "credentials", "*"))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A loaded, checked configuration: what the app is built from."""
+
+    path: Path
+    config: GatewayConfig
+    providers: Mapping[str, ProviderDefinition]
+    targets: Mapping[str, Target]
+    secrets: frozenset[str] = field(repr=False)
+    version: str = ""
+
+    @property
+    def drain_timeout_s(self) -> float:
+        budgets = [t.timeout_s for t in self.targets.values()]
+        return max([10.0, *budgets])
+
+
+def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
+    path = Path(path)
+    problems: list[Problem] = []
+    raw = _read_yaml(path, problems)
+    if raw is None:
+        raise ConfigError(problems)
+    secrets: set[str] = set()
+    unresolved: set[tuple[str, ...]] = set()
+    raw = _substitute(raw, environ, (), str(path), problems, unresolved, secrets)
+    config = _validate(GatewayConfig, raw, str(path), problems, skip=unresolved)
+    providers = load_providers(path.parent, config.providers if config else [], problems)
+    if config is None or problems:
+        raise ConfigError(problems or [Problem(str(path), "", "invalid configuration")])
+
+    targets = {
+        name: target
+        for name, conn in config.connections.items()
+        if (target := resolve_target(name, conn, providers, str(path), problems)) is not None
+    }
+    check_callers(config, str(path), problems)
+    if problems:
+        raise ConfigError(problems)
+    for caller in config.callers:
+        if caller.key is not None:
+            secrets.add(caller.key.get_secret_value())
+    for target in targets.values():
+        secrets.update(v for v in target.credentials.values() if v)
+    return Runtime(path, config, providers, targets, frozenset(secrets), _version(path, raw))
+
+
+def load_providers(
+    base: Path, extra: Iterable[str], problems: list[Problem]
+) -> dict[str, ProviderDefinition]:
+    """The built-in definitions, then the config's own files, which may replace them by name."""
+    found: dict[str, ProviderDefinition] = {}
+    sources: list[tuple[str, str]] = [
+        (f"gateway/providers/{f.name}", f.read_text("utf-8")) for f in builtin_files()
+    ]
+    for entry in extra:
+        location = (base / entry).resolve()
+        if location.is_dir():
+            files = sorted(location.glob("*.yaml")) + sorted(location.glob("*.yml"))
+        elif location.is_file():
+            files = [location]
+        else:
+            problems.append(
+                Problem(str(base / entry), "", "provider definition file or folder not found")
+            )
+            continue
+        sources.extend((str(f), f.read_text("utf-8")) for f in files)
+    for name, text in sources:
+        raw = _parse_yaml(text, name, problems)
+        if raw is None:
+            continue
+        definition = _validate(ProviderDefinition, raw, name, problems)
+        if definition is not None:
+            found[definition.name] = definition
+    return found
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path, problems: list[Problem]) -> Any:
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        problems.append(Problem(str(path), "", f"cannot read: {exc.strerror or exc}"))
+        return None
+    return _parse_yaml(text, str(path), problems)
+
+
+def _parse_yaml(text: str, name: str, problems: list[Problem]) -> Any:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problems.append(Problem(name, where, str(getattr(exc, "problem", None) or exc)))
+        return None
+    if not isinstance(data, dict):
+        problems.append(Problem(name, "", "must be a YAML mapping"))
+        return None
+    return data
+
+
+def _substitute(
+    value: Any,
+    environ: Mapping[str, str],
+    loc: tuple[str, ...],
+    file: str,
+    problems: list[Problem],
+    unresolved: set[tuple[str, ...]],
+    secrets: set[str],
+) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string; ``$$`` is a literal ``$``."""
+    if isinstance(value, dict):
+        return {
+            k: _substitute(v, environ, (*loc, str(k)), file, problems, unresolved, secrets)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _substitute(v, environ, (*loc, str(i)), file, problems, unresolved, secrets)
+            for i, v in enumerate(value)
+        ]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append(Problem(file, ".".join(loc), f"environment variable {name} is not set"))
+        unresolved.add(loc)
+        return ""
+
+    result = _ENV_REF.sub(replace, value)
+    if _is_secret(loc):
+        secrets.add(result)
+    return result
+
+
+def _is_secret(loc: tuple[str, ...]) -> bool:
+    return any(
+        len(loc) == len(pattern)
+        and all(p in ("*", part) for p, part in zip(pattern, loc, strict=True))
+        for pattern in SECRET_PATHS
+    )
+
+
+def _validate(
+    model: type[M],
+    raw: Any,
+    file: str,
+    problems: list[Problem],
+    skip: Set[tuple[str, ...]] = frozenset(),
+) -> M | None:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            loc = tuple(str(p) for p in error["loc"])
+            if loc in skip:
+                continue  # already reported as an unset variable
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(Problem(file, ".".join(loc), message))
+        return None
+
+
+def _version(path: Path, raw: Any) -> str:
+    """A short hash of the resolved configuration, secrets included, so any change shows."""
+    return hashlib.sha256(repr(raw).encode()).hexdigest()[:12]

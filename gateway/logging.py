@@ -1,0 +1,92 @@
+"""JSON-lines logs through one structlog processor chain, built per app (no global state).
+
+Redaction is a processor, so no call site has to remember it: every configured secret value
+(provider credentials, caller keys) is replaced wherever it appears in an event, exception
+text included, and values under sensitive header-like keys are masked whatever they hold.
+Tracebacks are rendered without local variables.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+REDACTED = "[REDACTED]"
+SENSITIVE_KEYS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "access-token",
+        "cookie",
+        "set-cookie",
+        "api_key",
+        "access_token",
+        "password",
+        "secret",
+        "token",
+        "key",
+    }
+)
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class Redactor:
+    """A structlog processor that removes secret values from every event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is removed whole.
+        values = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        return self.clean(event)  # type: ignore[no-any-return]
+
+    def text(self, value: str) -> str:
+        return self._pattern.sub(REDACTED, value) if self._pattern else value
+
+    def clean(self, value: Any) -> Any:
+        """``value`` with every secret replaced, recursively; mappings and sequences are copied."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, MutableMapping):
+            return {
+                k: REDACTED if str(k).lower() in SENSITIVE_KEYS else self.clean(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.clean(v) for v in value]
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self.text(str(value))
+
+
+def _render(_: WrappedLogger, __: str, event: EventDict) -> str:
+    return orjson.dumps(event, default=str).decode()
+
+
+def make_logger(
+    secrets: Iterable[str] = (), *, level: str = "info", stream: TextIO | None = None
+) -> FilteringBoundLogger:
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        Redactor(secrets),
+        _render,
+    ]
+    # WriteLogger emits each line, newline included, in one write(): workers that share a
+    # stdout pipe (and PYTHONUNBUFFERED) never interleave halves of their lines.
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        structlog.WriteLogger(stream or sys.stdout),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+    )
+    return logger

@@ -1,0 +1,113 @@
+"""Running servers: one event loop per process, a clean stop on SIGTERM/SIGINT, N workers.
+
+On a stop signal the listening sockets close first, then in-flight requests get up to the drain
+timeout to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+Started = Callable[[Sequence[str]], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Listener:
+    app: web.Application
+    host: str
+    port: int
+    drain_timeout_s: float = 10.0
+    reuse_port: bool = False
+
+
+ListenerSpec = Listener | Callable[[Sequence[str]], Listener]
+
+
+async def serve_until_stopped(
+    listeners: Sequence[ListenerSpec],
+    on_started: Started | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve every listener until SIGTERM/SIGINT (or ``stop`` is set), then drain and return.
+
+    Listeners start in order; one given as a function is built from the URLs of those already
+    listening (the demo's gateway learns where its simulator is).
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    runners: list[web.AppRunner] = []
+    urls: list[str] = []
+    try:
+        for spec in listeners:
+            listener = spec if isinstance(spec, Listener) else spec(list(urls))
+            runner = web.AppRunner(
+                listener.app, access_log=None, shutdown_timeout=listener.drain_timeout_s
+            )
+            await runner.setup()
+            runners.append(runner)
+            site = web.TCPSite(
+                runner,
+                listener.host,
+                listener.port,
+                shutdown_timeout=listener.drain_timeout_s,
+                reuse_port=listener.reuse_port or None,
+            )
+            await site.start()
+            urls.extend(_urls(runner))
+        if on_started is not None:
+            result = on_started(urls)
+            if result is not None:
+                await result
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        # Last started, first stopped: the gateway drains before the upstreams it calls.
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def _urls(runner: web.AppRunner) -> list[str]:
+    urls = []
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        urls.append(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+    return urls
+
+
+def run_workers(count: int, target: Callable[[], int]) -> int:
+    """Run ``target`` in ``count`` processes sharing one port (SO_REUSEPORT); forward stop
+    signals to them and exit with the worst exit code."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(target,)) for _ in range(count)]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, _: object) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+    return max((p.exitcode or 0) for p in processes)
+
+
+def _worker_main(target: Callable[[], int]) -> None:
+    sys.exit(target())

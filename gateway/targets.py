@@ -1,0 +1,172 @@
+"""Resolve each configured connection against its provider definition, or say what is wrong.
+
+The result, a ``Target``, is what the translation needs: the definition, the base URL split
+for encoding, the credentials and the merged parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.config import ConnectionConfig, GatewayConfig
+from gateway.definition import ProviderDefinition
+from gateway.problems import Problem
+from gateway.translate.build import BaseUrl, Target, param_problem
+from gateway.translate.templates import (
+    HOST_LABEL,
+    Template,
+    TemplateError,
+    compile_template,
+    unknown_names,
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def resolve_target(
+    name: str,
+    conn: ConnectionConfig,
+    providers: Mapping[str, ProviderDefinition],
+    file: str,
+    problems: list[Problem],
+) -> Target | None:
+    loc = f"connections.{name}"
+    definition = providers.get(conn.provider)
+    if definition is None:
+        known = ", ".join(sorted(providers))
+        problems.append(
+            Problem(file, f"{loc}.provider", f"unknown provider {conn.provider!r} (known: {known})")
+        )
+        return None
+    before = len(problems)
+
+    credentials: dict[str, str] = {}
+    for cname, secret in conn.credentials.items():
+        value = secret.get_secret_value()
+        if cname not in definition.credentials:
+            declared = ", ".join(definition.credentials) or "none"
+            problems.append(
+                Problem(
+                    file,
+                    f"{loc}.credentials.{cname}",
+                    f"not a credential of {definition.name} (declared: {declared})",
+                )
+            )
+        elif _CONTROL.search(value):
+            problems.append(
+                Problem(file, f"{loc}.credentials.{cname}", "contains control characters")
+            )
+        credentials[cname] = value
+    for cname, cspec in definition.credentials.items():
+        if cspec.required and not credentials.get(cname):
+            problems.append(
+                Problem(file, f"{loc}.credentials.{cname}", f"required by {definition.name}")
+            )
+
+    params: dict[str, Any] = {
+        n: s.default for n, s in definition.params.items() if s.default is not None
+    }
+    for pname, given in conn.params.items():
+        if pname not in definition.params:
+            declared = ", ".join(definition.params) or "none"
+            problems.append(
+                Problem(
+                    file,
+                    f"{loc}.params.{pname}",
+                    f"not a parameter of {definition.name} (declared: {declared})",
+                )
+            )
+        params[pname] = given
+    for pname, pspec in definition.params.items():
+        if params.get(pname) is None and pspec.per_request:
+            continue  # may still come with each request
+        problem = param_problem(pspec, params.get(pname))
+        if problem:
+            problems.append(Problem(file, f"{loc}.params.{pname}", problem))
+
+    base_url = _base_url(conn.base_url, definition, params, f"{loc}.base_url", file, problems)
+    if len(problems) > before or base_url is None:
+        return None
+    return Target(name, definition, base_url, credentials, params, conn.timeout_s)
+
+
+def _base_url(
+    configured: str | None,
+    definition: ProviderDefinition,
+    params: Mapping[str, Any],
+    loc: str,
+    file: str,
+    problems: list[Problem],
+) -> BaseUrl | None:
+    source = (
+        configured
+        if configured is not None
+        else (definition.base_url.source if definition.base_url else None)
+    )
+    if source is None:
+        problems.append(
+            Problem(file, loc, f"required: {definition.name} has no public default host")
+        )
+        return None
+    try:
+        base = split_base_url(source)
+    except (TemplateError, ValueError) as exc:
+        problems.append(Problem(file, loc, str(exc)))
+        return None
+    for template in (base.authority, base.path):
+        for ref in unknown_names(template, definition.params, {}):
+            problems.append(Problem(file, loc, f"{{{ref}}} references nothing known"))
+    reported = {p.loc for p in problems}
+    for ref in base.authority.names:
+        value = params.get(ref.removeprefix("params."))
+        if f"{loc.rsplit('.', 1)[0]}.{ref}" in reported:
+            continue  # the parameter's own check has already said what is wrong
+        if ref.startswith("params.") and (value is None or not HOST_LABEL.fullmatch(str(value))):
+            problems.append(
+                Problem(
+                    file,
+                    f"{loc.rsplit('.', 1)[0]}.{ref}",
+                    "must be a host name label matching ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                )
+            )
+        elif not ref.startswith("params."):
+            problems.append(Problem(file, loc, f"{{{ref}}} cannot be placed in a host name"))
+    return base
+
+
+def split_base_url(source: str) -> BaseUrl:
+    """Split ``scheme://authority/path`` so each part gets its own encoding."""
+    scheme, sep, rest = source.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError(f"{source!r} must start with http:// or https://")
+    authority, slash, path = rest.partition("/")
+    if not authority:
+        raise ValueError(f"{source!r} has no host")
+    if "@" in authority:
+        raise ValueError("must not contain user information (credentials go in `credentials`)")
+    if any(c in rest for c in "?#"):
+        raise ValueError("must not contain a query or a fragment")
+    return BaseUrl(
+        scheme,
+        compile_template(authority),
+        compile_template(slash + path) if slash else Template("", ("",)),
+    )
+
+
+def check_callers(config: GatewayConfig, file: str, problems: list[Problem]) -> None:
+    seen_names: set[str] = set()
+    seen_keys: dict[bytes, str] = {}
+    for i, caller in enumerate(config.callers):
+        if caller.name in seen_names:
+            problems.append(
+                Problem(file, f"callers.{i}.name", f"caller {caller.name!r} is defined twice")
+            )
+        seen_names.add(caller.name)
+        digest = caller.digest()
+        if digest in seen_keys:
+            problems.append(
+                Problem(file, f"callers.{i}", f"has the same key as caller {seen_keys[digest]!r}")
+            )
+        seen_keys[digest] = caller.name

@@ -1,0 +1,279 @@
+"""Classify a provider's answer into an outcome. Pure: the caller passes the clock's reading.
+
+The order of questions: a redirect is never followed (bad response); a 2xx that passes the
+definition's ``already_cancelled`` or ``success`` test is a success; otherwise the definition's
+error rules are tried in order; otherwise the contract's generic table by HTTP status. Nothing
+here raises on a strange body: HTML, an empty body, wrong types all classify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
+
+from gateway.definition import Errors, ProviderDefinition, Rule
+from gateway.errors import ErrorCode, Source, Status, spec
+from gateway.translate.wire import UpstreamResponse
+
+MAX_PROVIDER_MESSAGE = 300
+RETRY_AFTER_CLAMP_S = (1.0, 3600.0)
+_NO_JSON = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    code: ErrorCode | None = None
+    message: str = ""
+    provider_code: str | None = None
+    provider_status: int | None = None
+    retry_after_s: float | None = None
+    cancelled_at: str | None = None  # the provider's time, RFC 3339 UTC, when it gave one
+    provider_response: dict[str, Any] = field(default_factory=dict)
+    unmapped: bool = False  # decided by the generic table: the definition may need a rule
+    source: Source = Source.PROVIDER
+    fields: tuple[tuple[str, str], ...] = ()  # validation problems, for gateway decisions
+
+    @property
+    def retryable(self) -> bool:
+        return self.code is not None and spec(self.code).retryable
+
+
+def classify(
+    definition: ProviderDefinition,
+    resource_name: str,
+    response: UpstreamResponse,
+    now: datetime,
+) -> Outcome:
+    resource = definition.resources[resource_name]
+    status = response.status
+    body = _parse(response.body)
+    title = definition.title or definition.name
+
+    if 300 <= status < 400:
+        location = response.headers.get("location", "")
+        return _failure(
+            ErrorCode.PROVIDER_BAD_RESPONSE,
+            f"{title} answered {status} (redirect to {location[:200]!r}), which is not followed",
+            status,
+        )
+
+    if 200 <= status < 300:
+        extracted = _extract(resource.extract.provider_response, body)
+        already = resource.already_cancelled
+        if (
+            already is not None
+            and status in already.status
+            and _truthy(_search(already.when, body))
+        ):
+            return Outcome(
+                Status.ALREADY_CANCELLED,
+                provider_status=status,
+                cancelled_at=_timestamp(_search(resource.extract.cancelled_at, body)),
+                provider_response=extracted,
+            )
+        success = resource.success
+        json_ok = body is not _NO_JSON or not success.require_json
+        if (
+            status in success.status
+            and json_ok
+            and (success.when is None or _truthy(_search(success.when, body)))
+        ):
+            return Outcome(
+                Status.CANCELLED,
+                provider_status=status,
+                cancelled_at=_timestamp(_search(resource.extract.cancelled_at, body)),
+                provider_response=extracted,
+            )
+
+    errors = definition.errors_for(resource_name)
+    details = _details(errors, body)
+    provider_code = details["code"] or details["message"]
+    retry_after = _retry_after(response.headers.get("retry-after"), now)
+    described = f": {details['message']}" if details["message"] else ""
+
+    rule = _first_rule(errors.rules, status, details)
+    if rule is not None:
+        if rule.outcome == "already_cancelled":
+            return Outcome(
+                Status.ALREADY_CANCELLED, provider_status=status, provider_code=provider_code
+            )
+        code = ErrorCode(rule.outcome)
+        return _failure(
+            code, f"{title} answered {status}{described}", status, provider_code, retry_after
+        )
+
+    if 200 <= status < 300:
+        shape = "a body that is not JSON" if body is _NO_JSON else "a body"
+        return _failure(
+            ErrorCode.PROVIDER_BAD_RESPONSE,
+            f"{title} answered {status} with {shape} that does not confirm the cancellation",
+            status,
+            provider_code,
+            unmapped=True,
+        )
+    code = generic_code(status)
+    return _failure(
+        code,
+        f"{title} answered {status}{described}",
+        status,
+        provider_code,
+        retry_after,
+        unmapped=True,
+    )
+
+
+def generic_code(status: int) -> ErrorCode:
+    """The contract's table for answers no rule of the definition classifies."""
+    if status in (401, 403):
+        return ErrorCode.PROVIDER_AUTH_FAILED
+    if status == 404:
+        return ErrorCode.NOT_FOUND
+    if status == 408:
+        return ErrorCode.PROVIDER_TIMEOUT
+    if status == 409:
+        return ErrorCode.NOT_CANCELLABLE
+    if status == 429:
+        return ErrorCode.RATE_LIMITED
+    if 400 <= status < 500:
+        return ErrorCode.PROVIDER_REJECTED
+    if 500 <= status < 600:
+        return ErrorCode.PROVIDER_ERROR
+    return ErrorCode.PROVIDER_BAD_RESPONSE
+
+
+def _failure(
+    code: ErrorCode,
+    message: str,
+    provider_status: int | None,
+    provider_code: str | None = None,
+    retry_after_s: float | None = None,
+    *,
+    unmapped: bool = False,
+) -> Outcome:
+    return Outcome(
+        spec(code).status,
+        code,
+        message,
+        provider_code,
+        provider_status,
+        retry_after_s,
+        unmapped=unmapped,
+    )
+
+
+def _parse(body: bytes) -> Any:
+    if not body.strip():
+        return _NO_JSON
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _NO_JSON
+
+
+def _search(expression: ParsedResult | None, body: Any) -> Any:
+    if expression is None or body is _NO_JSON:
+        return None
+    try:
+        return expression.search(body)
+    except (JMESPathError, TypeError, ValueError):
+        return None
+
+
+def _truthy(value: Any) -> bool:
+    """JMESPath truth: false, null and empty strings, lists and objects are false; 0 is true."""
+    return value is not None and value is not False and value not in ("", [], {})
+
+
+def _extract(paths: dict[str, ParsedResult], body: Any) -> dict[str, Any]:
+    found = {name: _search(expr, body) for name, expr in paths.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
+def _details(errors: Errors, body: Any) -> dict[str, str | None]:
+    return {
+        "code": _scalar(_search(errors.code, body)),
+        "type": _scalar(_search(errors.type, body)),
+        "message": _scalar(_search(errors.message, body)),
+    }
+
+
+def _scalar(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = str(value).strip()
+    return text[:MAX_PROVIDER_MESSAGE] or None
+
+
+def _first_rule(rules: list[Rule], status: int, details: dict[str, str | None]) -> Rule | None:
+    for rule in rules:
+        when = rule.when
+        if when.status is not None and status not in _as_list(when.status):
+            continue
+        if all(
+            expected is None or _equal_any(details[key], expected)
+            for key, expected in (
+                ("code", when.code),
+                ("type", when.type),
+                ("message", when.message),
+            )
+        ):
+            return rule
+    return None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _equal_any(actual: str | None, expected: Any) -> bool:
+    if actual is None:
+        return False
+    folded = actual.casefold()
+    return any(folded == str(e).strip().casefold() for e in _as_list(expected))
+
+
+def _retry_after(value: str | None, now: datetime) -> float | None:
+    """``Retry-After`` as seconds or an HTTP date, clamped; ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+        except (TypeError, ValueError, IndexError):
+            return None
+    if seconds != seconds:  # NaN
+        return None
+    low, high = RETRY_AFTER_CLAMP_S
+    return round(min(max(seconds, low), high), 3)
+
+
+def _timestamp(value: Any) -> str | None:
+    """The provider's time as RFC 3339 UTC, or ``None`` when it gave none that can be read."""
+    try:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int | float):
+            moment = datetime.fromtimestamp(value, UTC)
+        elif isinstance(value, str):
+            moment = datetime.fromisoformat(value.strip())
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+        else:
+            return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return format_time(moment)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="auto").replace("+00:00", "Z")

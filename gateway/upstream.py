@@ -1,0 +1,118 @@
+"""The only network I/O of the gateway: send one ``UpstreamRequest``, get one response.
+
+The seam is one call, ``await transport(request, timeout_s) -> UpstreamResponse``, so tests and
+the resilience layer wrap it like a function. Every aiohttp exception is mapped once, in
+``_FAILURES``, to a contract code and to whether the request may have reached the provider
+(which decides whether repeating it is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import aiohttp
+from yarl import URL
+
+from gateway import __version__
+from gateway.errors import ErrorCode
+from gateway.translate.wire import UpstreamRequest, UpstreamResponse
+
+MAX_BODY_BYTES = 1024 * 1024
+CONNECT_TIMEOUT_S = 3.0
+USER_AGENT = f"cancel-gateway/{__version__}"
+
+
+class Transport(Protocol):
+    async def __call__(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse: ...
+
+
+class UpstreamFailure(Exception):
+    """No usable answer. ``sent`` is False only when the request certainly never left."""
+
+    def __init__(self, code: ErrorCode, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.sent = sent
+
+
+_T, _E, _B = ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_ERROR, ErrorCode.PROVIDER_BAD_RESPONSE
+
+# Most specific first: (exception, code, may have been sent, what happened).
+_FAILURES: tuple[tuple[type[BaseException], ErrorCode, bool, str], ...] = (
+    (aiohttp.ConnectionTimeoutError, _T, False, "connecting timed out"),
+    (aiohttp.SocketTimeoutError, _T, True, "no answer in time"),
+    (aiohttp.ClientConnectorDNSError, _E, False, "the host name does not resolve"),
+    (aiohttp.ClientConnectorCertificateError, _E, False, "the TLS certificate was refused"),
+    (aiohttp.ClientConnectorError, _E, False, "the connection was refused"),
+    (aiohttp.ServerDisconnectedError, _E, True, "the provider closed the connection"),
+    (aiohttp.ClientPayloadError, _E, True, "the answer was cut off"),
+    (aiohttp.ClientResponseError, _B, True, "the answer is not valid HTTP"),
+    (aiohttp.ClientOSError, _E, True, "the connection was reset"),
+    (aiohttp.ClientError, _E, True, "the request failed"),
+    (asyncio.TimeoutError, _T, True, "no answer within the budget"),
+)
+
+
+def map_failure(exc: BaseException) -> UpstreamFailure:
+    for kind, code, sent, what in _FAILURES:
+        if isinstance(exc, kind):
+            detail = str(exc).strip()
+            return UpstreamFailure(code, f"{what}: {detail}" if detail else what, sent)
+    raise exc
+
+
+def new_session(limit: int = 1024) -> aiohttp.ClientSession:
+    """One pooled session per app: no cookies, no proxies from the environment."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=60),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        trust_env=False,
+    )
+
+
+class AiohttpTransport:
+    def __init__(self, session: aiohttp.ClientSession, max_body_bytes: int = MAX_BODY_BYTES):
+        self._session = session
+        self._max_body = max_body_bytes
+
+    async def __call__(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse:
+        timeout = aiohttp.ClientTimeout(
+            total=timeout_s, sock_connect=min(CONNECT_TIMEOUT_S, timeout_s)
+        )
+        try:
+            async with self._session.request(
+                request.method,
+                URL(request.url, encoded=True),  # already encoded: no re-quoting, no dot segments
+                headers=list(request.headers),
+                data=request.body,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as response:
+                body = await self._read(response)
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                return UpstreamResponse(response.status, headers, body)
+        except UpstreamFailure:
+            raise
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise map_failure(exc) from None
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """At most ``max_body`` bytes after decompression: a larger answer is refused."""
+        too_large = UpstreamFailure(
+            ErrorCode.PROVIDER_BAD_RESPONSE,
+            f"the answer is larger than {self._max_body} bytes",
+            sent=True,
+        )
+        if response.content_length is not None and response.content_length > self._max_body:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self._max_body:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)

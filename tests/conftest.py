@@ -1,0 +1,221 @@
+"""Shared fixtures: real loopback servers for the gateway and for the upstreams it calls."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from gateway.loader import load
+from gateway.logging import make_logger
+from gateway.upstream import Transport
+
+# Fake values only: tests look for them in logs and answers to prove they never leak.
+CALLER_KEY = "test-caller-key-0123456789"
+CANARIES = {
+    "STATESET_API_KEY": "sk_test_CANARY_stateset_7f3a",
+    "SHIPPER_API_KEY": "CANARY-shipper-9d21",
+    "SHOPLAZZA_ACCESS_TOKEN": "CANARY-shoplazza-4b88",
+    "RXUNIVERSE_API_KEY": "CANARY-rxuniverse-c0de",
+}
+
+BASE_CONFIG = """
+callers:
+  - name: oms
+    key: ${OMS_API_KEY}
+    connections: ["*"]
+  - name: limited
+    key: limited-caller-key-0123456789
+    connections: ["shipper-*"]
+connections:
+  stateset-main:
+    provider: stateset
+    base_url: ${UPSTREAM}/stateset
+    credentials:
+      api_key: ${STATESET_API_KEY}
+    timeout_s: 2
+  shipper-main:
+    provider: shipper
+    base_url: ${UPSTREAM}/shipper
+    credentials:
+      api_key: ${SHIPPER_API_KEY}
+    params: {warehouse_id: WH-TGR04}
+    timeout_s: 2
+  shoplazza-main:
+    provider: shoplazza
+    base_url: ${UPSTREAM}/shoplazza/{params.shop_domain}
+    credentials:
+      access_token: ${SHOPLAZZA_ACCESS_TOKEN}
+    params: {shop_domain: demo-shop}
+    timeout_s: 2
+  rxuniverse-lab:
+    provider: rxuniverse
+    base_url: ${UPSTREAM}/rxuniverse
+    credentials:
+      api_key: ${RXUNIVERSE_API_KEY}
+    timeout_s: 2
+"""
+
+
+@dataclass
+class Received:
+    method: str
+    raw_path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    delay_s: float = 0.0
+
+
+class Upstream:
+    """A real HTTP server on loopback that records each request and answers as told."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self._answers: list[Answer] = []
+        self.default = Answer()
+        self.url = ""
+
+    def answer(
+        self,
+        status: int = 200,
+        json: Any = None,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        """Queue one answer; when the queue is empty, ``default`` answers."""
+        payload = orjson.dumps(json) if body is None else body
+        answer = Answer(status, payload, headers or {"Content-Type": "application/json"}, delay_s)
+        self._answers.append(answer)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(
+            Received(request.method, request.raw_path, dict(request.headers), await request.read())
+        )
+        answer = self._answers.pop(0) if self._answers else self.default
+        if answer.delay_s:
+            await asyncio.sleep(answer.delay_s)
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
+    fake = Upstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    server = await aiohttp_server(app)
+    fake.url = str(server.make_url("")).rstrip("/")
+    return fake
+
+
+@dataclass
+class Result:
+    status: int
+    body: dict[str, Any]
+    headers: Any
+    raw: bytes
+
+
+class Gateway:
+    """The real gateway app served on a loopback port, with its log lines captured."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, stream: io.StringIO) -> None:
+        self.url = url
+        self.session = session
+        self._stream = stream
+
+    @property
+    def log_text(self) -> str:
+        return self._stream.getvalue()
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.log_text.splitlines() if line.strip()]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs if line["event"] == name]
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        key: str | None = CALLER_KEY,
+        headers: dict[str, str] | None = None,
+    ) -> Result:
+        sent = dict(headers or {})
+        if key is not None:
+            sent["Authorization"] = f"Bearer {key}"
+        if json is not None:
+            data = orjson.dumps(json)
+            sent.setdefault("Content-Type", "application/json")
+        async with self.session.request(method, self.url + path, data=data, headers=sent) as resp:
+            raw = await resp.read()
+            return Result(resp.status, orjson.loads(raw), resp.headers, raw)
+
+    async def cancel(self, body: Any, **kwargs: Any) -> Result:
+        return await self.request("POST", "/v1/cancellations", json=body, **kwargs)
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    tmp_path: Path,
+) -> AsyncIterator[GatewayFactory]:
+    """Build a gateway from YAML text (``${UPSTREAM}`` and the canaries are set) on a real port."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def factory(
+        config: str = BASE_CONFIG,
+        *,
+        upstream_url: str = "http://127.0.0.1:9",
+        env: dict[str, str] | None = None,
+        transport: Transport | None = None,
+    ) -> Gateway:
+        path = tmp_path / "gateway.yaml"
+        path.write_text(textwrap.dedent(config))
+        environ = {"OMS_API_KEY": CALLER_KEY, "UPSTREAM": upstream_url, **CANARIES, **(env or {})}
+        runtime = load(path, environ)
+        stream = io.StringIO()
+        log = make_logger(runtime.secrets, stream=stream, level="debug")
+        server = await aiohttp_server(create_app(runtime, log=log, transport=transport))
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        return Gateway(str(server.make_url("")).rstrip("/"), session, stream)
+
+    yield factory
+    for session in sessions:
+        await session.close()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory, upstream: Upstream) -> Gateway:
+    """The standard gateway: one connection per built-in provider, all pointing at ``upstream``."""
+    return await make_gateway(upstream_url=upstream.url)

@@ -1,0 +1,122 @@
+"""`cancel-gateway serve` as a real process with the example config: one cancellation per
+provider, JSON logs on stdout, a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import CALLER_KEY, CANARIES, Upstream
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "config" / "gateway.yaml"
+
+
+async def _start(
+    env: dict[str, str], *extra: str, port: int = 0, workers: int = 1
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start `cancel-gateway serve` and wait until each worker has logged gateway.started."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(EXAMPLE),
+        "--port", str(port), *extra,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    started: list[str] = []
+    async with asyncio.timeout(20):
+        while len(started) < workers:
+            line = await process.stdout.readline()
+            assert line, (await process.stderr.read()).decode() if process.stderr else "no output"
+            event = orjson.loads(line)
+            if event["event"] == "gateway.started":
+                started.append(event["urls"][0])
+    return process, started[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(upstream: Upstream) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMS_API_KEY": CALLER_KEY,
+        "STATESET_BASE_URL": f"{upstream.url}/stateset",
+        "STATESET_API_KEY": CANARIES["STATESET_API_KEY"],
+        "SHIPPER_BASE_URL": f"{upstream.url}/shipper",
+        "SHIPPER_API_KEY": CANARIES["SHIPPER_API_KEY"],
+        "SHOPLAZZA_BASE_URL": f"{upstream.url}/shoplazza/{{params.shop_domain}}",
+        "SHOPLAZZA_ACCESS_TOKEN": CANARIES["SHOPLAZZA_ACCESS_TOKEN"],
+        "SHOPLAZZA_SHOP_DOMAIN": "demo-shop",
+        "RXUNIVERSE_BASE_URL": f"{upstream.url}/rxuniverse",
+    }
+
+
+async def test_example_config_serves_every_provider(upstream: Upstream):
+    """With its variables set, the example config cancels on all four providers."""
+    env = _env(upstream)
+    upstream.answer(200, {"status": "cancelled", "cancelled_at": "2024-01-16T10:30:00Z"})
+    upstream.answer(200, {"metadata": {"http_status_code": 200}})
+    upstream.answer(200, {"procurement": {"state": 4, "updated_at": "2024-05-21T09:59:29Z"}})
+    upstream.answer(200, {"orderNumber": "72544"})
+    process, url = await _start(env)
+    try:
+        async with aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {CALLER_KEY}"}
+        ) as session:
+            for request in [
+                {"connection": "stateset-main", "id": "asn_1", "reason": "r"},
+                {"connection": "shipper-main", "id": "SO-1", "reason": "r"},
+                {"connection": "shoplazza-main", "id": "382451985837728044"},
+                {"connection": "rxuniverse-lab", "id": "72544"},
+            ]:
+                async with session.post(f"{url}/v1/cancellations", json=request) as resp:
+                    body = await resp.json()
+                    assert resp.status == 200, body
+                    assert body["status"] == "cancelled"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert [r.raw_path for r in upstream.received] == [
+        "/stateset/v1/asns/asn_1/cancel",
+        "/shipper/v3/fulfillment/outbound/oms/cancel",
+        "/shoplazza/demo-shop/openapi/2022-01/procurements/382451985837728044/cancel",
+        "/rxuniverse/api/v2/orders/72544",
+    ]
+    lines = [orjson.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert lines[-1]["event"] == "gateway.stopped"
+    assert sum(1 for line in lines if line["event"] == "cancellation.completed") == 4
+    for secret in [*CANARIES.values(), CALLER_KEY]:
+        assert secret.encode() not in stdout
+
+
+async def test_two_workers_share_a_port_and_stop_cleanly(upstream: Upstream):
+    """--workers 2: both processes serve one port; SIGTERM to the parent stops both, exit 0."""
+    port = _free_port()
+    process, url = await _start(_env(upstream), "--workers", "2", port=port, workers=2)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(6):
+                async with session.get(f"{url}/healthz") as resp:
+                    assert resp.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    events = [orjson.loads(line)["event"] for line in stdout.splitlines() if line.strip()]
+    assert events.count("gateway.stopped") == 2
