@@ -1,0 +1,273 @@
+"""make_logger: JSON lines with timestamp, level and event; secrets redacted wherever they are."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from structlog.contextvars import bound_contextvars
+from structlog.typing import FilteringBoundLogger
+
+from gateway.logging import REDACTED, Redactor, make_logger
+
+# Fake values only.
+SECRET = "CANARY-SECRET-1234567890"
+OTHER_SECRET = "sk_test_CANARY_other_7f3a"
+RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+
+class Captured:
+    """A logger writing to memory, and its lines parsed back."""
+
+    def __init__(self, secrets: Iterable[str] = (), level: str = "info") -> None:
+        self.stream = io.StringIO()
+        self.log: FilteringBoundLogger = make_logger(secrets, level=level, stream=self.stream)
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.text.splitlines()]
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.lines[-1]
+
+
+@pytest.fixture
+def logs() -> Captured:
+    return Captured([SECRET, OTHER_SECRET], level="debug")
+
+
+# --- shape -----------------------------------------------------------------------------------
+
+
+def test_every_line_is_one_json_object(logs: Captured):
+    logs.log.info("first.event", n=1)
+    logs.log.warning("second.event", text="two\nlines")
+    raw = logs.text.splitlines()
+    assert len(raw) == 2
+    assert all(isinstance(orjson.loads(line), dict) for line in raw)
+
+
+def test_line_has_timestamp_level_and_event(logs: Captured):
+    logs.log.info("cancellation.received", body_bytes=12)
+    line = logs.last
+    assert line["event"] == "cancellation.received"
+    assert line["level"] == "info"
+    assert line["body_bytes"] == 12
+
+
+def test_timestamp_is_rfc3339_utc_ending_in_z(logs: Captured):
+    before = datetime.now(UTC)
+    logs.log.info("tick")
+    stamp = logs.last["timestamp"]
+    assert RFC3339_UTC.fullmatch(stamp), stamp
+    parsed = datetime.fromisoformat(stamp)
+    assert parsed.utcoffset() is not None
+    assert abs((parsed - before).total_seconds()) < 60
+
+
+def test_bound_context_appears_in_each_line_and_goes_away(logs: Captured):
+    with bound_contextvars(request_id="req-1", trace_id="4bf92f3577b34da6a3ce929d0e0e4736"):
+        logs.log.info("inside")
+    logs.log.info("outside")
+    inside, outside = logs.lines
+    assert inside["request_id"] == "req-1"
+    assert inside["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert "request_id" not in outside
+    assert "trace_id" not in outside
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"),
+    [
+        ("debug", ["debug", "info", "warning", "error"]),
+        ("info", ["info", "warning", "error"]),
+        ("warning", ["warning", "error"]),
+        ("error", ["error"]),
+    ],
+)
+def test_level_filters_lower_levels(level: str, shown: list[str]):
+    logs = Captured(level=level)
+    logs.log.debug("d")
+    logs.log.info("i")
+    logs.log.warning("w")
+    logs.log.error("e")
+    assert [line["level"] for line in logs.lines] == shown
+
+
+def test_default_stream_is_stdout(capsys: pytest.CaptureFixture[str]):
+    make_logger().info("to.stdout")
+    out, err = capsys.readouterr()
+    assert orjson.loads(out)["event"] == "to.stdout"
+    assert err == ""
+
+
+def test_unserialisable_values_are_written_as_text(logs: Captured):
+    logs.log.info("odd", value={1}, when=datetime(2024, 1, 16, tzinfo=UTC))
+    assert logs.last["value"] == "{1}"
+    assert logs.last["when"].startswith("2024-01-16")
+
+
+# --- redaction of configured secrets ----------------------------------------------------------
+
+
+def test_secret_as_a_plain_value_is_redacted(logs: Captured):
+    logs.log.info("upstream.request", value=SECRET)
+    assert logs.last["value"] == REDACTED
+    assert SECRET not in logs.text
+
+
+def test_secret_inside_a_longer_string_is_redacted(logs: Captured):
+    logs.log.info("upstream.request", url=f"https://127.0.0.1/x?token={SECRET}&a=1")
+    assert logs.last["url"] == f"https://127.0.0.1/x?token={REDACTED}&a=1"
+
+
+def test_secret_in_the_event_name_is_redacted(logs: Captured):
+    logs.log.info(f"oops {SECRET}")
+    assert logs.last["event"] == f"oops {REDACTED}"
+
+
+def test_secret_in_nested_dicts_and_lists_is_redacted(logs: Captured):
+    logs.log.info(
+        "nested",
+        data={"outer": {"inner": [1, f"x{SECRET}x", {"deep": (OTHER_SECRET,)}]}},
+    )
+    assert logs.last["data"] == {"outer": {"inner": [1, f"x{REDACTED}x", {"deep": [REDACTED]}]}}
+    assert SECRET not in logs.text
+    assert OTHER_SECRET not in logs.text
+
+
+def test_secret_in_a_non_string_value_is_redacted(logs: Captured):
+    class Holder:
+        def __str__(self) -> str:
+            return f"Holder({SECRET})"
+
+    logs.log.info("object", value=Holder(), raw=SECRET.encode())
+    assert SECRET not in logs.text
+    assert logs.last["value"] == f"Holder({REDACTED})"
+
+
+def test_secret_in_bound_context_is_redacted(logs: Captured):
+    logs.log.bind(caller_hint=SECRET).info("bound")
+    with bound_contextvars(request_id=f"r-{SECRET}"):
+        logs.log.info("contextvar")
+    assert SECRET not in logs.text
+
+
+def test_secret_in_exception_text_is_redacted(logs: Captured):
+    try:
+        raise RuntimeError(f"provider said: bad key {SECRET}")
+    except RuntimeError:
+        logs.log.exception("upstream.error")
+    line = logs.last
+    assert line["level"] == "error"
+    assert "RuntimeError: provider said: bad key [REDACTED]" in line["exception"]
+    assert SECRET not in logs.text
+
+
+def test_secret_in_a_chained_exception_is_redacted(logs: Captured):
+    try:
+        try:
+            raise ValueError(f"inner {OTHER_SECRET}")
+        except ValueError as inner:
+            raise RuntimeError("outer") from inner
+    except RuntimeError:
+        logs.log.exception("chained")
+    assert "ValueError: inner [REDACTED]" in logs.last["exception"]
+    assert OTHER_SECRET not in logs.text
+
+
+def test_traceback_shows_no_local_variable_values(logs: Captured):
+    """Locals may hold request bodies or keys that are not configured secrets: never rendered."""
+
+    def fail() -> None:
+        hidden = "LOCAL-" + "CANARY-" + "0451"
+        assert hidden
+        raise KeyError("missing")
+
+    try:
+        fail()
+    except KeyError:
+        logs.log.exception("internal_error")
+    text = logs.last["exception"]
+    assert "Traceback" in text
+    assert "KeyError" in text
+    assert "LOCAL-CANARY-0451" not in logs.text
+
+
+def test_a_secret_containing_another_is_removed_whole():
+    short, longer = "CANARY-abcdef123", "CANARY-abcdef123-and-more"
+    logs = Captured([short, longer])
+    logs.log.info("x", value=f"<{longer}> <{short}>")
+    assert logs.last["value"] == f"<{REDACTED}> <{REDACTED}>"
+
+
+def test_secret_with_regex_characters_is_redacted_literally():
+    secret = "CANARY.+*?[](){}|^$\\key"
+    logs = Captured([secret])
+    logs.log.info("x", value=f"a{secret}b", other="CANARYX")
+    assert logs.last["value"] == f"a{REDACTED}b"
+    assert logs.last["other"] == "CANARYX"
+
+
+def test_empty_secret_redacts_nothing():
+    """An empty credential (an optional one left out) must not turn every value into [REDACTED]."""
+    logs = Captured(["", SECRET])
+    logs.log.info("x", value="plain text")
+    assert logs.last["value"] == "plain text"
+
+
+def test_non_secret_values_pass_unchanged(logs: Captured):
+    logs.log.info("x", status=200, latency_ms=41.7, ok=True, none=None, name="stateset-main")
+    line = logs.last
+    assert (line["status"], line["latency_ms"], line["ok"], line["none"], line["name"]) == (
+        200,
+        41.7,
+        True,
+        None,
+        "stateset-main",
+    )
+
+
+# --- masking by key --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["Authorization", "authorization", "AUTHORIZATION", "x-api-key", "X-API-Key", "Access-Token"],
+)
+def test_sensitive_header_values_are_masked_whatever_they_hold(key: str):
+    """Not a configured secret, yet masked: these headers carry credentials by definition."""
+    logs = Captured()
+    logs.log.info("upstream.request", headers={key: "Bearer unconfigured-value", "Accept": "*/*"})
+    assert logs.last["headers"] == {key: REDACTED, "Accept": "*/*"}
+    assert "unconfigured-value" not in logs.text
+
+
+def test_sensitive_key_is_masked_at_the_top_level():
+    logs = Captured()
+    logs.log.info("x", authorization="Bearer unconfigured-value")
+    assert logs.last["authorization"] == REDACTED
+
+
+def test_sensitive_key_holding_a_structure_is_masked_whole():
+    logs = Captured()
+    logs.log.info("x", headers={"Authorization": ["Bearer a", "Bearer b"]})
+    assert logs.last["headers"] == {"Authorization": REDACTED}
+
+
+def test_redactor_copies_instead_of_changing_the_event():
+    """Redaction works on copies: the caller's own objects keep their values."""
+    headers = {"Authorization": "Bearer x", "body": [SECRET]}
+    cleaned = Redactor([SECRET]).clean({"headers": headers})
+    assert cleaned == {"headers": {"Authorization": REDACTED, "body": [REDACTED]}}
+    assert headers == {"Authorization": "Bearer x", "body": [SECRET]}
