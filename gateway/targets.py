@@ -138,14 +138,15 @@ def _base_url(
 
 def split_base_url(source: str) -> BaseUrl:
     """Split ``scheme://authority/path`` so each part gets its own encoding."""
+    # Never echo the URL: its user information may hold a password.
     scheme, sep, rest = source.partition("://")
-    if not sep or scheme not in ("http", "https"):
-        raise ValueError(f"{source!r} must start with http:// or https://")
     authority, slash, path = rest.partition("/")
-    if not authority:
-        raise ValueError(f"{source!r} has no host")
-    if "@" in authority:
+    if "@" in authority or (not sep and "@" in source):
         raise ValueError("must not contain user information (credentials go in `credentials`)")
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not authority:
+        raise ValueError("has no host")
     if any(c in rest for c in "?#"):
         raise ValueError("must not contain a query or a fragment")
     return BaseUrl(
