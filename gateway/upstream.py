@@ -43,6 +43,7 @@ _T, _E, _B = ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_ERROR, ErrorCode.PRO
 _FAILURES: tuple[tuple[type[BaseException], ErrorCode, bool, str], ...] = (
     (aiohttp.ConnectionTimeoutError, _T, False, "connecting timed out"),
     (aiohttp.SocketTimeoutError, _T, True, "no answer in time"),
+    (aiohttp.ServerTimeoutError, _T, True, "no answer in time"),
     (aiohttp.ClientConnectorDNSError, _E, False, "the host name does not resolve"),
     (aiohttp.ClientConnectorCertificateError, _E, False, "the TLS certificate was refused"),
     (aiohttp.ClientConnectorError, _E, False, "the connection was refused"),
