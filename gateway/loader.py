@@ -7,6 +7,7 @@ callers, the provider definitions and the set of secret values the logs must nev
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Set
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gateway.config import GatewayConfig
+from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
 from gateway.problems import ConfigError, Problem
 from gateway.providers import builtin_files
@@ -48,6 +49,12 @@ class Runtime:
 
 
 def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
+    """The checked configuration at ``path``, or ``ConfigError`` with every problem found.
+
+    A problem in one phase does not hide the next: with an unset variable or a schema error,
+    the config's provider files are still read and every connection that parses is still
+    resolved against them, so one run of ``check-config`` shows everything to fix.
+    """
     path = Path(path)
     problems: list[Problem] = []
     raw = _read_yaml(path, problems)
@@ -57,24 +64,67 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
     unresolved: set[tuple[str, ...]] = set()
     raw = _substitute(raw, environ, (), str(path), problems, unresolved, secrets)
     config = _validate(GatewayConfig, raw, str(path), problems, skip=unresolved)
-    providers = load_providers(path.parent, config.providers if config else [], problems)
+    files, sources = _provider_files(path.parent, raw, config, problems)
+    providers = load_providers(path.parent, files, problems)
+
+    found: list[Problem] = []
+    connections = config.connections if config else _parsable_connections(raw)
+    targets = {
+        name: target
+        for name, conn in connections.items()
+        if (target := resolve_target(name, conn, providers, str(path), found)) is not None
+    }
+    if config is not None:
+        check_callers(config, str(path), found)
+    # A value that came from an unset variable is already reported; what it caused is noise.
+    problems.extend(p for p in found if not _within(p.loc, unresolved))
     if config is None or problems:
         raise ConfigError(problems or [Problem(str(path), "", "invalid configuration")])
 
-    targets = {
-        name: target
-        for name, conn in config.connections.items()
-        if (target := resolve_target(name, conn, providers, str(path), problems)) is not None
-    }
-    check_callers(config, str(path), problems)
-    if problems:
-        raise ConfigError(problems)
     for caller in config.callers:
         if caller.key is not None:
             secrets.add(caller.key.get_secret_value())
     for target in targets.values():
         secrets.update(v for v in target.credentials.values() if v)
-    return Runtime(path, config, providers, targets, frozenset(secrets), _version(path, raw))
+    version = _version(raw, sources)
+    return Runtime(path, config, providers, targets, frozenset(secrets), version)
+
+
+def _provider_files(
+    base: Path, raw: Mapping[str, Any], config: GatewayConfig | None, problems: list[Problem]
+) -> tuple[list[str], list[bytes]]:
+    """The config's ``providers`` entries (taken from the raw mapping when the schema failed)
+    and the bytes of every file they name, for the version hash."""
+    if config is not None:
+        entries = list(config.providers)
+    else:
+        listed = raw.get("providers")
+        entries = [e for e in listed if isinstance(e, str)] if isinstance(listed, list) else []
+    contents: list[bytes] = []
+    for entry in entries:
+        for file in _definition_files(base / entry) or []:
+            with contextlib.suppress(OSError):  # load_providers reports it
+                contents.append(file.read_bytes())
+    return entries, contents
+
+
+def _parsable_connections(raw: Mapping[str, Any]) -> dict[str, ConnectionConfig]:
+    """The connections that validate on their own, when the whole config did not: their
+    schema problems are already reported, the rest can still be cross-checked."""
+    entries = raw.get("connections")
+    if not isinstance(entries, dict):
+        return {}
+    parsed: dict[str, ConnectionConfig] = {}
+    for name, entry in entries.items():
+        connection = _validate(ConnectionConfig, entry, "", [])
+        if connection is not None:
+            parsed[str(name)] = connection
+    return parsed
+
+
+def _within(loc: str, prefixes: Set[tuple[str, ...]]) -> bool:
+    parts = tuple(loc.split(".")) if loc else ()
+    return any(parts[: len(p)] == p for p in prefixes)
 
 
 def load_providers(
@@ -86,17 +136,17 @@ def load_providers(
         (f"gateway/providers/{f.name}", f.read_text("utf-8")) for f in builtin_files()
     ]
     for entry in extra:
-        location = (base / entry).resolve()
-        if location.is_dir():
-            files = sorted(location.glob("*.yaml")) + sorted(location.glob("*.yml"))
-        elif location.is_file():
-            files = [location]
-        else:
+        files = _definition_files(base / entry)
+        if files is None:
             problems.append(
                 Problem(str(base / entry), "", "provider definition file or folder not found")
             )
             continue
-        sources.extend((str(f), f.read_text("utf-8")) for f in files)
+        for file in files:
+            try:
+                sources.append((str(file), file.read_text("utf-8")))
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(Problem(str(file), "", f"cannot read: {_reason(exc)}"))
     for name, text in sources:
         raw = _parse_yaml(text, name, problems)
         if raw is None:
@@ -105,6 +155,17 @@ def load_providers(
         if definition is not None:
             found[definition.name] = definition
     return found
+
+
+def _definition_files(location: Path) -> list[Path] | None:
+    """The definition files an entry of ``providers`` names: the file, or a folder's YAML
+    files in name order; None when there is nothing there."""
+    location = location.resolve()
+    if location.is_dir():
+        return sorted(location.glob("*.yaml")) + sorted(location.glob("*.yml"))
+    if location.is_file():
+        return [location]
+    return None
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -133,8 +194,8 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def _read_yaml(path: Path, problems: list[Problem]) -> Any:
     try:
         text = path.read_text("utf-8")
-    except OSError as exc:
-        problems.append(Problem(str(path), "", f"cannot read: {exc.strerror or exc}"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(str(path), "", f"cannot read: {_reason(exc)}"))
         return None
     return _parse_yaml(text, str(path), problems)
 
@@ -180,10 +241,11 @@ def _substitute(
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
+        value = environ.get(name)
+        if default is not None and not value:
+            return default  # as in the shell: unset or empty takes the default
+        if value is not None:
+            return value
         problems.append(Problem(file, ".".join(loc), f"environment variable {name} is not set"))
         unresolved.add(loc)
         return ""
@@ -221,6 +283,16 @@ def _validate(
         return None
 
 
-def _version(path: Path, raw: Any) -> str:
-    """A short hash of the resolved configuration, secrets included, so any change shows."""
-    return hashlib.sha256(repr(raw).encode()).hexdigest()[:12]
+def _reason(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return exc.strerror or str(exc)
+
+
+def _version(raw: Any, provider_files: Iterable[bytes]) -> str:
+    """A short hash of the resolved configuration (secrets included, so any change shows)
+    and of the provider files it names."""
+    digest = hashlib.sha256(repr(raw).encode())
+    for content in provider_files:
+        digest.update(b"\0" + hashlib.sha256(content).digest())
+    return digest.hexdigest()[:12]

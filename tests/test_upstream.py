@@ -508,11 +508,6 @@ def test_dns_failure_is_not_sent_although_it_is_a_connector_error():
     assert failure.message.startswith("the host name does not resolve")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent bug: a plain aiohttp.ServerTimeoutError (a TimeoutError) matches the "
-    "ClientError row before the asyncio.TimeoutError row and becomes provider_error",
-)
 def test_any_aiohttp_timeout_is_a_timeout():
     failure = map_failure(aiohttp.ServerTimeoutError("timeout"))
     assert failure.code is ErrorCode.PROVIDER_TIMEOUT
