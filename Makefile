@@ -18,8 +18,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# `make demo PORT=9090` when 8080 is taken.
 demo: $(VENV)/.installed
-	$(BIN)/cancel-gateway demo
+	$(BIN)/cancel-gateway demo $(if $(PORT),--port $(PORT))
 
 check: $(VENV)/.installed-dev
 	$(BIN)/ruff check gateway tests

@@ -1,4 +1,4 @@
-"""``cancel-gateway``: serve, check-config. The only place that reads the
+"""``cancel-gateway``: serve, check-config, simulate, demo. The only place that reads the
 environment."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -15,9 +16,18 @@ from gateway.app import create_app
 from gateway.loader import Runtime, load
 from gateway.logging import make_logger
 from gateway.problems import ConfigError
-from gateway.serve import Listener, run_workers, serve_until_stopped
+from gateway.serve import CannotListen, Listener, run_workers, serve_until_stopped
+from gateway.simulate import SIMULATED, create_simulator_app
 
 DEFAULT_CONFIG = "config/gateway.yaml"
+DEMO_CONFIG = "config/demo.yaml"
+DEMO_CALLER_KEY = "demo-caller-key-0123456789"  # printed by the demo: not a secret
+DEMO_REQUESTS = [
+    {"connection": "stateset-demo", "id": "asn_demo_1", "reason": "Supplier delay"},
+    {"connection": "shipper-demo", "id": "SO-DEMO-1", "reason": "Cancelled from marketplace"},
+    {"connection": "shoplazza-demo", "id": "382451985837728044"},
+    {"connection": "rxuniverse-demo", "id": "72544", "reason": "customer request"},
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="load and validate the configuration")
     check.add_argument("--config", help=f"default: $GATEWAY_CONFIG, else {DEFAULT_CONFIG}")
     check.set_defaults(run=cmd_check_config)
+
+    simulate = commands.add_parser("simulate", help="serve emulations of the built-in providers")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8081)
+    simulate.set_defaults(run=cmd_simulate)
+
+    demo = commands.add_parser("demo", help="the gateway in front of the simulators, on loopback")
+    demo.add_argument("--port", type=int, default=8080, help="the gateway's port")
+    demo.add_argument("--config", help=f"default: {DEMO_CONFIG}")
+    demo.set_defaults(run=cmd_demo)
 
     args = parser.parse_args(argv)
     code: int = args.run(args)
@@ -110,9 +130,94 @@ def serve_gateway(path: Path, host: str | None, port: int | None, *, reuse_port:
             pid=os.getpid(),
         )
 
-    asyncio.run(serve_until_stopped([listener], started))
+    try:
+        asyncio.run(serve_until_stopped([listener], started))
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
     log.info("gateway.stopped", pid=os.getpid())
     return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    log = make_logger()
+
+    def started(urls: Sequence[str]) -> None:
+        log.info("simulator.started", urls=list(urls), providers=list(SIMULATED))
+
+    listener = Listener(create_simulator_app(), args.host, args.port, drain_timeout_s=1.0)
+    try:
+        asyncio.run(serve_until_stopped([listener], started))
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    log.info("simulator.stopped")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The simulators on a free port, the gateway in front of them on ``--port``; the logs go
+    to stderr so the printed instructions stay readable on stdout."""
+    path = Path(args.config) if args.config else _shipped(DEMO_CONFIG)
+    environ = {"DEMO_CALLER_KEY": DEMO_CALLER_KEY, **os.environ}
+    errors: list[str] = []
+
+    def gateway(urls: Sequence[str]) -> Listener:
+        try:
+            runtime = load(path, {**environ, "SIMULATOR_URL": urls[0]})
+        except ConfigError as exc:
+            errors.extend(map(str, exc.problems))
+            raise
+        log = make_logger(runtime.secrets, level=runtime.config.logging.level, stream=sys.stderr)
+        return Listener(create_app(runtime, log=log), "127.0.0.1", args.port, 5.0)
+
+    def started(urls: Sequence[str]) -> None:
+        print(demo_banner(urls[-1], urls[0], environ["DEMO_CALLER_KEY"]), flush=True)
+
+    simulator = Listener(create_simulator_app(), "127.0.0.1", 0, drain_timeout_s=1.0)
+    try:
+        asyncio.run(serve_until_stopped([simulator, gateway], started))
+    except ConfigError:
+        print("\n".join(errors), file=sys.stderr)
+        return 1
+    except CannotListen as exc:
+        print(f"{exc} (choose another with --port)", file=sys.stderr)
+        return 1
+    print("demo stopped", flush=True)
+    return 0
+
+
+def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
+    lines = [
+        "cancel-gateway demo",
+        f"  gateway     {gateway_url}",
+        f"  simulators  {simulator_url}",
+        f"  caller key  {key}",
+        "",
+        "Paste one of these; each answers a `cancelled` envelope (`already_cancelled` the",
+        "second time, except Shipper, which documents no such answer):",
+    ]
+    for request in DEMO_REQUESTS:
+        body = json.dumps(request, separators=(",", ":"))
+        lines.append(
+            f"curl -s -X POST {gateway_url}/v1/cancellations "
+            f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{body}'"
+        )
+    lines += [
+        "",
+        "Ids choose simulator scenarios (notfound-1, slow-3000, flaky503x2-1, ...): see README.",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def _shipped(relative: str) -> Path:
+    """A file of the repository's config/ folder, found from the working directory or from
+    the checkout the package runs from."""
+    here = Path(relative)
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parent.parent / relative
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ class Listener:
     reuse_port: bool = False
 
 
+class CannotListen(Exception):
+    """A listener could not bind (port in use, address not local, permission)."""
+
+
 ListenerSpec = Listener | Callable[[Sequence[str]], Listener]
 
 
@@ -64,7 +68,13 @@ async def serve_until_stopped(
                 shutdown_timeout=listener.drain_timeout_s,
                 reuse_port=listener.reuse_port or None,
             )
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                where = f"{listener.host}:{listener.port}"
+                # asyncio's own text repeats the address: the errno's name says it all.
+                reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise CannotListen(f"cannot listen on {where}: {reason}") from None
             urls.extend(_urls(runner))
         if on_started is not None:
             result = on_started(urls)

@@ -1,0 +1,177 @@
+"""`cancel-gateway demo` and `cancel-gateway simulate` as real processes, used the way the README
+tells a newcomer to: read the printed lines, paste them, stop with Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+BANNER_END = "Ctrl-C stops everything."
+
+
+def _command() -> list[str]:
+    """The console script `make demo` runs, from the interpreter's own environment."""
+    script = Path(sys.executable).with_name("cancel-gateway")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Curl:
+    """One printed `curl` line, read the way a shell would."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+    @classmethod
+    def parse(cls, line: str) -> Curl:
+        words = shlex.split(line)
+        assert words[0] == "curl", line
+        method, url, headers, body = "GET", "", {}, b""
+        rest = iter(words[1:])
+        for word in rest:
+            if word == "-X":
+                method = next(rest)
+            elif word == "-H":
+                name, _, value = next(rest).partition(": ")
+                headers[name] = value
+            elif word == "-d":
+                body = next(rest).encode()
+            elif word.startswith("http"):
+                url = word
+        return cls(method, url, headers, body)
+
+
+async def _start(*args: str, until: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """Start the command and collect its stdout lines up to and including ``until``."""
+    process = await asyncio.create_subprocess_exec(
+        *_command(), *args, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(20):
+        while not lines or until not in lines[-1]:
+            line = await process.stdout.readline()
+            if not line:
+                _, stderr = await process.communicate()
+                raise AssertionError(f"exited early:\n{''.join(lines)}\n{stderr.decode()}")
+            lines.append(line.decode().rstrip("\n"))
+    return process, lines
+
+
+async def _stop(process: asyncio.subprocess.Process, sig: int) -> tuple[str, str]:
+    process.send_signal(sig)
+    async with asyncio.timeout(20):
+        stdout, stderr = await process.communicate()
+    return stdout.decode(), stderr.decode()
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
+    port = _free_port()
+    process, banner = await _start("demo", "--port", str(port), until=BANNER_END)
+    try:
+        gateway_url = f"http://127.0.0.1:{port}"
+        assert f"  gateway     {gateway_url}" in banner
+        key = next(line.split()[-1] for line in banner if line.startswith("  caller key"))
+        curls = [Curl.parse(line) for line in banner if line.startswith("curl ")]
+        assert len(curls) == 4
+
+        envelopes: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as session:
+            for curl in curls:
+                assert curl.url == f"{gateway_url}/v1/cancellations"
+                assert curl.headers["Authorization"] == f"Bearer {key}"
+                async with session.request(
+                    curl.method, curl.url, headers=curl.headers, data=curl.body
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                    envelopes.append(await resp.json())
+            # Pasted a second time, a line shows the provider's "already" answer.
+            first = curls[0]
+            async with session.request(
+                first.method, first.url, headers=first.headers, data=first.body
+            ) as resp:
+                again = await resp.json()
+    finally:
+        stdout, stderr = await _stop(process, signal.SIGINT)
+
+    assert process.returncode == 0, stderr
+    assert [e["provider"] for e in envelopes] == ["stateset", "shipper", "shoplazza", "rxuniverse"]
+    assert {e["status"] for e in envelopes} == {"cancelled"}
+    for envelope in envelopes:
+        assert envelope["upstream"]["url"].startswith("http://127.0.0.1:")
+        assert envelope["upstream"]["attempts"] == 1
+        assert envelope["cancelled_at"]
+    assert (again["status"], again["provider"]) == ("already_cancelled", "stateset")
+
+    assert stdout.strip().splitlines()[-1] == "demo stopped"
+    # The logs went to stderr, one JSON object per line, so stdout stays readable.
+    completed = [e for e in _json_lines(stderr) if e["event"] == "cancellation.completed"]
+    assert [e["status"] for e in completed] == ["cancelled"] * 4 + ["already_cancelled"]
+    assert len({e["request_id"] for e in completed}) == 5
+
+
+async def test_demo_on_a_taken_port_says_so_and_exits_1() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            *_command(), "demo", "--port", str(port), cwd=REPO,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            _, stderr = await process.communicate()
+    assert process.returncode == 1
+    message = stderr.decode().strip()
+    assert message == (
+        f"cannot listen on 127.0.0.1:{port}: address already in use (choose another with --port)"
+    )
+
+
+async def test_simulate_serves_the_providers_until_sigterm() -> None:
+    port = _free_port()
+    process, lines = await _start(
+        "simulate", "--port", str(port), until='"event":"simulator.started"'
+    )
+    try:
+        started = orjson.loads(lines[-1])
+        assert started["urls"] == [f"http://127.0.0.1:{port}"]
+        assert started["providers"] == ["stateset", "shipper", "shoplazza", "rxuniverse"]
+        url = f"http://127.0.0.1:{port}/rxuniverse/api/v2/orders/72544"
+        async with aiohttp.ClientSession(headers={"x-api-key": "sim-rxuniverse-key"}) as session:
+            async with session.delete(url) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["orderNumber"] == "72544"
+            async with session.delete(url) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"] == "Order already completed"
+    finally:
+        stdout, stderr = await _stop(process, signal.SIGTERM)
+    assert process.returncode == 0, stderr
+    assert _json_lines(stdout)[-1]["event"] == "simulator.stopped"
