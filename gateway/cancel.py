@@ -6,9 +6,11 @@ happens in between (a bug included), so no record is lost.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from gateway.models import (
     UpstreamInfo,
     new_cancellation_id,
 )
+from gateway.resilience import GuardRegistry, Guards, Policy, backoff_s, full_jitter, retry_reason
 from gateway.routing import Caller, route
 from gateway.tracing import Trace
 from gateway.translate.build import Call, Target, build_request, resolve_resource
@@ -72,6 +75,37 @@ class _Facts:
     upstream: UpstreamInfo | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """How one attempt ended: an outcome from the provider, or a local refusal (nothing sent)."""
+
+    outcome: Outcome
+    status: int | None = None  # the provider's HTTP status, None without an answer
+    sent: bool = False  # may the request have reached the provider?
+    answered: bool = False  # an answer came that could not be read (too large, not HTTP)
+    failed: bool = False  # counts against the breaker: no answer, or a 5xx
+    refused: Outcome | None = None
+
+    @classmethod
+    def refusal(cls, code: ErrorCode, message: str, retry_after_s: float | None = None) -> _Tried:
+        refused = Outcome(
+            spec(code).status, code, message, retry_after_s=retry_after_s, source=Source.GATEWAY
+        )
+        return cls(refused, refused=refused)
+
+
+async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
+    """A slot within ``wait_s`` seconds (none at all when ``wait_s`` is not positive)."""
+    if slots.locked() and wait_s <= 0:
+        return False
+    try:
+        async with asyncio.timeout(max(wait_s, 0)):
+            await slots.acquire()
+    except TimeoutError:
+        return False
+    return True
+
+
 class Canceller:
     def __init__(
         self,
@@ -79,12 +113,17 @@ class Canceller:
         transport: Transport,
         log: FilteringBoundLogger,
         clock: Clock | None = None,
+        *,
+        guards: GuardRegistry | None = None,
+        rand: Callable[[], float] = full_jitter,
     ) -> None:
         self._runtime = runtime
         self._transport = transport
         self._log = log
         self._clock = clock or SystemClock()
         self._redactor = Redactor(runtime.secrets)
+        self._guards = guards or GuardRegistry(self._clock.monotonic)
+        self._rand = rand
 
     async def cancel(self, caller: Caller, body: bytes, info: RequestInfo) -> Reply:
         started = self._clock.monotonic()
@@ -156,36 +195,168 @@ class Canceller:
         request: UpstreamRequest,
         log: FilteringBoundLogger,
     ) -> Outcome:
+        """Attempts within the connection's budget, as the retry rules allow (README,
+        "Resilience"). Nothing is sent while the breaker is open or the limits are full."""
         assert facts.resource is not None
-        log.info("upstream.request", method=request.method, url=request.url, attempt=1)
-        started = self._clock.monotonic()
-        try:
-            response = await self._transport(request, target.timeout_s)
-        except UpstreamFailure as failure:
-            latency = _ms(self._clock.monotonic() - started)
-            facts.upstream = UpstreamInfo(
-                method=request.method, url=request.url, attempts=1, latency_ms=latency
+        policy = self._runtime.policies[target.name]
+        guards = self._guards.get(target.name, policy)
+        retry_safe = target.definition.resources[facts.resource].retry_safe
+        first = self._clock.monotonic()
+        deadline = first + policy.timeout_s
+        guards.budget.record_request()
+        outcome: Outcome | None = None
+        attempts = 0
+        while True:
+            tried = await self._attempt(
+                target, facts.resource, guards, policy, request, deadline, attempts + 1, log
             )
+            if tried.refused is not None:
+                # A retry refused by the breaker or the limits keeps the provider's last answer.
+                outcome = outcome or tried.refused
+                break
+            attempts += 1
+            outcome = tried.outcome
+            facts.upstream = UpstreamInfo(
+                method=request.method,
+                url=request.url,
+                status=tried.status,
+                attempts=attempts,
+                latency_ms=_ms(self._clock.monotonic() - first),
+            )
+            delay = self._retry_delay(tried, attempts, policy, retry_safe, deadline, guards, log)
+            if delay is None:
+                break
+            await self._clock.sleep(delay)
+        return outcome
+
+    async def _attempt(
+        self,
+        target: Target,
+        resource: str,
+        guards: Guards,
+        policy: Policy,
+        request: UpstreamRequest,
+        deadline: float,
+        attempt: int,
+        log: FilteringBoundLogger,
+    ) -> _Tried:
+        """One attempt through the breaker, the rate limit and the bulkhead, in that order."""
+        title = target.definition.title or target.definition.name
+        if not guards.breaker.admit():
+            guards.count_rejection("breaker_open")
+            wait = guards.breaker.retry_in_s()
+            log.warning("upstream.refused", reason="breaker_open", attempt=attempt)
+            return _Tried.refusal(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"{title} is failing: the circuit is open, nothing was sent",
+                retry_after_s=max(1.0, wait),
+            )
+        try:
+            limit = deadline - self._clock.monotonic()
+            if policy.limits.max_wait_s is not None:
+                limit = min(limit, policy.limits.max_wait_s)
+            if guards.bucket is not None:
+                granted, wait = guards.bucket.reserve(limit)
+                if not granted:
+                    guards.breaker.abandon()
+                    guards.count_rejection("rate_limit")
+                    log.warning("upstream.refused", reason="rate_limit", attempt=attempt)
+                    return _Tried.refusal(
+                        ErrorCode.RATE_LIMITED,
+                        f"the rate limit of {title} is reached, nothing was sent",
+                        retry_after_s=max(1.0, wait),
+                    )
+                if wait > 0:
+                    await self._clock.sleep(wait)
+                    limit -= wait
+            if not await _acquire(guards.bulkhead, limit):
+                guards.breaker.abandon()
+                guards.count_rejection("concurrency")
+                log.warning("upstream.refused", reason="concurrency", attempt=attempt)
+                return _Tried.refusal(
+                    ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"{policy.limits.concurrency} cancellations are already in flight "
+                    f"to {title}, nothing was sent",
+                )
+            try:
+                tried = await self._exchange(
+                    target, resource, policy, request, deadline, attempt, log
+                )
+            finally:
+                guards.bulkhead.release()
+        except BaseException:
+            guards.breaker.abandon()
+            raise
+        guards.breaker.record(failed=tried.failed)
+        return tried
+
+    async def _exchange(
+        self,
+        target: Target,
+        resource: str,
+        policy: Policy,
+        request: UpstreamRequest,
+        deadline: float,
+        attempt: int,
+        log: FilteringBoundLogger,
+    ) -> _Tried:
+        """Send once and classify the answer."""
+        started = self._clock.monotonic()
+        timeout = deadline - started
+        if policy.attempt_timeout_s is not None:
+            timeout = min(timeout, policy.attempt_timeout_s)
+        log.info("upstream.request", method=request.method, url=request.url, attempt=attempt)
+        try:
+            response = await self._transport(request, timeout, policy.connect_timeout_s)
+        except UpstreamFailure as failure:
             log.warning(
                 "upstream.error",
                 code=failure.code.value,
                 message=failure.message,
                 sent=failure.sent,
-                latency_ms=latency,
-                attempt=1,
+                latency_ms=_ms(self._clock.monotonic() - started),
+                attempt=attempt,
             )
             title = target.definition.title or target.definition.name
-            return Outcome(spec(failure.code).status, failure.code, f"{title}: {failure.message}")
+            outcome = Outcome(
+                spec(failure.code).status, failure.code, f"{title}: {failure.message}"
+            )
+            answered = failure.code is ErrorCode.PROVIDER_BAD_RESPONSE
+            return _Tried(outcome, sent=failure.sent, answered=answered, failed=True)
         latency = _ms(self._clock.monotonic() - started)
-        facts.upstream = UpstreamInfo(
-            method=request.method,
-            url=request.url,
-            status=response.status,
-            attempts=1,
-            latency_ms=latency,
-        )
-        log.info("upstream.response", status=response.status, latency_ms=latency, attempt=1)
-        return classify(target.definition, facts.resource, response, self._clock.now())
+        log.info("upstream.response", status=response.status, latency_ms=latency, attempt=attempt)
+        outcome = classify(target.definition, resource, response, self._clock.now())
+        return _Tried(outcome, status=response.status, sent=True, failed=response.status >= 500)
+
+    def _retry_delay(
+        self,
+        tried: _Tried,
+        attempts: int,
+        policy: Policy,
+        retry_safe: bool,
+        deadline: float,
+        guards: Guards,
+        log: FilteringBoundLogger,
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None when this outcome is final."""
+        if attempts >= policy.retry.max_attempts:
+            return None
+        if tried.status == 429:
+            reason: str | None = "rate limited"
+            given = tried.outcome.retry_after_s
+            delay = given if given is not None else backoff_s(attempts, policy.retry, self._rand)
+        else:
+            reason = retry_reason(
+                status=tried.status, sent=tried.sent, retry_safe=retry_safe, answered=tried.answered
+            )
+            delay = backoff_s(attempts, policy.retry, self._rand)
+        if reason is None or delay >= deadline - self._clock.monotonic():
+            return None
+        if not guards.budget.try_retry():
+            log.warning("upstream.retry_budget_exhausted", attempt=attempts)
+            return None
+        log.info("upstream.retry", attempt=attempts, reason=reason, delay_ms=_ms(delay))
+        return delay
 
     def _reply(self, facts: _Facts, outcome: Outcome, info: RequestInfo) -> Reply:
         succeeded = outcome.status in (Status.CANCELLED, Status.ALREADY_CANCELLED)

@@ -66,6 +66,38 @@ class CallerConfig(_Strict):
 ParamValue = str | StrictBool | StrictInt | StrictFloat
 
 
+class RetrySettings(_Strict):
+    """How a cancellation is repeated after a transient failure (README, "Resilience")."""
+
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    backoff_base_s: float = Field(default=0.1, ge=0, le=60)
+    backoff_max_s: float = Field(default=2.0, ge=0, le=300)
+    budget_ratio: float = Field(default=0.2, ge=0, le=1)
+    budget_min_retries: int = Field(default=3, ge=0, le=100000)
+    budget_window_s: float = Field(default=10.0, gt=0, le=3600)
+
+
+class BreakerSettings(_Strict):
+    failures: int = Field(default=5, ge=1, le=10000)  # consecutive failed attempts to open
+    open_s: float = Field(default=5.0, gt=0, le=3600)  # first wait before one probe
+    max_open_s: float = Field(default=60.0, gt=0, le=86400)  # the wait doubles up to this
+
+    @model_validator(mode="after")
+    def _max_covers_first(self) -> BreakerSettings:
+        if self.max_open_s < self.open_s:
+            raise ValueError("max_open_s must be at least open_s")
+        return self
+
+
+class LimitSettings(_Strict):
+    concurrency: int = Field(default=1024, ge=1, le=100000)  # attempts in flight at once
+    # Attempts per second (token bucket); unset takes the provider's default, 0 is no limit.
+    rate_per_s: float | None = Field(default=None, ge=0, le=100000)
+    burst: int | None = Field(default=None, ge=1, le=100000)  # default: rate_per_s, at least 1
+    # Longest wait for a slot or a token; unset: as long as the budget allows, 0: not at all.
+    max_wait_s: float | None = Field(default=None, ge=0, le=300)
+
+
 class ConnectionConfig(_Strict):
     """One account at one provider: the routing key of a cancellation."""
 
@@ -73,7 +105,12 @@ class ConnectionConfig(_Strict):
     base_url: str | None = None
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
     params: dict[str, ParamValue] = Field(default_factory=dict)
-    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)  # every attempt and backoff included
+    connect_timeout_s: float = Field(default=3.0, gt=0, le=300)
+    attempt_timeout_s: float | None = Field(default=None, gt=0, le=300)  # unset: what is left
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
 
 class GatewayConfig(_Strict):

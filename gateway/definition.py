@@ -182,7 +182,7 @@ class Errors(_Strict):
 class Resource(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: TemplateField
-    retry_safe: bool = False  # may be repeated after it was sent (see README, "Retries")
+    retry_safe: bool = False  # may be repeated after it was sent (README, "Resilience")
     headers: dict[str, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)
     body: StructureField = None
@@ -195,9 +195,18 @@ class Resource(_Strict):
     errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
 
 
+class RateLimit(_Strict):
+    """The provider's documented request rate, the default of every connection to it."""
+
+    per_s: float = Field(gt=0, le=100000)
+    burst: int | None = Field(default=None, ge=1, le=100000)
+    note: str = ""
+
+
 class ProviderDefinition(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
     title: str = ""
+    rate_limit: RateLimit | None = None  # per connection; a connection's limits override it
     base_url: TemplateField | None = None
     credentials: dict[str, CredentialSpec] = Field(default_factory=dict)
     params: dict[str, ParamSpec] = Field(default_factory=dict)

@@ -22,6 +22,7 @@ from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
 from gateway.problems import ConfigError, Problem
 from gateway.providers import builtin_files
+from gateway.resilience import Policy
 from gateway.targets import check_callers, resolve_target
 from gateway.translate.build import Target
 
@@ -41,6 +42,7 @@ class Runtime:
     targets: Mapping[str, Target]
     secrets: frozenset[str] = field(repr=False)
     version: str = ""
+    policies: Mapping[str, Policy] = field(default_factory=dict)  # by connection name
 
     @property
     def drain_timeout_s(self) -> float:
@@ -87,7 +89,11 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
     for target in targets.values():
         secrets.update(v for v in target.credentials.values() if v)
     version = _version(raw, sources)
-    return Runtime(path, config, providers, targets, frozenset(secrets), version)
+    policies = {
+        name: Policy.of(config.connections[name], target.definition)
+        for name, target in targets.items()
+    }
+    return Runtime(path, config, providers, targets, frozenset(secrets), version, policies)
 
 
 def _provider_files(

@@ -24,7 +24,9 @@ USER_AGENT = f"cancel-gateway/{__version__}"
 
 
 class Transport(Protocol):
-    async def __call__(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse: ...
+    async def __call__(
+        self, request: UpstreamRequest, timeout_s: float, connect_timeout_s: float = ...
+    ) -> UpstreamResponse: ...
 
 
 class UpstreamFailure(Exception):
@@ -65,13 +67,19 @@ def map_failure(exc: BaseException) -> UpstreamFailure:
 
 
 def new_session(limit: int = 1024) -> aiohttp.ClientSession:
-    """One pooled session per app: no cookies, no proxies from the environment."""
-    return aiohttp.ClientSession(
+    """One pooled session per app: no cookies, no proxies from the environment, and no
+    silent second send."""
+    session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=60),
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         trust_env=False,
     )
+    # aiohttp re-sends a GET/PUT/DELETE once by itself when a pooled connection is reset.
+    # Every send must be a counted attempt under the retry rules, so that is turned off; the
+    # attribute has no public setter (aiohttp 3.10+).
+    session._retry_connection = False
+    return session
 
 
 class AiohttpTransport:
@@ -79,9 +87,14 @@ class AiohttpTransport:
         self._session = session
         self._max_body = max_body_bytes
 
-    async def __call__(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse:
+    async def __call__(
+        self,
+        request: UpstreamRequest,
+        timeout_s: float,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> UpstreamResponse:
         timeout = aiohttp.ClientTimeout(
-            total=timeout_s, sock_connect=min(CONNECT_TIMEOUT_S, timeout_s)
+            total=timeout_s, sock_connect=min(connect_timeout_s, timeout_s)
         )
         try:
             async with self._session.request(

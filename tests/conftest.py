@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
+from gateway.clock import Clock
 from gateway.loader import load
 from gateway.logging import make_logger
 from gateway.upstream import Transport
@@ -110,6 +111,18 @@ class Upstream:
         answer = Answer(status, payload, headers or {"Content-Type": "application/json"}, delay_s)
         self._answers.append(answer)
 
+    def always(
+        self,
+        status: int = 200,
+        json: Any = None,
+        *,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer this way every time the queue is empty (retries included)."""
+        payload = orjson.dumps(json) if body is None else body
+        self.default = Answer(status, payload, headers or {"Content-Type": "application/json"})
+
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(
             Received(request.method, request.raw_path, dict(request.headers), await request.read())
@@ -198,6 +211,7 @@ async def make_gateway(
         upstream_url: str = "http://127.0.0.1:9",
         env: dict[str, str] | None = None,
         transport: Transport | None = None,
+        clock: Clock | None = None,
     ) -> Gateway:
         path = tmp_path / "gateway.yaml"
         path.write_text(textwrap.dedent(config))
@@ -205,7 +219,9 @@ async def make_gateway(
         runtime = load(path, environ)
         stream = io.StringIO()
         log = make_logger(runtime.secrets, stream=stream, level="debug")
-        server = await aiohttp_server(create_app(runtime, log=log, transport=transport))
+        server = await aiohttp_server(
+            create_app(runtime, log=log, transport=transport, clock=clock)
+        )
         session = aiohttp.ClientSession()
         sessions.append(session)
         return Gateway(str(server.make_url("")).rstrip("/"), session, stream)

@@ -266,9 +266,9 @@ async def test_provider_errors_become_contract_codes(
 ):
     """Every documented provider error maps to the contract's code, with the provider's own code."""
     if upstream_body is None:
-        upstream.answer(upstream_status, body=b"", headers={})
+        upstream.always(upstream_status, body=b"", headers={})
     else:
-        upstream.answer(upstream_status, upstream_body)
+        upstream.always(upstream_status, upstream_body)
     result = await gateway.cancel(
         {"connection": connection, "id": "obj-1", "reason": "r", "params": {}}
     )
@@ -285,6 +285,10 @@ async def test_provider_errors_become_contract_codes(
     })  # fmt: skip
     assert result.body["cancelled_at"] is None
     assert result.body["upstream"]["status"] == upstream_status
+    # Transient answers are repeated (every built-in operation is safe to repeat), others not.
+    attempts = 3 if upstream_status in {408, 429, 502, 503, 504} else 1
+    assert result.body["upstream"]["attempts"] == attempts
+    assert len(upstream.received) == attempts
 
 
 async def test_rxuniverse_already_marked_is_already_cancelled(gateway: Gateway, upstream: Upstream):

@@ -272,8 +272,11 @@ async def test_refused_connection_is_provider_error(make_gateway: GatewayFactory
     assert result.body["error"]["code"] == "provider_error"
     assert result.body["error"]["source"] == "provider"
     assert result.body["error"]["retryable"] is True
-    [error] = gateway.events("upstream.error")
-    assert error["sent"] is False
+    # Never sent, so repeated up to the attempt limit whatever the operation.
+    errors = gateway.events("upstream.error")
+    assert [e["sent"] for e in errors] == [False, False, False]
+    assert [e["attempt"] for e in errors] == [1, 2, 3]
+    assert result.body["upstream"]["attempts"] == 3
 
 
 async def test_redirect_is_not_followed(gateway: Gateway, upstream: Upstream):
@@ -291,6 +294,7 @@ async def test_oversized_upstream_body_is_bad_response(gateway: Gateway, upstrea
     result = await gateway.cancel({"connection": "rxuniverse-lab", "id": "1"})
     assert result.status == 502
     assert result.body["error"]["code"] == "provider_bad_response"
+    assert len(upstream.received) == 1  # an answer, if too large: not repeated
 
 
 @pytest.mark.parametrize(
@@ -315,7 +319,9 @@ async def test_unexpected_answers_classify(
 
 
 class _ExplodingTransport:
-    async def __call__(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse:
+    async def __call__(
+        self, request: UpstreamRequest, timeout_s: float, connect_timeout_s: float = 3.0
+    ) -> UpstreamResponse:
         raise RuntimeError("boom: a bug with a local secret")
 
 
