@@ -2,49 +2,82 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import Canceller, Reply, RequestInfo, error_body, reply_headers
+from gateway.cancel import Reply, RequestInfo, error_body, reply_headers
+from gateway.config import ServerConfig
 from gateway.errors import ErrorCode, GatewayError, Source, spec
-from gateway.loader import Runtime
+from gateway.live import Live, LiveConfig
 from gateway.models import Envelope
-from gateway.routing import Caller, Callers
+from gateway.problems import ConfigError
+from gateway.routing import Caller
 
-RUNTIME = web.AppKey("runtime", Runtime)
 LOG = web.AppKey("log", FilteringBoundLogger)
-CALLERS = web.AppKey("callers", Callers)
-CANCELLER = web.AppKey("canceller", Canceller)
+CONFIG = web.AppKey("config", LiveConfig)
+SERVER = web.AppKey("server", ServerConfig)  # as started: these settings need a restart
 INFO = web.RequestKey("info", RequestInfo)
+CURRENT = web.RequestKey("current", Live)  # the configuration this request runs on
 CALLER = web.RequestKey("caller", Caller)
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/cancellations", create_cancellation)
     app.router.add_get("/v1/connections", list_connections)
+    app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 
 
 async def create_cancellation(request: web.Request) -> web.Response:
-    limit = request.app[RUNTIME].config.server.max_body_bytes
+    server = request.app[SERVER]
+    limit = server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise GatewayError(
             ErrorCode.PAYLOAD_TOO_LARGE, f"the request body is larger than {limit} bytes"
         )
-    body = await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
-    reply = await request.app[CANCELLER].cancel(request[CALLER], body, request[INFO])
+    try:
+        async with asyncio.timeout(server.body_timeout_s):
+            body = await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
+    except TimeoutError:
+        request.app[LOG].warning("request.body_timeout", timeout_s=server.body_timeout_s)
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            f"the request body did not arrive within {server.body_timeout_s:g} s",
+            fields=[("body", "did not arrive in time")],
+        ) from None
+    reply = await request[CURRENT].canceller.cancel(request[CALLER], body, request[INFO])
     return envelope_response(reply)
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    """Load the configuration file again (this process only: SIGHUP reaches every worker)."""
+    caller = request[CALLER]
+    if not caller.admin:
+        raise GatewayError(ErrorCode.FORBIDDEN, f"caller {caller.name!r} may not reload")
+    previous = request[CURRENT].version
+    try:
+        live = await request.app[CONFIG].reload()
+    except ConfigError as exc:
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            f"the configuration was refused, version {previous} keeps serving",
+            fields=[(f"{p.file}: {p.loc}" if p.loc else p.file, p.message) for p in exc.problems],
+        ) from None
+    return _json(
+        {"status": "reloaded", "config_version": live.version, "previous_version": previous}
+    )
 
 
 async def list_connections(request: web.Request) -> web.Response:
     """The connections this caller may use, with what a request may say; never secrets."""
     caller = request[CALLER]
     listed: list[dict[str, Any]] = []
-    for name, target in sorted(request.app[RUNTIME].targets.items()):
+    for name, target in sorted(request[CURRENT].runtime.targets.items()):
         if not caller.may_use(name):
             continue
         definition = target.definition
@@ -72,8 +105,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    return _json({"status": "ready", "config_version": runtime.version})
+    return _json({"status": "ready", "config_version": request[CURRENT].version})
 
 
 def envelope_response(reply: Reply) -> web.Response:

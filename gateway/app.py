@@ -6,7 +6,7 @@ request context (request id, trace, log context) → errors to envelope → auth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -14,13 +14,13 @@ from structlog.contextvars import bound_contextvars
 from structlog.typing import FilteringBoundLogger
 
 from gateway import api
-from gateway.api import CALLER, CALLERS, CANCELLER, INFO, LOG, RUNTIME, error_response
-from gateway.cancel import Canceller, RequestInfo
+from gateway.api import CALLER, CONFIG, CURRENT, INFO, LOG, SERVER, error_response
+from gateway.cancel import RequestInfo
 from gateway.clock import Clock
 from gateway.errors import ErrorCode, GatewayError
+from gateway.live import LiveConfig
 from gateway.loader import Runtime
-from gateway.logging import make_logger
-from gateway.routing import Callers
+from gateway.logging import Redactor, make_logger
 from gateway.tracing import request_id_from, trace_from
 from gateway.upstream import AiohttpTransport, Transport, new_session
 
@@ -35,26 +35,33 @@ def create_app(
     runtime: Runtime,
     *,
     log: FilteringBoundLogger | None = None,
+    redactor: Redactor | None = None,
     transport: Transport | None = None,
     clock: Clock | None = None,
+    loader: Callable[[], Runtime] | None = None,
 ) -> web.Application:
     """Build the gateway. Without ``transport`` the app opens one pooled client session on
-    startup and closes it on cleanup."""
-    log = log or make_logger(runtime.secrets, level=runtime.config.logging.level)
+    startup and closes it on cleanup. ``loader`` loads the configuration again for a reload
+    (SIGHUP, ``POST /admin/reload``); ``redactor`` is the log's, so that a reloaded
+    configuration's secrets are redacted too."""
+    redactor = redactor or Redactor(runtime.secrets)
+    log = log or make_logger(level=runtime.config.logging.level, redactor=redactor)
+    server = runtime.config.server
     app = web.Application(
         middlewares=[request_context, errors_to_envelope, authenticate],
-        client_max_size=runtime.config.server.max_body_bytes,
+        client_max_size=server.max_body_bytes,
     )
-    app[RUNTIME] = runtime
+    config = LiveConfig(runtime, log, redactor, clock, loader)
     app[LOG] = log
-    app[CALLERS] = Callers(runtime.config.callers)
+    app[CONFIG] = config
+    app[SERVER] = server
     if transport is not None:
-        app[CANCELLER] = Canceller(runtime, transport, log, clock)
+        config.start(transport)
     else:
 
         async def client_session(app: web.Application) -> AsyncIterator[None]:
             async with new_session() as session:
-                app[CANCELLER] = Canceller(runtime, AiohttpTransport(session), log, clock)
+                config.start(AiohttpTransport(session))
                 yield
 
         app.cleanup_ctx.append(client_session)
@@ -64,15 +71,21 @@ def create_app(
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Ids, the configuration the request runs on, and the log context, for everything after."""
     info = RequestInfo(
         request_id=request_id_from(request.headers.get("X-Request-ID")),
         trace=trace_from(request.headers.get("traceparent")),
         idempotency_key=request.headers.get("Idempotency-Key"),
     )
     request[INFO] = info
-    with bound_contextvars(request_id=info.request_id, trace_id=info.trace.trace_id):
+    live = request.app[CONFIG].current
+    request[CURRENT] = live
+    with bound_contextvars(
+        request_id=info.request_id, trace_id=info.trace.trace_id, config_version=live.version
+    ):
         response = await handler(request)
     response.headers["X-Request-ID"] = info.request_id
+    response.headers["X-Config-Version"] = live.version
     return response
 
 
@@ -92,7 +105,7 @@ async def errors_to_envelope(request: web.Request, handler: Handler) -> web.Stre
             ErrorCode.UNKNOWN_ENDPOINT: f"no endpoint {request.path}",
             ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.path}",
             ErrorCode.PAYLOAD_TOO_LARGE: "the request body is larger than "
-            f"{request.app[RUNTIME].config.server.max_body_bytes} bytes",
+            f"{request.app[SERVER].max_body_bytes} bytes",
         }[code]
         response = error_response(request, GatewayError(code, message))
         if "Allow" in exc.headers:
@@ -111,7 +124,10 @@ async def errors_to_envelope(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every ``/v1/`` endpoint needs a caller key; unknown paths answer 404 without one."""
-    if request.path.startswith("/v1/") and request.match_info.http_exception is None:
-        request[CALLER] = request.app[CALLERS].authenticate(request.headers.get("Authorization"))
+    """Every ``/v1/`` and ``/admin/`` endpoint needs a caller key; unknown paths answer 404
+    without one."""
+    if request.path.startswith(("/v1/", "/admin/")) and request.match_info.http_exception is None:
+        request[CALLER] = request[CURRENT].callers.authenticate(
+            request.headers.get("Authorization")
+        )
     return await handler(request)

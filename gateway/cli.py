@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -12,9 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.api import CONFIG
 from gateway.app import create_app
 from gateway.loader import Runtime, load
-from gateway.logging import make_logger
+from gateway.logging import Redactor, make_logger
 from gateway.problems import ConfigError
 from gateway.serve import CannotListen, Listener, run_workers, serve_until_stopped
 from gateway.simulate import SIMULATED, create_simulator_app
@@ -111,13 +113,18 @@ def serve_gateway(path: Path, host: str | None, port: int | None, *, reuse_port:
     if runtime is None:
         return 1
     server = runtime.config.server
-    log = make_logger(runtime.secrets, level=runtime.config.logging.level)
+    redactor = Redactor(runtime.secrets)
+    log = make_logger(level=runtime.config.logging.level, redactor=redactor)
+    app = create_app(
+        runtime, log=log, redactor=redactor, loader=functools.partial(load, path, os.environ)
+    )
     listener = Listener(
-        create_app(runtime, log=log),
+        app,
         host or server.host,
         server.port if port is None else port,
         runtime.drain_timeout_s,
         reuse_port,
+        server.keepalive_timeout_s,
     )
 
     def started(urls: Sequence[str]) -> None:
@@ -130,12 +137,16 @@ def serve_gateway(path: Path, host: str | None, port: int | None, *, reuse_port:
             pid=os.getpid(),
         )
 
+    async def reload() -> None:
+        with contextlib.suppress(ConfigError):  # logged; the old configuration keeps serving
+            await app[CONFIG].reload()
+
     try:
-        asyncio.run(serve_until_stopped([listener], started))
+        asyncio.run(serve_until_stopped([listener], started, on_reload=reload))
     except CannotListen as exc:
         print(exc, file=sys.stderr)
         return 1
-    log.info("gateway.stopped", pid=os.getpid())
+    log.info("gateway.stopped", pid=os.getpid(), config_version=app[CONFIG].current.version)
     return 0
 
 

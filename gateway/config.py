@@ -29,6 +29,11 @@ class ServerConfig(_Strict):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=65536, ge=256, le=16 * 1024 * 1024)
     workers: int = Field(default=1, ge=1, le=64)
+    # A connection idle this long is closed; so is one that has not sent a request's complete
+    # headers this long after it opened or after the previous answer (slow clients).
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)
+    body_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # to receive a request's body
+    drain_timeout_s: float | None = Field(default=None, gt=0, le=3600)  # default: see README
 
 
 class LoggingConfig(_Strict):
@@ -42,6 +47,7 @@ class CallerConfig(_Strict):
     key: SecretStr | None = None
     key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     connections: list[str] = Field(default_factory=list)  # globs; none means no access
+    admin: bool = False  # may call POST /admin/reload
 
     @field_validator("key")
     @classmethod

@@ -46,6 +46,10 @@ class Runtime:
 
     @property
     def drain_timeout_s(self) -> float:
+        """How long a stop waits for in-flight cancellations: the setting, else the longest
+        connection budget (at least 10 s)."""
+        if self.config.server.drain_timeout_s is not None:
+            return self.config.server.drain_timeout_s
         budgets = [t.timeout_s for t in self.targets.values()]
         return max([10.0, *budgets])
 

@@ -41,8 +41,16 @@ class Redactor:
     """A structlog processor that removes secret values from every event."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets: frozenset[str] = frozenset()
+        self._pattern: re.Pattern[str] | None = None
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Also remove these from now on (a reloaded configuration's new credentials); the
+        old ones stay, as earlier events may still be written."""
+        self._secrets = self._secrets | {s for s in secrets if s}
         # Longest first, so a secret that contains another is removed whole.
-        values = sorted({s for s in secrets if s}, key=len, reverse=True)
+        values = sorted(self._secrets, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
 
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -72,14 +80,19 @@ def _render(_: WrappedLogger, __: str, event: EventDict) -> str:
 
 
 def make_logger(
-    secrets: Iterable[str] = (), *, level: str = "info", stream: TextIO | None = None
+    secrets: Iterable[str] = (),
+    *,
+    level: str = "info",
+    stream: TextIO | None = None,
+    redactor: Redactor | None = None,
 ) -> FilteringBoundLogger:
+    """A JSON-lines logger; give ``redactor`` to add secrets to it later (reloads)."""
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         structlog.processors.format_exc_info,
-        Redactor(secrets),
+        redactor or Redactor(secrets),
         _render,
     ]
     # WriteLogger emits each line, newline included, in one write(): workers that share a

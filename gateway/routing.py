@@ -18,6 +18,7 @@ class Caller:
     name: str
     digest: bytes
     patterns: tuple[str, ...]
+    admin: bool = False
 
     def __repr__(self) -> str:
         return f"Caller({self.name!r})"
@@ -31,7 +32,9 @@ class Callers:
     with every caller's, so timing tells neither which caller nor how much of a key matched."""
 
     def __init__(self, configs: Sequence[CallerConfig]) -> None:
-        self._callers = tuple(Caller(c.name, c.digest(), tuple(c.connections)) for c in configs)
+        self._callers = tuple(
+            Caller(c.name, c.digest(), tuple(c.connections), c.admin) for c in configs
+        )
 
     def authenticate(self, authorization: str | None) -> Caller:
         scheme, _, key = (authorization or "").partition(" ")

@@ -1,4 +1,5 @@
-"""Running servers: one event loop per process, a clean stop on SIGTERM/SIGINT, N workers.
+"""Running servers: one event loop per process, a clean stop on SIGTERM/SIGINT, a reload on
+SIGHUP, N workers.
 
 On a stop signal the listening sockets close first, then in-flight requests get up to the drain
 timeout to finish, then the process exits 0.
@@ -27,6 +28,7 @@ class Listener:
     port: int
     drain_timeout_s: float = 10.0
     reuse_port: bool = False
+    keepalive_timeout_s: float = 15.0  # idle connections, and requests whose headers trickle
 
 
 class CannotListen(Exception):
@@ -40,24 +42,42 @@ async def serve_until_stopped(
     listeners: Sequence[ListenerSpec],
     on_started: Started | None = None,
     stop: asyncio.Event | None = None,
+    on_reload: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Serve every listener until SIGTERM/SIGINT (or ``stop`` is set), then drain and return.
+    SIGHUP calls ``on_reload``, which must handle its own failures.
 
     Listeners start in order; one given as a function is built from the URLs of those already
     listening (the demo's gateway learns where its simulator is).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = [signal.SIGTERM, signal.SIGINT]
+    for sig in signals:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
+    if on_reload is not None:
+        reload = on_reload
+
+        def hangup() -> None:
+            task: asyncio.Task[object] = asyncio.ensure_future(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, hangup)
+            signals.append(signal.SIGHUP)
     runners: list[web.AppRunner] = []
     urls: list[str] = []
     try:
         for spec in listeners:
             listener = spec if isinstance(spec, Listener) else spec(list(urls))
             runner = web.AppRunner(
-                listener.app, access_log=None, shutdown_timeout=listener.drain_timeout_s
+                listener.app,
+                access_log=None,
+                shutdown_timeout=listener.drain_timeout_s,
+                keepalive_timeout=listener.keepalive_timeout_s,
             )
             await runner.setup()
             runners.append(runner)
@@ -65,7 +85,6 @@ async def serve_until_stopped(
                 runner,
                 listener.host,
                 listener.port,
-                shutdown_timeout=listener.drain_timeout_s,
                 reuse_port=listener.reuse_port or None,
             )
             try:
@@ -82,7 +101,7 @@ async def serve_until_stopped(
                 await result
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         # Last started, first stopped: the gateway drains before the upstreams it calls.
@@ -114,6 +133,7 @@ def run_workers(count: int, target: Callable[[], int]) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its configuration
     for process in processes:
         process.join()
     return max((p.exitcode or 0) for p in processes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app
 from gateway.clock import Clock
 from gateway.loader import load
-from gateway.logging import make_logger
+from gateway.logging import Redactor, make_logger
 from gateway.upstream import Transport
 
 # Fake values only: tests look for them in logs and answers to prove they never leak.
@@ -154,10 +155,16 @@ class Result:
 class Gateway:
     """The real gateway app served on a loopback port, with its log lines captured."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, stream: io.StringIO) -> None:
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, stream: io.StringIO, config_path: Path
+    ) -> None:
         self.url = url
         self.session = session
         self._stream = stream
+        self.config_path = config_path  # rewrite it, then reload
+
+    def rewrite(self, config: str) -> None:
+        self.config_path.write_text(textwrap.dedent(config))
 
     @property
     def log_text(self) -> str:
@@ -218,13 +225,20 @@ async def make_gateway(
         environ = {"OMS_API_KEY": CALLER_KEY, "UPSTREAM": upstream_url, **CANARIES, **(env or {})}
         runtime = load(path, environ)
         stream = io.StringIO()
-        log = make_logger(runtime.secrets, stream=stream, level="debug")
-        server = await aiohttp_server(
-            create_app(runtime, log=log, transport=transport, clock=clock)
+        redactor = Redactor(runtime.secrets)
+        log = make_logger(stream=stream, level="debug", redactor=redactor)
+        app = create_app(
+            runtime,
+            log=log,
+            redactor=redactor,
+            transport=transport,
+            clock=clock,
+            loader=functools.partial(load, path, environ),
         )
+        server = await aiohttp_server(app)
         session = aiohttp.ClientSession()
         sessions.append(session)
-        return Gateway(str(server.make_url("")).rstrip("/"), session, stream)
+        return Gateway(str(server.make_url("")).rstrip("/"), session, stream, path)
 
     yield factory
     for session in sessions:

@@ -91,6 +91,7 @@ async def test_example_config_serves_every_provider(upstream: Upstream):
         async with asyncio.timeout(15):
             stdout, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
+    assert stderr.decode() == ""  # no warnings, no tracebacks
     assert [r.raw_path for r in upstream.received] == [
         "/stateset/v1/asns/asn_1/cancel",
         "/shipper/v3/fulfillment/outbound/oms/cancel",
