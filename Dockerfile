@@ -7,13 +7,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GATEWAY_HOST=0.0.0.0 \
     GATEWAY_PORT=8080 \
-    GATEWAY_CONFIG=/app/config/gateway.yaml
+    GATEWAY_CONFIG=/app/config/gateway.yaml \
+    GATEWAY_DB=/var/lib/cancel-gateway/cancel-gateway.db
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN pip install . \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
+    && install -d -o gateway -g gateway /var/lib/cancel-gateway
+VOLUME ["/var/lib/cancel-gateway"]
 COPY config ./config
 
 USER gateway

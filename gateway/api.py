@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import orjson
@@ -16,7 +17,9 @@ from gateway.live import Live, LiveConfig
 from gateway.models import Envelope
 from gateway.problems import ConfigError
 from gateway.routing import Caller
+from gateway.store import StoreUnavailable
 
+_CANCELLATION_ID = re.compile(r"cxl_[0-9a-z]{26}")
 LOG = web.AppKey("log", FilteringBoundLogger)
 CONFIG = web.AppKey("config", LiveConfig)
 SERVER = web.AppKey("server", ServerConfig)  # as started: these settings need a restart
@@ -27,6 +30,7 @@ CALLER = web.RequestKey("caller", Caller)
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/cancellations", create_cancellation)
+    app.router.add_get("/v1/cancellations/{cancellation_id}", get_cancellation)
     app.router.add_get("/v1/connections", list_connections)
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/healthz", healthz)
@@ -52,6 +56,31 @@ async def create_cancellation(request: web.Request) -> web.Response:
         ) from None
     reply = await request[CURRENT].canceller.cancel(request[CALLER], body, request[INFO])
     return envelope_response(reply)
+
+
+async def get_cancellation(request: web.Request) -> web.Response:
+    """A cancellation's envelope as it was answered, for the caller that made it only."""
+    cancellation_id = request.match_info["cancellation_id"]
+    unknown = GatewayError(ErrorCode.NOT_FOUND, f"no cancellation {cancellation_id!r}")
+    if not _CANCELLATION_ID.fullmatch(cancellation_id):
+        raise unknown
+    store = request.app[CONFIG].store
+    try:
+        entry = await store.lookup(cancellation_id, request[CALLER].name)
+    except StoreUnavailable as exc:
+        request.app[LOG].error("store.unavailable", backend=store.name, error=str(exc))
+        raise GatewayError(
+            ErrorCode.STORE_UNAVAILABLE, "the ledger does not answer", retry_after_s=1
+        ) from None
+    if entry is None:
+        raise unknown
+    if entry.envelope is None:
+        raise GatewayError(
+            ErrorCode.IDEMPOTENCY_IN_PROGRESS,
+            f"cancellation {cancellation_id} is still running",
+            retry_after_s=1,
+        )
+    return web.Response(body=entry.envelope, content_type="application/json")
 
 
 async def reload_config(request: web.Request) -> web.Response:
@@ -105,7 +134,15 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    return _json({"status": "ready", "config_version": request[CURRENT].version})
+    """Ready when the configuration is loaded and the store answers."""
+    store = request.app[CONFIG].store
+    version = request[CURRENT].version
+    try:
+        await store.ping()
+    except StoreUnavailable as exc:
+        request.app[LOG].warning("store.unavailable", backend=store.name, error=str(exc))
+        return _json({"status": "unavailable", "config_version": version, "store": store.name}, 503)
+    return _json({"status": "ready", "config_version": version, "store": store.name})
 
 
 def envelope_response(reply: Reply) -> web.Response:

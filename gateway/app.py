@@ -21,6 +21,7 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.live import LiveConfig
 from gateway.loader import Runtime
 from gateway.logging import Redactor, make_logger
+from gateway.store import Store, StoreUnavailable, create_store
 from gateway.tracing import request_id_from, trace_from
 from gateway.upstream import AiohttpTransport, Transport, new_session
 
@@ -39,11 +40,12 @@ def create_app(
     transport: Transport | None = None,
     clock: Clock | None = None,
     loader: Callable[[], Runtime] | None = None,
+    store: Store | None = None,
 ) -> web.Application:
     """Build the gateway. Without ``transport`` the app opens one pooled client session on
     startup and closes it on cleanup. ``loader`` loads the configuration again for a reload
     (SIGHUP, ``POST /admin/reload``); ``redactor`` is the log's, so that a reloaded
-    configuration's secrets are redacted too."""
+    configuration's secrets are redacted too. ``store`` replaces the configured one."""
     redactor = redactor or Redactor(runtime.secrets)
     log = log or make_logger(level=runtime.config.logging.level, redactor=redactor)
     server = runtime.config.server
@@ -51,20 +53,29 @@ def create_app(
         middlewares=[request_context, errors_to_envelope, authenticate],
         client_max_size=server.max_body_bytes,
     )
-    config = LiveConfig(runtime, log, redactor, clock, loader)
+    store = store or create_store(runtime.config.store, runtime.path.parent)
+    config = LiveConfig(runtime, log, redactor, store, clock, loader)
     app[LOG] = log
     app[CONFIG] = config
     app[SERVER] = server
-    if transport is not None:
-        config.start(transport)
-    else:
 
-        async def client_session(app: web.Application) -> AsyncIterator[None]:
-            async with new_session() as session:
-                config.start(AiohttpTransport(session))
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        try:
+            await store.open()
+        except StoreUnavailable as exc:  # fail closed until it answers: /readyz says so
+            log.error("store.unavailable", backend=store.name, error=str(exc))
+        try:
+            if transport is not None:
+                config.start(transport)
                 yield
+            else:
+                async with new_session() as session:
+                    config.start(AiohttpTransport(session))
+                    yield
+        finally:
+            await store.close()
 
-        app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
     return app
 

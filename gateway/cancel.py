@@ -32,6 +32,17 @@ from gateway.models import (
 )
 from gateway.resilience import GuardRegistry, Guards, Policy, backoff_s, full_jitter, retry_reason
 from gateway.routing import Caller, route
+from gateway.store import (
+    Claimed,
+    Entry,
+    InProgress,
+    KeyClaim,
+    Replay,
+    Store,
+    StoredReply,
+    StoreUnavailable,
+)
+from gateway.store.memory import MemoryStore
 from gateway.tracing import Trace
 from gateway.translate.build import Call, Target, build_request, resolve_resource
 from gateway.translate.classify import Outcome, classify, format_time
@@ -39,6 +50,8 @@ from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import Transport, UpstreamFailure
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+LEASE_MARGIN_S = 10.0
+DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +81,36 @@ class _Facts:
     """What is known so far; each step adds to it, and the envelope is made from it."""
 
     cancellation_id: str
+    caller: str
+    created_at: float  # unix seconds
     connection: str | None = None
     provider: str | None = None
     resource: str | None = None
     resource_id: str | None = None
     upstream: UpstreamInfo | None = None
+    claim: KeyClaim | None = None
+    token: str = ""
+    begun: bool = False  # recorded as running in the store: complete() must follow
+
+    def entry(self, status: str, **more: Any) -> Entry:
+        return Entry(
+            self.cancellation_id,
+            self.caller,
+            self.connection,
+            self.provider,
+            self.resource,
+            self.resource_id,
+            status,
+            self.created_at,
+            **more,
+        )
+
+
+class _Replayed(Exception):
+    """The store holds this request's final answer: it is answered again, nothing is sent."""
+
+    def __init__(self, replay: Replay) -> None:
+        self.replay = replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +152,13 @@ class Canceller:
         log: FilteringBoundLogger,
         clock: Clock | None = None,
         *,
+        store: Store | None = None,
         guards: GuardRegistry | None = None,
         rand: Callable[[], float] = full_jitter,
     ) -> None:
         self._runtime = runtime
+        self._store: Store = store or MemoryStore()
+        self._key_ttl_s = runtime.config.store.key_ttl_s
         self._transport = transport
         self._log = log
         self._clock = clock or SystemClock()
@@ -127,10 +168,12 @@ class Canceller:
 
     async def cancel(self, caller: Caller, body: bytes, info: RequestInfo) -> Reply:
         started = self._clock.monotonic()
-        facts = _Facts(new_cancellation_id())
+        facts = _Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
         log = self._log.bind(cancellation_id=facts.cancellation_id, caller=caller.name)
         try:
             outcome = await self._run(caller, body, info, facts, log)
+        except _Replayed as replayed:
+            return self._replay(replayed.replay, log)
         except GatewayError as exc:
             outcome = gateway_outcome(exc)
         except Exception:
@@ -141,6 +184,7 @@ class Canceller:
                 )
             )
         reply = self._reply(facts, outcome, info)
+        await self._settle(facts, outcome, reply, log)
         log.info(
             "cancellation.completed",
             status=outcome.status.value,
@@ -163,7 +207,7 @@ class Canceller:
     ) -> Outcome:
         try:
             check_idempotency_key(info.idempotency_key)
-            request = parse_request(body)
+            request, canonical = parse_request(body)
         except GatewayError:
             log.info("cancellation.received", body_bytes=len(body))
             raise
@@ -186,7 +230,89 @@ class Canceller:
             traceparent=info.trace.child_traceparent(),
         )
         upstream = build_request(target, facts.resource, request, call)
+        if info.idempotency_key is not None:
+            facts.claim = KeyClaim(
+                caller.name,
+                info.idempotency_key,
+                hashlib.sha256(canonical).hexdigest(),
+                # Longer than the request can run, so a live claim is never taken over.
+                lease_s=self._runtime.policies[target.name].timeout_s + LEASE_MARGIN_S,
+                ttl_s=self._key_ttl_s,
+            )
+        await self._begin(facts, log)
         return await self._send(target, facts, upstream, log)
+
+    async def _begin(self, facts: _Facts, log: FilteringBoundLogger) -> None:
+        """Claim the key and record the cancellation as running, or say why not to send."""
+        try:
+            begun = await self._store.begin(
+                facts.entry("running"), facts.claim, self._clock.now().timestamp()
+            )
+        except StoreUnavailable as exc:
+            log.error("store.unavailable", backend=self._store.name, error=str(exc))
+            raise GatewayError(
+                ErrorCode.STORE_UNAVAILABLE,
+                "the idempotency store does not answer; nothing was sent",
+                retry_after_s=1,
+            ) from None
+        if isinstance(begun, Claimed):
+            facts.begun, facts.token = True, begun.token
+        elif isinstance(begun, Replay):
+            raise _Replayed(begun)
+        elif isinstance(begun, InProgress):
+            raise GatewayError(
+                ErrorCode.IDEMPOTENCY_IN_PROGRESS,
+                "a request with this Idempotency-Key is still running",
+                retry_after_s=max(1, math.ceil(begun.retry_after_s)),
+            )
+        else:
+            raise GatewayError(
+                ErrorCode.IDEMPOTENCY_CONFLICT,
+                "this Idempotency-Key was used with a different request",
+                fields=[("headers.Idempotency-Key", "already used with a different body")],
+            )
+
+    async def _settle(
+        self, facts: _Facts, outcome: Outcome, reply: Reply, log: FilteringBoundLogger
+    ) -> None:
+        """Record the outcome; a definite one is kept for replays, a failed one releases the
+        key. The answer stands even when this fails: it is logged in full instead."""
+        entry = facts.entry(
+            outcome.status.value,
+            error_code=outcome.code.value if outcome.code else None,
+            attempts=facts.upstream.attempts if facts.upstream else 0,
+            completed_at=self._clock.now().timestamp(),
+            envelope=reply.body,
+        )
+        try:
+            if not facts.begun:
+                await self._store.record(entry)
+                return
+            stored = None
+            if outcome.status in DEFINITE:
+                headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
+                stored = StoredReply(reply.http_status, headers, reply.body)
+            await self._store.complete(
+                entry, facts.claim, facts.token, stored, self._clock.now().timestamp()
+            )
+        except StoreUnavailable as exc:
+            log.error(
+                "ledger.write_failed",
+                backend=self._store.name,
+                error=str(exc),
+                envelope=orjson.loads(reply.body),
+            )
+
+    def _replay(self, replay: Replay, log: FilteringBoundLogger) -> Reply:
+        stored = replay.reply
+        log.info(
+            "cancellation.replayed",
+            original_cancellation_id=replay.cancellation_id,
+            http_status=stored.http_status,
+        )
+        headers = dict(stored.headers)
+        headers["Idempotent-Replayed"] = "true"
+        return Reply(stored.http_status, stored.body, headers)
 
     async def _send(
         self,
@@ -395,8 +521,9 @@ class Canceller:
         )
 
 
-def parse_request(body: bytes) -> CancelRequest:
-    """The canonical request, strictly: JSON only (no NaN/Infinity), no unknown fields."""
+def parse_request(body: bytes) -> tuple[CancelRequest, bytes]:
+    """The canonical request, strictly: JSON only (no NaN/Infinity), no unknown fields; and
+    the body's canonical JSON (keys sorted), the idempotency fingerprint's input."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -412,7 +539,7 @@ def parse_request(body: bytes) -> CancelRequest:
             fields=[("body", "must be a JSON object")],
         )
     try:
-        return CancelRequest.model_validate(data)
+        request = CancelRequest.model_validate(data)
     except ValidationError as exc:
         problems = [
             (".".join(str(p) for p in e["loc"]) or "body", e["msg"].removeprefix("Value error, "))
@@ -422,6 +549,7 @@ def parse_request(body: bytes) -> CancelRequest:
         raise GatewayError(
             ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", fields=problems
         ) from None
+    return request, orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
 def check_idempotency_key(value: str | None) -> str | None:

@@ -119,9 +119,31 @@ class ConnectionConfig(_Strict):
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
 
+class StoreConfig(_Strict):
+    """Where idempotency keys and the cancellation ledger live (README, "Store")."""
+
+    backend: Literal["memory", "sqlite", "redis", "postgres"] = "sqlite"
+    path: str = "cancel-gateway.db"  # sqlite: relative to the config file
+    url: SecretStr | None = None  # redis: redis://[:password@]host:port/db
+    dsn: SecretStr | None = None  # postgres: postgresql://user:password@host:port/db
+    prefix: str = Field(default="cg:", max_length=50)  # redis key prefix
+    key_ttl_s: float = Field(default=86400.0, gt=0, le=30 * 86400)
+    ledger_ttl_s: float = Field(default=30 * 86400.0, gt=0)  # redis: how long rows are kept
+    timeout_s: float = Field(default=2.0, gt=0, le=60)  # one store operation
+
+    @model_validator(mode="after")
+    def _address_given(self) -> StoreConfig:
+        if self.backend == "redis" and self.url is None:
+            raise ValueError("the redis backend needs `url`")
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError("the postgres backend needs `dsn`")
+        return self
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
     providers: list[str] = Field(default_factory=list)  # more definition files or folders
     callers: list[CallerConfig] = Field(min_length=1)
     connections: dict[Name, ConnectionConfig] = Field(default_factory=dict)

@@ -21,10 +21,11 @@ from gateway.logging import Redactor
 from gateway.problems import ConfigError, Problem
 from gateway.resilience import GuardRegistry
 from gateway.routing import Callers
+from gateway.store import Store
 from gateway.upstream import Transport
 
 # Settings read once when the server starts: a reload that changes them warns.
-RESTART_ONLY = ("server", "logging")
+RESTART_ONLY = ("server", "logging", "store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +47,11 @@ class LiveConfig:
         runtime: Runtime,
         log: FilteringBoundLogger,
         redactor: Redactor,
+        store: Store,
         clock: Clock | None = None,
         loader: Callable[[], Runtime] | None = None,
     ) -> None:
+        self.store = store  # one for the life of the process: a reload keeps it
         self._first = runtime
         self._log = log
         self._redactor = redactor
@@ -111,5 +114,7 @@ class LiveConfig:
 
     def _build(self, runtime: Runtime) -> Live:
         assert self._transport is not None
-        canceller = Canceller(runtime, self._transport, self._log, self._clock, guards=self._guards)
+        canceller = Canceller(
+            runtime, self._transport, self._log, self._clock, store=self.store, guards=self._guards
+        )
         return Live(runtime, Callers(runtime.config.callers), canceller)

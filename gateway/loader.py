@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -29,7 +30,12 @@ from gateway.translate.build import Target
 # ${NAME} or ${NAME:-default}; a default may hold one level of braces (a URL template).
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
 M = TypeVar("M", bound=BaseModel)
-SECRET_PATHS = (("callers", "*", "key"), ("connections", "*", "credentials", "*"))
+SECRET_PATHS = (
+    ("callers", "*", "key"),
+    ("connections", "*", "credentials", "*"),
+    ("store", "url"),
+    ("store", "dsn"),
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,9 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
             secrets.add(caller.key.get_secret_value())
     for target in targets.values():
         secrets.update(v for v in target.credentials.values() if v)
+    for address in (config.store.url, config.store.dsn):
+        if address is not None:
+            secrets.update(_url_secrets(address.get_secret_value()))
     version = _version(raw, sources)
     policies = {
         name: Policy.of(config.connections[name], target.definition)
@@ -306,3 +315,13 @@ def _version(raw: Any, provider_files: Iterable[bytes]) -> str:
     for content in provider_files:
         digest.update(b"\0" + hashlib.sha256(content).digest())
     return digest.hexdigest()[:12]
+
+
+def _url_secrets(url: str) -> set[str]:
+    """The whole address and, apart, the password in it: logs may show either."""
+    found = {url}
+    password = urlsplit(url).password
+    if password:
+        found.add(password)
+        found.add(unquote(password))
+    return found

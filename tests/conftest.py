@@ -23,6 +23,8 @@ from gateway.loader import load
 from gateway.logging import Redactor, make_logger
 from gateway.upstream import Transport
 
+pytest_plugins = ["tests.services"]
+
 # Fake values only: tests look for them in logs and answers to prove they never leak.
 CALLER_KEY = "test-caller-key-0123456789"
 CANARIES = {

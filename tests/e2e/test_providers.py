@@ -81,12 +81,15 @@ async def test_stateset_success_sends_documented_request(gateway: Gateway, upstr
 async def test_stateset_upstream_key_is_stable_for_one_caller_key(
     gateway: Gateway, upstream: Upstream
 ):
-    """The Idempotency-Key sent to StateSet is derived from the caller's key: same key, same value."""
-    upstream.answer(200, STATESET_SUCCESS)
+    """The Idempotency-Key sent to StateSet is derived from the caller's key: same key, same
+    value. (A failed outcome releases the caller's key, so the caller's retry is sent again.)"""
+    upstream.answer(500, {"error": {"type": "api_error", "message": "boom"}})
     upstream.answer(200, STATESET_SUCCESS)
     request = {"connection": "stateset-main", "id": "asn_1", "reason": "r"}
-    await gateway.cancel(request, headers={"Idempotency-Key": "k-1"})
-    await gateway.cancel(request, headers={"Idempotency-Key": "k-1"})
+    failed = await gateway.cancel(request, headers={"Idempotency-Key": "k-1"})
+    assert failed.body["status"] == "failed"
+    retried = await gateway.cancel(request, headers={"Idempotency-Key": "k-1"})
+    assert retried.body["status"] == "cancelled"
     first, second = (r.headers["Idempotency-Key"] for r in upstream.received)
     assert first == second
     assert "k-1" not in first

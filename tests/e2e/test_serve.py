@@ -49,9 +49,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _env(upstream: Upstream) -> dict[str, str]:
+def _env(upstream: Upstream, folder: Path) -> dict[str, str]:
     return {
         **os.environ,
+        "GATEWAY_DB": str(folder / "ledger.db"),
         "OMS_API_KEY": CALLER_KEY,
         "STATESET_BASE_URL": f"{upstream.url}/stateset",
         "STATESET_API_KEY": CANARIES["STATESET_API_KEY"],
@@ -64,9 +65,9 @@ def _env(upstream: Upstream) -> dict[str, str]:
     }
 
 
-async def test_example_config_serves_every_provider(upstream: Upstream):
+async def test_example_config_serves_every_provider(upstream: Upstream, tmp_path: Path):
     """With its variables set, the example config cancels on all four providers."""
-    env = _env(upstream)
+    env = _env(upstream, tmp_path)
     upstream.answer(200, {"status": "cancelled", "cancelled_at": "2024-01-16T10:30:00Z"})
     upstream.answer(200, {"metadata": {"http_status_code": 200}})
     upstream.answer(200, {"procurement": {"state": 4, "updated_at": "2024-05-21T09:59:29Z"}})
@@ -105,10 +106,10 @@ async def test_example_config_serves_every_provider(upstream: Upstream):
         assert secret.encode() not in stdout
 
 
-async def test_two_workers_share_a_port_and_stop_cleanly(upstream: Upstream):
+async def test_two_workers_share_a_port_and_stop_cleanly(upstream: Upstream, tmp_path: Path):
     """--workers 2: both processes serve one port; SIGTERM to the parent stops both, exit 0."""
     port = _free_port()
-    process, url = await _start(_env(upstream), "--workers", "2", port=port, workers=2)
+    process, url = await _start(_env(upstream, tmp_path), "--workers", "2", port=port, workers=2)
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(6):

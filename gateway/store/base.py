@@ -1,0 +1,206 @@
+"""What every store keeps, and the one rule for claiming an idempotency key.
+
+A store holds two things: idempotency keys (``(caller, key)`` → the request's fingerprint and,
+once final, the reply to replay) and the ledger (one row per cancellation). The backends differ
+only in how they make a claim atomic; ``decide`` is the rule they all apply.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import orjson
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (in time); nothing may be sent."""
+
+
+class KeyState(enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReply:
+    """A final answer, replayed byte for byte."""
+
+    http_status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """What a request with an ``Idempotency-Key`` asks of the store."""
+
+    caller: str
+    key: str
+    fingerprint: str  # SHA-256 of the canonical JSON of the request body
+    lease_s: float  # how long the claim holds while the request runs
+    ttl_s: float  # how long the key lives
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    caller: str
+    key: str
+    fingerprint: str
+    token: str  # who holds the claim: only its holder may finish it
+    state: KeyState
+    lease_until: float  # unix seconds
+    expires_at: float
+    cancellation_id: str
+    reply: StoredReply | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One cancellation in the ledger. ``envelope`` is the JSON answered, once there is one."""
+
+    cancellation_id: str
+    caller: str
+    connection: str | None
+    provider: str | None
+    resource: str | None
+    resource_id: str | None
+    status: str  # "running", then the envelope's status
+    created_at: float
+    error_code: str | None = None
+    attempts: int = 0
+    completed_at: float | None = None
+    envelope: bytes | None = None
+
+
+# What ``begin`` answers.
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    token: str  # empty without an idempotency key
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    reply: StoredReply
+    cancellation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    pass
+
+
+Begun = Claimed | Replay | InProgress | Conflict
+
+
+def decide(
+    found: KeyRow | None, claim: KeyClaim, cancellation_id: str, now: float
+) -> KeyRow | Begun:
+    """The claim rule. A ``KeyRow`` result is the row to write: the claim succeeded."""
+    if found is not None and found.expires_at > now:
+        if found.fingerprint != claim.fingerprint:
+            return Conflict()
+        if found.state is KeyState.DONE and found.reply is not None:
+            return Replay(found.reply, found.cancellation_id)
+        if found.lease_until > now:
+            return InProgress(found.lease_until - now)
+        # A claim whose holder died mid-request (its lease ran out) is taken over.
+    return KeyRow(
+        claim.caller,
+        claim.key,
+        claim.fingerprint,
+        secrets.token_hex(16),
+        KeyState.RUNNING,
+        now + claim.lease_s,
+        now + claim.ttl_s,
+        cancellation_id,
+    )
+
+
+def finished(row: KeyRow, reply: StoredReply, ttl_s: float, now: float) -> KeyRow:
+    return replace(row, state=KeyState.DONE, reply=reply, expires_at=now + ttl_s)
+
+
+def key_values(row: KeyRow) -> tuple[Any, ...]:
+    """A key row as SQL parameters, in the schema's column order."""
+    reply = row.reply
+    return (
+        row.caller,
+        row.key,
+        row.fingerprint,
+        row.token,
+        row.state.value,
+        row.lease_until,
+        row.expires_at,
+        row.cancellation_id,
+        reply.http_status if reply else None,
+        orjson.dumps(reply.headers).decode() if reply else None,
+        reply.body if reply else None,
+    )
+
+
+def entry_values(entry: Entry) -> tuple[Any, ...]:
+    """A ledger row as SQL parameters, in the schema's column order."""
+    return (
+        entry.cancellation_id,
+        entry.caller,
+        entry.connection,
+        entry.provider,
+        entry.resource,
+        entry.resource_id,
+        entry.status,
+        entry.error_code,
+        entry.attempts,
+        entry.created_at,
+        entry.completed_at,
+        entry.envelope,
+    )
+
+
+# Ledger columns in ``Entry``'s field order, for reading rows back.
+ENTRY_COLUMNS = (
+    "id, caller, connection, provider, resource, resource_id, status, created_at, error_code,"
+    " attempts, completed_at, envelope"
+)
+
+
+class Store(Protocol):
+    """The interface every backend implements. Every method raises ``StoreUnavailable`` when
+    the store does not answer."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Connect, and create or migrate the schema."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+        """Before sending: claim the key (when there is one) and record the cancellation as
+        running, atomically. Anything but ``Claimed`` means: do not send."""
+
+    async def complete(
+        self,
+        entry: Entry,
+        claim: KeyClaim | None,
+        token: str,
+        reply: StoredReply | None,
+        now: float,
+    ) -> None:
+        """After answering: record the outcome; with a key, keep ``reply`` for replays, or
+        release the key when ``reply`` is None (a failed outcome may be tried again)."""
+
+    async def record(self, entry: Entry) -> None:
+        """A cancellation that ended before anything could be sent (refused input)."""
+
+    async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
+        """The ledger row, only for the caller that made it."""

@@ -1,0 +1,78 @@
+"""An in-process store: for tests and the demo. Nothing survives the process."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.store.base import (
+    Begun,
+    Claimed,
+    Entry,
+    KeyClaim,
+    KeyRow,
+    StoredReply,
+    decide,
+    finished,
+)
+
+
+class MemoryStore:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], KeyRow] = {}
+        self._ledger: dict[str, Entry] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+        # No await between reading and writing: atomic on one event loop.
+        token = ""
+        if claim is not None:
+            found = self._keys.get((claim.caller, claim.key))
+            decided = decide(found, claim, entry.cancellation_id, now)
+            if not isinstance(decided, KeyRow):
+                return decided
+            self._keys[(claim.caller, claim.key)] = decided
+            token = decided.token
+        self._ledger[entry.cancellation_id] = entry
+        return Claimed(token)
+
+    async def complete(
+        self,
+        entry: Entry,
+        claim: KeyClaim | None,
+        token: str,
+        reply: StoredReply | None,
+        now: float,
+    ) -> None:
+        self._ledger[entry.cancellation_id] = entry
+        if claim is None:
+            return
+        found = self._keys.get((claim.caller, claim.key))
+        if found is None or found.token != token:
+            return  # the claim was taken over after its lease ran out: not ours to finish
+        if reply is None:
+            del self._keys[(claim.caller, claim.key)]
+        else:
+            self._keys[(claim.caller, claim.key)] = finished(found, reply, claim.ttl_s, now)
+
+    async def record(self, entry: Entry) -> None:
+        self._ledger[entry.cancellation_id] = entry
+
+    async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
+        entry = self._ledger.get(cancellation_id)
+        return entry if entry is not None and entry.caller == caller else None
+
+    def __len__(self) -> int:
+        return len(self._ledger)
+
+    def keys(self) -> dict[tuple[str, str], KeyRow]:
+        return {k: replace(v) for k, v in self._keys.items()}

@@ -1,0 +1,223 @@
+"""Several replicas sharing one PostgreSQL (asyncpg, one pool per process).
+
+A claim is one transaction: ``INSERT … ON CONFLICT DO NOTHING`` takes a free key at once;
+otherwise the row is read ``FOR UPDATE`` (other claimers of that key wait), ``decide`` is
+applied and the row rewritten. The schema is created and migrated on start, under an
+advisory lock so replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from gateway.store.base import (
+    ENTRY_COLUMNS,
+    Begun,
+    Claimed,
+    Entry,
+    KeyClaim,
+    KeyRow,
+    KeyState,
+    StoredReply,
+    StoreUnavailable,
+    decide,
+    entry_values,
+    finished,
+    key_values,
+)
+
+SCHEMA_VERSION = 1
+Conn = asyncpg.Connection | PoolConnectionProxy
+_MIGRATION_LOCK = 0x63616E63  # an arbitrary advisory lock id for this schema
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE cg_idempotency (
+            caller TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            token TEXT NOT NULL,
+            state TEXT NOT NULL,
+            lease_until DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            cancellation_id TEXT NOT NULL,
+            http_status INTEGER,
+            headers JSONB,
+            body BYTEA,
+            PRIMARY KEY (caller, key)
+        )""",
+        """CREATE TABLE cg_cancellations (
+            id TEXT PRIMARY KEY,
+            caller TEXT NOT NULL,
+            connection TEXT,
+            provider TEXT,
+            resource TEXT,
+            resource_id TEXT,
+            status TEXT NOT NULL,
+            error_code TEXT,
+            attempts INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            completed_at DOUBLE PRECISION,
+            envelope BYTEA
+        )""",
+        "CREATE INDEX cg_cancellations_caller ON cg_cancellations (caller, created_at)",
+        "CREATE INDEX cg_idempotency_expires ON cg_idempotency (expires_at)",
+    ],
+}
+_UPSERT_ENTRY = """INSERT INTO cg_cancellations
+    (id, caller, connection, provider, resource, resource_id, status, error_code, attempts,
+     created_at, completed_at, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, error_code = EXCLUDED.error_code,
+    attempts = EXCLUDED.attempts, completed_at = EXCLUDED.completed_at,
+    envelope = EXCLUDED.envelope, connection = EXCLUDED.connection,
+    provider = EXCLUDED.provider, resource = EXCLUDED.resource"""
+_KEY_COLUMNS = """caller, key, fingerprint, token, state, lease_until, expires_at,
+    cancellation_id, http_status, headers, body"""
+_INSERT_KEY = (
+    f"INSERT INTO cg_idempotency ({_KEY_COLUMNS})"  # noqa: S608 - constant columns
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    " ON CONFLICT DO NOTHING RETURNING token"
+)
+_REWRITE_KEY = """UPDATE cg_idempotency SET fingerprint = $3, token = $4, state = $5,
+    lease_until = $6, expires_at = $7, cancellation_id = $8, http_status = $9, headers = $10,
+    body = $11 WHERE caller = $1 AND key = $2"""
+
+
+class PostgresStore:
+    name = "postgres"
+
+    def __init__(self, dsn: str, timeout_s: float) -> None:
+        self._dsn = dsn
+        self._timeout_s = timeout_s
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        async with self._guard():
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=10, command_timeout=self._timeout_s
+            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await _migrate(conn)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+        async with self._connection() as conn, conn.transaction():
+            token = ""
+            if claim is not None:
+                fresh = decide(None, claim, entry.cancellation_id, now)
+                assert isinstance(fresh, KeyRow)
+                token = await conn.fetchval(_INSERT_KEY, *key_values(fresh))
+                if token is None:  # the key exists: decide under the row lock
+                    found = await _key_row(conn, claim)
+                    decided = decide(found, claim, entry.cancellation_id, now)
+                    if not isinstance(decided, KeyRow):
+                        return decided
+                    await conn.execute(_REWRITE_KEY, *key_values(decided))
+                    token = decided.token
+            await conn.execute(_UPSERT_ENTRY, *entry_values(entry))
+            return Claimed(token)
+
+    async def complete(
+        self,
+        entry: Entry,
+        claim: KeyClaim | None,
+        token: str,
+        reply: StoredReply | None,
+        now: float,
+    ) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(_UPSERT_ENTRY, *entry_values(entry))
+            if claim is None:
+                return
+            found = await _key_row(conn, claim)
+            if found is None or found.token != token:
+                return  # taken over after its lease ran out: not ours to finish
+            if reply is None:
+                await conn.execute(
+                    "DELETE FROM cg_idempotency WHERE caller = $1 AND key = $2",
+                    claim.caller,
+                    claim.key,
+                )
+            else:
+                done = finished(found, reply, claim.ttl_s, now)
+                await conn.execute(_REWRITE_KEY, *key_values(done))
+
+    async def record(self, entry: Entry) -> None:
+        async with self._connection() as conn:
+            await conn.execute(_UPSERT_ENTRY, *entry_values(entry))
+
+    async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {ENTRY_COLUMNS} FROM cg_cancellations"  # noqa: S608 - constant columns
+                " WHERE id = $1 AND caller = $2",
+                cancellation_id,
+                caller,
+            )
+        return None if row is None else Entry(*row)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        async with self._guard():
+            if self._pool is None:  # the first start failed: try again now
+                await self.open()
+            assert self._pool is not None
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                yield
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}") from None
+
+
+async def _migrate(conn: Conn) -> None:
+    await conn.execute("CREATE TABLE IF NOT EXISTS cg_schema (version INTEGER NOT NULL)")
+    current = await conn.fetchval("SELECT MAX(version) FROM cg_schema") or 0
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[version]:
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO cg_schema (version) VALUES ($1)", version)
+
+
+async def _key_row(conn: Conn, claim: KeyClaim) -> KeyRow | None:
+    row = await conn.fetchrow(
+        f"SELECT {_KEY_COLUMNS} FROM cg_idempotency"  # noqa: S608 - constant columns
+        " WHERE caller = $1 AND key = $2 FOR UPDATE",
+        claim.caller,
+        claim.key,
+    )
+    if row is None:
+        return None
+    reply = None
+    if row["http_status"] is not None:
+        headers = orjson.loads(row["headers"])
+        reply = StoredReply(row["http_status"], tuple(tuple(h) for h in headers), row["body"])
+    return KeyRow(
+        claim.caller,
+        claim.key,
+        row["fingerprint"],
+        row["token"],
+        KeyState(row["state"]),
+        row["lease_until"],
+        row["expires_at"],
+        row["cancellation_id"],
+        reply,
+    )

@@ -1,0 +1,218 @@
+"""Several replicas sharing one Redis (redis-py's asyncio client).
+
+A claim is an optimistic transaction: ``WATCH`` the key, read it, apply ``decide``, and write
+it in ``MULTI``/``EXEC``; if another replica wrote the key in between, ``EXEC`` fails and the
+claim is read again. Keys and ledger rows carry Redis expiries, so nothing needs cleaning up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError, WatchError
+
+from gateway.store.base import (
+    Begun,
+    Claimed,
+    Entry,
+    KeyClaim,
+    KeyRow,
+    KeyState,
+    StoredReply,
+    StoreUnavailable,
+    decide,
+    finished,
+)
+
+T = TypeVar("T")
+_MAX_RACES = 50  # a claim read again this often has met an implausible storm of writers
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str, timeout_s: float, ledger_ttl_s: float) -> None:
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        self._prefix = prefix
+        self._timeout_s = timeout_s
+        self._ledger_ttl_ms = int(ledger_ttl_s * 1000)
+
+    async def open(self) -> None:
+        await self.ping()
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        async with self._guard():
+            await self._client.ping()
+
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+        async with self._guard():
+            if claim is None:
+                await self._write_entry(self._client, entry)
+                return Claimed("")
+            key = self._key_name(claim)
+
+            async def attempt(pipe: Any) -> Begun:
+                found = _key_row(claim, await pipe.hgetall(key))
+                decided = decide(found, claim, entry.cancellation_id, now)
+                if not isinstance(decided, KeyRow):
+                    await pipe.unwatch()
+                    return decided
+                pipe.multi()
+                _write_key(pipe, key, decided, now)
+                await self._write_entry(pipe, entry)
+                await pipe.execute()
+                return Claimed(decided.token)
+
+            return await self._watching(key, attempt)
+
+    async def complete(
+        self,
+        entry: Entry,
+        claim: KeyClaim | None,
+        token: str,
+        reply: StoredReply | None,
+        now: float,
+    ) -> None:
+        async with self._guard():
+            await self._write_entry(self._client, entry)
+            if claim is None:
+                return
+            key = self._key_name(claim)
+
+            async def attempt(pipe: Any) -> None:
+                found = _key_row(claim, await pipe.hgetall(key))
+                if found is None or found.token != token:
+                    await pipe.unwatch()
+                    return  # taken over after its lease ran out: not ours to finish
+                pipe.multi()
+                if reply is None:
+                    pipe.delete(key)
+                else:
+                    _write_key(pipe, key, finished(found, reply, claim.ttl_s, now), now)
+                await pipe.execute()
+
+            await self._watching(key, attempt)
+
+    async def record(self, entry: Entry) -> None:
+        async with self._guard():
+            await self._write_entry(self._client, entry)
+
+    async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
+        async with self._guard():
+            raw = await self._client.get(self._entry_name(cancellation_id))
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        entry = Entry(**{**data, "envelope": _unhex(data["envelope"])})
+        return entry if entry.caller == caller else None
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _key_name(self, claim: KeyClaim) -> str:
+        # Hashed: callers' keys may hold any printable characters, and their length is theirs.
+        digest = hashlib.sha256(f"{claim.caller}\n{claim.key}".encode()).hexdigest()
+        return f"{self._prefix}idem:{digest}"
+
+    def _entry_name(self, cancellation_id: str) -> str:
+        return f"{self._prefix}cxl:{cancellation_id}"
+
+    async def _write_entry(self, target: Any, entry: Entry) -> None:
+        data = {
+            "cancellation_id": entry.cancellation_id,
+            "caller": entry.caller,
+            "connection": entry.connection,
+            "provider": entry.provider,
+            "resource": entry.resource,
+            "resource_id": entry.resource_id,
+            "status": entry.status,
+            "created_at": entry.created_at,
+            "error_code": entry.error_code,
+            "attempts": entry.attempts,
+            "completed_at": entry.completed_at,
+            "envelope": entry.envelope.hex() if entry.envelope is not None else None,
+        }
+        result = target.set(
+            self._entry_name(entry.cancellation_id), orjson.dumps(data), px=self._ledger_ttl_ms
+        )
+        if isinstance(result, Awaitable):
+            await result
+
+    async def _watching(self, key: str, attempt: Callable[[Any], Awaitable[T]]) -> T:
+        async with self._client.pipeline(transaction=True) as pipe:
+            for _ in range(_MAX_RACES):
+                try:
+                    await pipe.watch(key)
+                    return await attempt(pipe)
+                except WatchError:
+                    await pipe.reset()  # type: ignore[no-untyped-call]
+                    continue
+        raise StoreUnavailable("redis: too many concurrent writers for one key")
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                yield
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from None
+
+
+def _key_row(claim: KeyClaim, raw: dict[bytes, bytes]) -> KeyRow | None:
+    if not raw:
+        return None
+    field = {k.decode(): v for k, v in raw.items()}
+    reply = None
+    if b"http_status" in raw:
+        reply = StoredReply(
+            int(field["http_status"]),
+            tuple(tuple(pair) for pair in orjson.loads(field["headers"])),
+            field["body"],
+        )
+    return KeyRow(
+        claim.caller,
+        claim.key,
+        field["fingerprint"].decode(),
+        field["token"].decode(),
+        KeyState(field["state"].decode()),
+        float(field["lease_until"]),
+        float(field["expires_at"]),
+        field["cancellation_id"].decode(),
+        reply,
+    )
+
+
+def _write_key(pipe: Any, key: str, row: KeyRow, now: float) -> None:
+    mapping: dict[str, Any] = {
+        "fingerprint": row.fingerprint,
+        "token": row.token,
+        "state": row.state.value,
+        "lease_until": repr(row.lease_until),
+        "expires_at": repr(row.expires_at),
+        "cancellation_id": row.cancellation_id,
+    }
+    pipe.delete(key)
+    if row.reply is not None:
+        mapping["http_status"] = str(row.reply.http_status)
+        mapping["headers"] = orjson.dumps(row.reply.headers)
+        mapping["body"] = row.reply.body
+    pipe.hset(key, mapping=mapping)
+    # Redis forgets the key a little after the gateway stops honouring it.
+    pipe.pexpire(key, max(1, int((row.expires_at - now) * 1000) + 60_000))
+
+
+def _unhex(value: str | None) -> bytes | None:
+    return bytes.fromhex(value) if value is not None else None
