@@ -16,6 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.services import free_port
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,12 +28,6 @@ def _command() -> list[str]:
     """The console script `make demo` runs, from the interpreter's own environment."""
     script = Path(sys.executable).with_name("cancel-gateway")
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -92,7 +88,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 
 async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
-    port = _free_port()
+    port = free_port()
     process, banner = await _start("demo", "--port", str(port), until=BANNER_END)
     try:
         gateway_url = f"http://127.0.0.1:{port}"
@@ -155,7 +151,7 @@ async def test_demo_on_a_taken_port_says_so_and_exits_1() -> None:
 
 
 async def test_simulate_serves_the_providers_until_sigterm() -> None:
-    port = _free_port()
+    port = free_port()
     process, lines = await _start(
         "simulate", "--port", str(port), until='"event":"simulator.started"'
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from gateway.app import create_app
 from gateway.loader import load
 from gateway.serve import Listener, serve_until_stopped
 from tests.conftest import BASE_CONFIG, CALLER_KEY, CANARIES, GatewayFactory, Upstream
+from tests.services import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -245,12 +245,6 @@ async def test_trickling_body_gets_an_envelope(upstream: Upstream, tmp_path: Pat
 # --- the process: SIGHUP and SIGTERM ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Process:
     """`cancel-gateway serve` with a config file, its stdout read as JSON events."""
 
@@ -262,7 +256,7 @@ class Process:
     async def start(cls, config: Path, env: dict[str, str]) -> tuple[Process, str]:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--config", str(config),
-            "--port", str(_free_port()),
+            "--port", str(free_port()),
             env={**os.environ, **env},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import orjson
 import pytest
 
 from tests.conftest import CALLER_KEY, CANARIES, Upstream
+from tests.services import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -41,12 +41,6 @@ async def _start(
             if event["event"] == "gateway.started":
                 started.append(event["urls"][0])
     return process, started[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(upstream: Upstream, folder: Path) -> dict[str, str]:
@@ -108,7 +102,7 @@ async def test_example_config_serves_every_provider(upstream: Upstream, tmp_path
 
 async def test_two_workers_share_a_port_and_stop_cleanly(upstream: Upstream, tmp_path: Path):
     """--workers 2: both processes serve one port; SIGTERM to the parent stops both, exit 0."""
-    port = _free_port()
+    port = free_port()
     process, url = await _start(_env(upstream, tmp_path), "--workers", "2", port=port, workers=2)
     try:
         async with aiohttp.ClientSession() as session:
