@@ -10,8 +10,9 @@ import orjson
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import Reply, RequestInfo, error_body, reply_headers
+from gateway.cancel import RequestInfo
 from gateway.config import ServerConfig
+from gateway.envelope import Reply, error_body, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Source, spec
 from gateway.live import Live, LiveConfig
 from gateway.models import Envelope

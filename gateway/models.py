@@ -110,6 +110,27 @@ class Envelope(BaseModel):
     trace_id: str | None = None
 
 
+class PreviewRequest(BaseModel):
+    method: str
+    url: str
+    headers: dict[str, str]  # credentials masked
+    body: object | None = None
+
+
+class Preview(BaseModel):
+    """``POST /v1/cancellations?dry_run=true``: what would be sent, after every check the real
+    cancellation makes; nothing is sent and nothing is recorded."""
+
+    dry_run: bool = True
+    connection: str
+    provider: str
+    resource: str
+    resource_id: str
+    upstream_request: PreviewRequest
+    request_id: str
+    trace_id: str
+
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 

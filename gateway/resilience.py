@@ -15,7 +15,7 @@ import enum
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.config import BreakerSettings, ConnectionConfig, LimitSettings, RetrySettings
 from gateway.definition import ProviderDefinition
@@ -136,6 +136,12 @@ class CircuitBreaker:
         """Seconds until a probe may go, while open."""
         return max(0.0, self._opened_at + self._wait_s - self._now())
 
+    def effective_state(self) -> BreakerState:
+        """The state as the next request would find it: open with its wait over is half open."""
+        if self.state is BreakerState.OPEN and self.retry_in_s() <= 0:
+            return BreakerState.HALF_OPEN
+        return self.state
+
     def admit(self) -> bool:
         """May an attempt be sent now? In half-open state, True means: you are the probe."""
         if self.state is BreakerState.CLOSED:
@@ -214,8 +220,6 @@ class Guards:
     bulkhead: asyncio.Semaphore
     bucket: TokenBucket | None
     limits: LimitSettings
-    in_flight: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
 
     @classmethod
     def create(cls, policy: Policy, now: Now) -> Guards:
@@ -231,9 +235,6 @@ class Guards:
             bucket,
             limits,
         )
-
-    def count_rejection(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 def full_jitter() -> float:

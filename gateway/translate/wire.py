@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,12 @@ class UpstreamRequest:
             f"UpstreamRequest(method={self.method!r}, url={self.url!r}, "
             f"headers={self.shown_headers()!r}, body={self.body!r})"
         )
+
+    def with_header(self, name: str, value: str) -> UpstreamRequest:
+        """The same request with header ``name`` (any case) set to ``value``."""
+        lowered = name.lower()
+        kept = tuple((n, v) for n, v in self.headers if n.lower() != lowered)
+        return replace(self, headers=(*kept, (name, value)))
 
     def shown_headers(self) -> dict[str, str]:
         return {

@@ -1,0 +1,293 @@
+"""Sending one cancellation: attempts within the connection's budget, as the retry rules allow
+(README, "Resilience"), each through the breaker, the rate limit and the bulkhead. Nothing is
+sent while the breaker is open or the limits are full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from structlog.typing import FilteringBoundLogger
+
+from gateway.clock import Clock
+from gateway.errors import ErrorCode, Source, spec
+from gateway.metrics import Metrics
+from gateway.models import UpstreamInfo
+from gateway.resilience import GuardRegistry, Guards, Policy, backoff_s, retry_reason
+from gateway.spans import Spans
+from gateway.translate.build import Target
+from gateway.translate.classify import Outcome, classify
+from gateway.translate.wire import UpstreamRequest
+from gateway.upstream import Transport, UpstreamFailure
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    """How one attempt ended: an outcome from the provider, or a local refusal (nothing sent)."""
+
+    outcome: Outcome
+    status: int | None = None  # the provider's HTTP status, None without an answer
+    sent: bool = False  # may the request have reached the provider?
+    answered: bool = False  # an answer came that could not be read (too large, not HTTP)
+    failed: bool = False  # counts against the breaker: no answer, or a 5xx
+    refused: Outcome | None = None
+
+    @classmethod
+    def refusal(cls, code: ErrorCode, message: str, retry_after_s: float | None = None) -> Tried:
+        refused = Outcome(
+            spec(code).status, code, message, retry_after_s=retry_after_s, source=Source.GATEWAY
+        )
+        return cls(refused, refused=refused)
+
+
+async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
+    """A slot within ``wait_s`` seconds (none at all when ``wait_s`` is not positive)."""
+    if slots.locked() and wait_s <= 0:
+        return False
+    try:
+        async with asyncio.timeout(max(wait_s, 0)):
+            await slots.acquire()
+    except TimeoutError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Attempting:
+    """One cancellation on its way out: where it goes and what is sent."""
+
+    target: Target
+    resource: str
+    policy: Policy
+    request: UpstreamRequest
+
+    @property
+    def title(self) -> str:
+        return self.target.definition.title or self.target.definition.name
+
+
+class Sender:
+    def __init__(
+        self,
+        transport: Transport,
+        clock: Clock,
+        guards: GuardRegistry,
+        rand: Callable[[], float],
+        metrics: Metrics,
+        spans: Spans,
+    ) -> None:
+        self._transport = transport
+        self._clock = clock
+        self._guards = guards
+        self._rand = rand
+        self._metrics = metrics
+        self._spans = spans
+
+    async def send(
+        self,
+        going: Attempting,
+        log: FilteringBoundLogger,
+        progress: Callable[[UpstreamInfo], None],
+    ) -> Outcome:
+        """The final outcome; ``progress`` hears about every attempt that was made."""
+        connection, policy, request = going.target.name, going.policy, going.request
+        guards = self._guards.get(connection, policy)
+        retry_safe = going.target.definition.resources[going.resource].retry_safe
+        first = self._clock.monotonic()
+        deadline = first + policy.timeout_s
+        guards.budget.record_request()
+        outcome: Outcome | None = None
+        attempts = 0
+        while True:
+            tried = await self._attempt(going, guards, deadline, attempts + 1, log)
+            if tried.refused is not None:
+                # A retry refused by the breaker or the limits keeps the provider's last answer.
+                outcome = outcome or tried.refused
+                break
+            attempts += 1
+            outcome = tried.outcome
+            progress(
+                UpstreamInfo(
+                    method=request.method,
+                    url=request.url,
+                    status=tried.status,
+                    attempts=attempts,
+                    latency_ms=ms(self._clock.monotonic() - first),
+                )
+            )
+            delay = self._retry_delay(going, tried, attempts, retry_safe, deadline, guards, log)
+            if delay is None:
+                break
+            await self._clock.sleep(delay)
+        return outcome
+
+    async def _attempt(
+        self,
+        going: Attempting,
+        guards: Guards,
+        deadline: float,
+        attempt: int,
+        log: FilteringBoundLogger,
+    ) -> Tried:
+        """One attempt through the breaker, the rate limit and the bulkhead, in that order."""
+        connection, limits = going.target.name, going.policy.limits
+        admitted = guards.breaker.admit()
+        self._metrics.breaker_seen(connection, guards.breaker.state)
+        if not admitted:
+            return self._refuse(
+                connection,
+                "breaker_open",
+                attempt,
+                log,
+                Tried.refusal(
+                    ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"{going.title} is failing: the circuit is open, nothing was sent",
+                    retry_after_s=max(1.0, guards.breaker.retry_in_s()),
+                ),
+            )
+        try:
+            limit = deadline - self._clock.monotonic()
+            if limits.max_wait_s is not None:
+                limit = min(limit, limits.max_wait_s)
+            if guards.bucket is not None:
+                granted, wait = guards.bucket.reserve(limit)
+                if not granted:
+                    guards.breaker.abandon()
+                    return self._refuse(
+                        connection,
+                        "rate_limit",
+                        attempt,
+                        log,
+                        Tried.refusal(
+                            ErrorCode.RATE_LIMITED,
+                            f"the rate limit of {going.title} is reached, nothing was sent",
+                            retry_after_s=max(1.0, wait),
+                        ),
+                    )
+                if wait > 0:
+                    await self._clock.sleep(wait)
+                    limit -= wait
+            if not await _acquire(guards.bulkhead, limit):
+                guards.breaker.abandon()
+                return self._refuse(
+                    connection,
+                    "concurrency",
+                    attempt,
+                    log,
+                    Tried.refusal(
+                        ErrorCode.PROVIDER_UNAVAILABLE,
+                        f"{limits.concurrency} cancellations are already in flight "
+                        f"to {going.title}, nothing was sent",
+                    ),
+                )
+            try:
+                tried = await self._exchange(going, deadline, attempt, log)
+            finally:
+                guards.bulkhead.release()
+        except BaseException:
+            guards.breaker.abandon()
+            raise
+        guards.breaker.record(failed=tried.failed)
+        self._metrics.breaker_seen(connection, guards.breaker.state)
+        return tried
+
+    def _refuse(
+        self, connection: str, reason: str, attempt: int, log: FilteringBoundLogger, tried: Tried
+    ) -> Tried:
+        self._metrics.refused(connection, reason)
+        log.warning("upstream.refused", reason=reason, attempt=attempt)
+        return tried
+
+    async def _exchange(
+        self, going: Attempting, deadline: float, attempt: int, log: FilteringBoundLogger
+    ) -> Tried:
+        """Send once and classify the answer."""
+        target, policy, request = going.target, going.policy, going.request
+        provider = target.definition.name
+        started = self._clock.monotonic()
+        timeout = deadline - started
+        if policy.attempt_timeout_s is not None:
+            timeout = min(timeout, policy.attempt_timeout_s)
+        span = self._spans.attempt(
+            number=attempt,
+            provider=provider,
+            connection=target.name,
+            method=request.method,
+            url=request.url,
+        )
+        if span.traceparent is not None:
+            request = request.with_header("traceparent", span.traceparent)
+        log.info("upstream.request", method=request.method, url=request.url, attempt=attempt)
+        try:
+            response = await self._transport(request, timeout, policy.connect_timeout_s)
+        except UpstreamFailure as failure:
+            latency = self._clock.monotonic() - started
+            log.warning(
+                "upstream.error",
+                code=failure.code.value,
+                message=failure.message,
+                sent=failure.sent,
+                latency_ms=ms(latency),
+                attempt=attempt,
+            )
+            outcome = Outcome(
+                spec(failure.code).status, failure.code, f"{going.title}: {failure.message}"
+            )
+            timed_out = failure.code is ErrorCode.PROVIDER_TIMEOUT
+            self._metrics.attempt_finished(
+                target.name, provider, None, "timeout" if timed_out else "error", latency
+            )
+            span.finish(http_status=None, outcome=outcome.status.value, code=failure.code.value)
+            answered = failure.code is ErrorCode.PROVIDER_BAD_RESPONSE
+            return Tried(outcome, sent=failure.sent, answered=answered, failed=True)
+        except BaseException:
+            span.finish(http_status=None, outcome="abandoned", code=None)
+            raise
+        latency = self._clock.monotonic() - started
+        log.info(
+            "upstream.response", status=response.status, latency_ms=ms(latency), attempt=attempt
+        )
+        outcome = classify(target.definition, going.resource, response, self._clock.now())
+        self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
+        code = outcome.code.value if outcome.code else None
+        span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
+        return Tried(outcome, status=response.status, sent=True, failed=response.status >= 500)
+
+    def _retry_delay(
+        self,
+        going: Attempting,
+        tried: Tried,
+        attempts: int,
+        retry_safe: bool,
+        deadline: float,
+        guards: Guards,
+        log: FilteringBoundLogger,
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None when this outcome is final."""
+        retry = going.policy.retry
+        if attempts >= retry.max_attempts:
+            return None
+        if tried.status == 429:
+            reason: str | None = "rate limited"
+            given = tried.outcome.retry_after_s
+            delay = given if given is not None else backoff_s(attempts, retry, self._rand)
+        else:
+            reason = retry_reason(
+                status=tried.status, sent=tried.sent, retry_safe=retry_safe, answered=tried.answered
+            )
+            delay = backoff_s(attempts, retry, self._rand)
+        if reason is None or delay >= deadline - self._clock.monotonic():
+            return None
+        if not guards.budget.try_retry():
+            self._metrics.retry_budget_exhausted(going.target.name)
+            log.warning("upstream.retry_budget_exhausted", attempt=attempts)
+            return None
+        self._metrics.retried(going.target.name, reason)
+        log.info("upstream.retry", attempt=attempts, reason=reason, delay_ms=ms(delay))
+        return delay
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
