@@ -129,7 +129,7 @@ class Canceller:
         spans: Spans | None = None,
     ) -> None:
         self._runtime = runtime
-        self._store: Store = store or MemoryStore()
+        self._store: Store = store if store is not None else MemoryStore()  # an empty one is falsy
         self._key_ttl_s = runtime.config.store.key_ttl_s
         self._log = log
         self._clock = clock or SystemClock()
