@@ -4,41 +4,117 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import RequestInfo
+from gateway.cancel import RequestInfo, check_idempotency_key
 from gateway.config import ServerConfig
-from gateway.envelope import Reply, error_body, reply_headers
-from gateway.errors import ErrorCode, GatewayError, Source, spec
+from gateway.envelope import Reply, gateway_envelope, reply_headers
+from gateway.errors import ErrorCode, GatewayError, Status, spec
 from gateway.live import Live, LiveConfig
-from gateway.models import Envelope
+from gateway.metrics import CONTENT_TYPE
 from gateway.problems import ConfigError
 from gateway.routing import Caller
+from gateway.spans import Spans
 from gateway.store import StoreUnavailable
 
 _CANCELLATION_ID = re.compile(r"cxl_[0-9a-z]{26}")
+MAX_BATCH = 100
+MAX_BATCH_KEY = 250  # leaves room for "#99" within the 255 a key may have
 LOG = web.AppKey("log", FilteringBoundLogger)
 CONFIG = web.AppKey("config", LiveConfig)
 SERVER = web.AppKey("server", ServerConfig)  # as started: these settings need a restart
 INFO = web.RequestKey("info", RequestInfo)
 CURRENT = web.RequestKey("current", Live)  # the configuration this request runs on
 CALLER = web.RequestKey("caller", Caller)
+SPANS = web.AppKey("spans", Spans)
+ACCESS_LOG = web.AppKey("access_log", bool)
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/cancellations", create_cancellation)
+    app.router.add_post("/v1/cancellations/batch", create_batch)
     app.router.add_get("/v1/cancellations/{cancellation_id}", get_cancellation)
     app.router.add_get("/v1/connections", list_connections)
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
 
 
 async def create_cancellation(request: web.Request) -> web.Response:
+    """One cancellation; with ``?dry_run=true``, what would be sent for it, and nothing is."""
+    dry_run = _flag(request, "dry_run")
+    body = await _read_body(request)
+    canceller = request[CURRENT].canceller
+    if dry_run:
+        preview = canceller.preview(request[CALLER], body, request[INFO])
+        request.app[LOG].info(
+            "cancellation.previewed",
+            caller=request[CALLER].name,
+            connection=preview.connection,
+            resource_id=preview.resource_id,
+        )
+        return web.Response(body=preview.model_dump_json(), content_type="application/json")
+    reply = await canceller.cancel(request[CALLER], body, request[INFO])
+    return envelope_response(reply)
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    """Up to ``MAX_BATCH`` cancellations, at most ``server.batch_concurrency`` at a time; each
+    item is answered with the envelope it would get alone, in the order given, and one
+    item's failure never touches another's. With an ``Idempotency-Key`` K, item i uses K#i."""
+    body = await _read_body(request)
+    info = request[INFO]
+    items = parse_batch(body, info.idempotency_key)
+    caller, canceller = request[CALLER], request[CURRENT].canceller
+    slots = asyncio.Semaphore(request.app[SERVER].batch_concurrency)
+
+    async def one(index: int, item: object) -> bytes:
+        key = None if info.idempotency_key is None else f"{info.idempotency_key}#{index}"
+        async with slots:
+            reply = await canceller.cancel(
+                caller, orjson.dumps(item), replace(info, idempotency_key=key)
+            )
+        return reply.body
+
+    bodies = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+    counts = dict.fromkeys((s.value for s in Status), 0)
+    for answered in bodies:
+        counts[orjson.loads(answered)["status"]] += 1
+    head = orjson.dumps(
+        {"counts": counts, "request_id": info.request_id, "trace_id": info.trace.trace_id}
+    )
+    # The envelopes are spliced in as they were rendered (and redacted), not parsed again.
+    document = b'{"items":[' + b",".join(bodies) + b"]," + head[1:]
+    return web.Response(body=document, content_type="application/json")
+
+
+def parse_batch(body: bytes, idempotency_key: str | None) -> list[object]:
+    """The batch's items, unchecked: each is checked as its own cancellation."""
+    check_idempotency_key(idempotency_key)
+    if idempotency_key is not None and len(idempotency_key) > MAX_BATCH_KEY:
+        raise _invalid(
+            "headers.Idempotency-Key",
+            f"a batch's key is at most {MAX_BATCH_KEY} characters (item i uses key#i)",
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid("body", "not valid JSON", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) != {"items"}:
+        raise _invalid("body", 'must be a JSON object with one field, "items"')
+    items = data["items"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise _invalid("items", f"must be a list of 1 to {MAX_BATCH} cancellations")
+    return items
+
+
+async def _read_body(request: web.Request) -> bytes:
     server = request.app[SERVER]
     limit = server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -47,7 +123,7 @@ async def create_cancellation(request: web.Request) -> web.Response:
         )
     try:
         async with asyncio.timeout(server.body_timeout_s):
-            body = await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
+            return await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
     except TimeoutError:
         request.app[LOG].warning("request.body_timeout", timeout_s=server.body_timeout_s)
         raise GatewayError(
@@ -55,8 +131,21 @@ async def create_cancellation(request: web.Request) -> web.Response:
             f"the request body did not arrive within {server.body_timeout_s:g} s",
             fields=[("body", "did not arrive in time")],
         ) from None
-    reply = await request[CURRENT].canceller.cancel(request[CALLER], body, request[INFO])
-    return envelope_response(reply)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false")
+    if value not in ("true", "false"):
+        raise _invalid(f"query.{name}", "must be true or false")
+    return value == "true"
+
+
+def _invalid(loc: str, problem: str, message: str | None = None) -> GatewayError:
+    return GatewayError(
+        ErrorCode.INVALID_REQUEST,
+        message or f"invalid request: {loc}: {problem}",
+        fields=[(loc, problem)],
+    )
 
 
 async def get_cancellation(request: web.Request) -> web.Response:
@@ -146,6 +235,15 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({"status": "ready", "config_version": version, "store": store.name})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; with several workers, the sum of all of them."""
+    config = request.app[CONFIG]
+    return web.Response(
+        body=config.metrics.exposition(config.guards.items()),
+        headers={"Content-Type": CONTENT_TYPE},
+    )
+
+
 def envelope_response(reply: Reply) -> web.Response:
     return web.Response(
         body=reply.body,
@@ -158,18 +256,7 @@ def envelope_response(reply: Reply) -> web.Response:
 def error_response(request: web.Request, exc: GatewayError) -> web.Response:
     """An envelope for a decision taken before any cancellation began (auth, routing, HTTP)."""
     info = request[INFO]
-    envelope = Envelope(
-        status=spec(exc.code).status,
-        error=error_body(
-            exc.code,
-            exc.message,
-            Source.GATEWAY,
-            retry_after_s=exc.retry_after_s,
-            fields=exc.fields,
-        ),
-        request_id=info.request_id,
-        trace_id=info.trace.trace_id,
-    )
+    envelope = gateway_envelope(exc, info.request_id, info.trace.trace_id)
     reply = Reply(
         spec(exc.code).http_status,
         envelope.model_dump_json().encode(),

@@ -1,12 +1,15 @@
 """The application factory. Middleware order, outermost first:
 
-request context (request id, trace, log context) → errors to envelope → authentication → handler.
+request context (request id, trace and server span, log context, access log and HTTP metric)
+→ errors to envelope → authentication → handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -14,16 +17,31 @@ from structlog.contextvars import bound_contextvars
 from structlog.typing import FilteringBoundLogger
 
 from gateway import api
-from gateway.api import CALLER, CONFIG, CURRENT, INFO, LOG, SERVER, error_response
+from gateway.api import (
+    ACCESS_LOG,
+    CALLER,
+    CONFIG,
+    CURRENT,
+    INFO,
+    LOG,
+    SERVER,
+    SPANS,
+    error_response,
+)
 from gateway.cancel import RequestInfo
 from gateway.clock import Clock
 from gateway.errors import ErrorCode, GatewayError
 from gateway.live import LiveConfig
 from gateway.loader import Runtime
 from gateway.logging import Redactor, make_logger
+from gateway.metrics import Metrics
+from gateway.spans import NoSpans, OtelSpans, Spans, otel_provider
 from gateway.store import Store, StoreUnavailable, create_store
 from gateway.tracing import request_id_from, trace_from
 from gateway.upstream import AiohttpTransport, Transport, new_session
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 _HTTP_CODES = {
     404: ErrorCode.UNKNOWN_ENDPOINT,
@@ -41,11 +59,15 @@ def create_app(
     clock: Clock | None = None,
     loader: Callable[[], Runtime] | None = None,
     store: Store | None = None,
+    metrics_dir: str | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> web.Application:
     """Build the gateway. Without ``transport`` the app opens one pooled client session on
     startup and closes it on cleanup. ``loader`` loads the configuration again for a reload
     (SIGHUP, ``POST /admin/reload``); ``redactor`` is the log's, so that a reloaded
-    configuration's secrets are redacted too. ``store`` replaces the configured one."""
+    configuration's secrets are redacted too. ``store`` replaces the configured one.
+    ``metrics_dir`` is the folder of prometheus-client's multiprocess mode (``--workers``);
+    ``tracer_provider`` records spans instead of the one ``tracing`` configures."""
     redactor = redactor or Redactor(runtime.secrets)
     log = log or make_logger(level=runtime.config.logging.level, redactor=redactor)
     server = runtime.config.server
@@ -53,11 +75,20 @@ def create_app(
         middlewares=[request_context, errors_to_envelope, authenticate],
         client_max_size=server.max_body_bytes,
     )
-    store = store or create_store(runtime.config.store, runtime.path.parent)
-    config = LiveConfig(runtime, log, redactor, store, clock, loader)
+    if store is None:
+        store = create_store(runtime.config.store, runtime.path.parent)
+    tracing = runtime.config.tracing
+    owned_provider = None
+    if tracer_provider is None and tracing.exporter != "none":
+        tracer_provider = owned_provider = otel_provider(tracing)
+    spans: Spans = NoSpans() if tracer_provider is None else OtelSpans(tracer_provider)
+    metrics = Metrics(metrics_dir)
+    config = LiveConfig(runtime, log, redactor, store, clock, loader, metrics=metrics, spans=spans)
     app[LOG] = log
     app[CONFIG] = config
     app[SERVER] = server
+    app[SPANS] = spans
+    app[ACCESS_LOG] = runtime.config.logging.access_log
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -74,6 +105,8 @@ def create_app(
                     yield
         finally:
             await store.close()
+            if owned_provider is not None:  # flushes the spans still queued
+                await asyncio.to_thread(owned_provider.shutdown)
 
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
@@ -82,19 +115,40 @@ def create_app(
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Ids, the configuration the request runs on, and the log context, for everything after."""
-    info = RequestInfo(
-        request_id=request_id_from(request.headers.get("X-Request-ID")),
-        trace=trace_from(request.headers.get("traceparent")),
-        idempotency_key=request.headers.get("Idempotency-Key"),
-    )
-    request[INFO] = info
-    live = request.app[CONFIG].current
-    request[CURRENT] = live
-    with bound_contextvars(
-        request_id=info.request_id, trace_id=info.trace.trace_id, config_version=live.version
-    ):
-        response = await handler(request)
+    """Ids, the server span, the configuration the request runs on and the log context, for
+    everything after; then the access log line and the HTTP metric."""
+    app = request.app
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    trace = trace_from(request.headers.get("traceparent"))
+    with app[SPANS].server(request.method, route, trace) as span:
+        info = RequestInfo(
+            request_id=request_id_from(request.headers.get("X-Request-ID")),
+            trace=span.trace,
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+        request[INFO] = info
+        live = app[CONFIG].current
+        request[CURRENT] = live
+        with bound_contextvars(
+            request_id=info.request_id, trace_id=info.trace.trace_id, config_version=live.version
+        ):
+            response = await handler(request)
+            span.finish(response.status)
+            app[CONFIG].metrics.http_answered(request.method, route, response.status)
+            if app[ACCESS_LOG]:
+                app[LOG].info(
+                    "http.request",
+                    method=request.method,
+                    path=request.path,
+                    query=request.query_string or None,
+                    route=route,
+                    status=response.status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    remote=request.remote,
+                    user_agent=request.headers.get("User-Agent"),
+                )
     response.headers["X-Request-ID"] = info.request_id
     response.headers["X-Config-Version"] = live.version
     return response

@@ -15,11 +15,17 @@ from pathlib import Path
 
 from gateway.api import CONFIG
 from gateway.app import create_app
+from gateway.cancel import Canceller, RequestInfo
+from gateway.envelope import gateway_envelope
+from gateway.errors import GatewayError
 from gateway.loader import Runtime, load
 from gateway.logging import Redactor, make_logger
 from gateway.problems import ConfigError
+from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run_workers, serve_until_stopped
 from gateway.simulate import SIMULATED, create_simulator_app
+from gateway.tracing import request_id_from, trace_from
+from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 DEMO_CONFIG = "config/demo.yaml"
@@ -48,6 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="load and validate the configuration")
     check.add_argument("--config", help=f"default: $GATEWAY_CONFIG, else {DEFAULT_CONFIG}")
     check.set_defaults(run=cmd_check_config)
+
+    preview = commands.add_parser(
+        "preview", help="show the upstream request a cancellation would send; send nothing"
+    )
+    preview.add_argument("--config", help=f"default: $GATEWAY_CONFIG, else {DEFAULT_CONFIG}")
+    preview.add_argument("--caller", help="whose permissions apply (default: the first caller)")
+    preview.add_argument("--idempotency-key", help="as the Idempotency-Key header would give it")
+    preview.add_argument(
+        "file", help="a JSON cancellation, as POSTed to /v1/cancellations; - for stdin"
+    )
+    preview.set_defaults(run=cmd_preview)
 
     simulate = commands.add_parser("simulate", help="serve emulations of the built-in providers")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -90,6 +107,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"version {runtime.version}"
     )
     return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """The dry run of ``POST /v1/cancellations``: the same checks, the request that would be
+    sent (credentials masked) on stdout, exit 0; or the error envelope, exit 1."""
+    runtime = load_or_report(config_path(args.config))
+    if runtime is None:
+        return 1
+    callers = runtime.config.callers
+    name = args.caller or callers[0].name
+    caller = Callers(callers).named(name)
+    if caller is None:
+        known = ", ".join(c.name for c in callers)
+        print(f"no caller named {name!r} (callers: {known})", file=sys.stderr)
+        return 2
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"{args.file}: {os.strerror(exc.errno) if exc.errno else exc}", file=sys.stderr)
+        return 2
+    info = RequestInfo(request_id_from(None), trace_from(None), args.idempotency_key)
+    canceller = Canceller(runtime, _never_send, make_logger(runtime.secrets, stream=sys.stderr))
+    try:
+        preview = canceller.preview(caller, body, info)
+    except GatewayError as exc:
+        envelope = gateway_envelope(exc, info.request_id, info.trace.trace_id)
+        print(envelope.model_dump_json(indent=2))
+        return 1
+    print(preview.model_dump_json(indent=2))
+    return 0
+
+
+async def _never_send(
+    request: UpstreamRequest, timeout_s: float, connect_timeout_s: float = 0
+) -> UpstreamResponse:
+    raise AssertionError("a preview never sends")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

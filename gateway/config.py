@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -34,10 +35,32 @@ class ServerConfig(_Strict):
     keepalive_timeout_s: float = Field(default=15.0, gt=0, le=3600)
     body_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # to receive a request's body
     drain_timeout_s: float | None = Field(default=None, gt=0, le=3600)  # default: see README
+    batch_concurrency: int = Field(default=10, ge=1, le=100)  # items of one batch at once
 
 
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True  # one `http.request` line per answer
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry spans (the ``otel`` extra); without it the ids stay in the logs."""
+
+    exporter: Literal["none", "otlp", "console"] = "none"
+    # otlp: the collector's traces URL (http://host:4318/v1/traces); unset: the SDK's default,
+    # which honours OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.
+    endpoint: str | None = None
+    service_name: str = Field(default="cancel-gateway", min_length=1, max_length=200)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)  # of traces this gateway starts
+
+    @field_validator("exporter")
+    @classmethod
+    def _extra_installed(cls, exporter: str) -> str:
+        if exporter != "none" and importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise ValueError(
+                f"{exporter!r} needs the otel extra: pip install 'cancel-gateway[otel]'"
+            )
+        return exporter
 
 
 class CallerConfig(_Strict):
@@ -143,6 +166,7 @@ class StoreConfig(_Strict):
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     providers: list[str] = Field(default_factory=list)  # more definition files or folders
     callers: list[CallerConfig] = Field(min_length=1)

@@ -39,6 +39,22 @@ def gateway_outcome(exc: GatewayError) -> Outcome:
     )
 
 
+def gateway_envelope(exc: GatewayError, request_id: str, trace_id: str) -> Envelope:
+    """The envelope of a decision taken before any cancellation began (auth, routing, HTTP)."""
+    return Envelope(
+        status=spec(exc.code).status,
+        error=error_body(
+            exc.code,
+            exc.message,
+            Source.GATEWAY,
+            retry_after_s=exc.retry_after_s,
+            fields=exc.fields,
+        ),
+        request_id=request_id,
+        trace_id=trace_id,
+    )
+
+
 def error_body(
     code: ErrorCode,
     message: str,

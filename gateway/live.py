@@ -18,14 +18,16 @@ from gateway.cancel import Canceller
 from gateway.clock import Clock, SystemClock
 from gateway.loader import Runtime
 from gateway.logging import Redactor
+from gateway.metrics import Metrics
 from gateway.problems import ConfigError, Problem
 from gateway.resilience import GuardRegistry
 from gateway.routing import Callers
+from gateway.spans import NoSpans, Spans
 from gateway.store import Store
 from gateway.upstream import Transport
 
 # Settings read once when the server starts: a reload that changes them warns.
-RESTART_ONLY = ("server", "logging", "store")
+RESTART_ONLY = ("server", "logging", "tracing", "store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,9 @@ class LiveConfig:
         store: Store,
         clock: Clock | None = None,
         loader: Callable[[], Runtime] | None = None,
+        *,
+        metrics: Metrics | None = None,
+        spans: Spans | None = None,
     ) -> None:
         self.store = store  # one for the life of the process: a reload keeps it
         self._first = runtime
@@ -57,7 +62,9 @@ class LiveConfig:
         self._redactor = redactor
         self._clock = clock or SystemClock()
         self._loader = loader
-        self._guards = GuardRegistry(self._clock.monotonic)
+        self.guards = GuardRegistry(self._clock.monotonic)  # kept across reloads
+        self.metrics = metrics or Metrics()
+        self._spans = spans or NoSpans()
         self._transport: Transport | None = None
         self._lock = asyncio.Lock()
         self._live: Live | None = None
@@ -115,6 +122,13 @@ class LiveConfig:
     def _build(self, runtime: Runtime) -> Live:
         assert self._transport is not None
         canceller = Canceller(
-            runtime, self._transport, self._log, self._clock, store=self.store, guards=self._guards
+            runtime,
+            self._transport,
+            self._log,
+            self._clock,
+            store=self.store,
+            guards=self.guards,
+            metrics=self.metrics,
+            spans=self._spans,
         )
         return Live(runtime, Callers(runtime.config.callers), canceller)

@@ -36,6 +36,9 @@ class Callers:
             Caller(c.name, c.digest(), tuple(c.connections), c.admin) for c in configs
         )
 
+    def named(self, name: str) -> Caller | None:
+        return next((c for c in self._callers if c.name == name), None)
+
     def authenticate(self, authorization: str | None) -> Caller:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():

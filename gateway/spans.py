@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.config import TracingConfig
 from gateway.tracing import Trace
 
 if TYPE_CHECKING:
@@ -155,3 +156,32 @@ class _OtelAttemptSpan:
             self.span.set_attribute("cancel_gateway.code", code)
             self.span.set_status(StatusCode.ERROR, code)
         self.span.end()
+
+
+def otel_provider(settings: TracingConfig) -> TracerProvider:
+    """A ``TracerProvider`` exporting as ``settings`` say; shut it down to flush."""
+    import sys
+
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SimpleSpanProcessor,
+    )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": settings.service_name}),
+        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+    )
+    if settings.exporter == "console":
+        # stderr: stdout is for JSON log lines only.
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    elif settings.exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint))
+        )
+    return provider

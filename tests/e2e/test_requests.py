@@ -210,7 +210,8 @@ async def test_invalid_traceparent_starts_a_new_trace(gateway: Gateway, upstream
 
 
 async def test_every_cancellation_logs_the_contract_events(gateway: Gateway, upstream: Upstream):
-    """received → upstream.request → upstream.response → completed, all with ids bound."""
+    """received → upstream.request → upstream.response → completed, then the access line, all
+    with ids bound."""
     upstream.answer(200, {"orderNumber": "1"})
     result = await gateway.cancel({"connection": "rxuniverse-lab", "id": "1"})
     mine = [line for line in gateway.logs if line.get("request_id") == result.body["request_id"]]
@@ -219,6 +220,7 @@ async def test_every_cancellation_logs_the_contract_events(gateway: Gateway, ups
         "upstream.request",
         "upstream.response",
         "cancellation.completed",
+        "http.request",
     ]
     for line in mine:
         assert line["trace_id"] == result.body["trace_id"]
@@ -242,7 +244,7 @@ async def test_refused_input_still_logs_received_and_completed(gateway: Gateway)
         for line in gateway.logs
         if line.get("request_id") == result.body["request_id"]
     ]
-    assert mine == ["cancellation.received", "cancellation.completed"]
+    assert mine == ["cancellation.received", "cancellation.completed", "http.request"]
 
 
 async def test_slow_upstream_times_out_within_budget(gateway: Gateway, upstream: Upstream):
