@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 DEMO_CONFIG = "config/demo.yaml"
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 DEMO_CALLER_KEY = "demo-caller-key-0123456789"  # printed by the demo: not a secret
 DEMO_REQUESTS = [
     {"connection": "stateset-demo", "id": "asn_demo_1", "reason": "Supplier delay"},
@@ -156,12 +158,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if workers == 1:
         return serve_gateway(path, args.host, args.port, reuse_port=False)
-    return run_workers(
-        workers, functools.partial(serve_gateway, path, args.host, args.port, reuse_port=True)
-    )
+    # Each worker writes its metrics to files here; any worker's /metrics adds them all up.
+    # prometheus-client reads the variable when a worker imports it.
+    given = os.environ.get(METRICS_DIR_VARIABLE)
+    with contextlib.ExitStack() as stack:
+        metrics_dir = given or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="cancel-gateway-metrics-")
+        )
+        os.environ[METRICS_DIR_VARIABLE] = metrics_dir
+        serve = functools.partial(
+            serve_gateway, path, args.host, args.port, reuse_port=True, metrics_dir=metrics_dir
+        )
+        return run_workers(workers, serve)
 
 
-def serve_gateway(path: Path, host: str | None, port: int | None, *, reuse_port: bool) -> int:
+def serve_gateway(
+    path: Path,
+    host: str | None,
+    port: int | None,
+    *,
+    reuse_port: bool,
+    metrics_dir: str | None = None,
+) -> int:
     runtime = load_or_report(path)
     if runtime is None:
         return 1
@@ -169,7 +187,11 @@ def serve_gateway(path: Path, host: str | None, port: int | None, *, reuse_port:
     redactor = Redactor(runtime.secrets)
     log = make_logger(level=runtime.config.logging.level, redactor=redactor)
     app = create_app(
-        runtime, log=log, redactor=redactor, loader=functools.partial(load, path, os.environ)
+        runtime,
+        log=log,
+        redactor=redactor,
+        loader=functools.partial(load, path, os.environ),
+        metrics_dir=metrics_dir,
     )
     listener = Listener(
         app,
