@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import replace
-from typing import Any
 
 import orjson
 from aiohttp import web
+from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
 from gateway.cancel import RequestInfo, check_idempotency_key
@@ -17,6 +17,15 @@ from gateway.envelope import Reply, gateway_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, spec
 from gateway.live import Live, LiveConfig
 from gateway.metrics import CONTENT_TYPE
+from gateway.models import (
+    ConnectionInfo,
+    Connections,
+    Health,
+    ParamInfo,
+    Readiness,
+    Reloaded,
+)
+from gateway.openapi import openapi_document
 from gateway.problems import ConfigError
 from gateway.routing import Caller
 from gateway.spans import Spans
@@ -33,17 +42,21 @@ CURRENT = web.RequestKey("current", Live)  # the configuration this request runs
 CALLER = web.RequestKey("caller", Caller)
 SPANS = web.AppKey("spans", Spans)
 ACCESS_LOG = web.AppKey("access_log", bool)
+OPENAPI = web.AppKey("openapi", bytes)
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/cancellations", create_cancellation)
     app.router.add_post("/v1/cancellations/batch", create_batch)
-    app.router.add_get("/v1/cancellations/{cancellation_id}", get_cancellation)
+    # Not "batch": that path is POST only, and a GET on it must say so (405, Allow: POST).
+    app.router.add_get("/v1/cancellations/{cancellation_id:(?!batch$)[^/]+}", get_cancellation)
     app.router.add_get("/v1/connections", list_connections)
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app[OPENAPI] = orjson.dumps(openapi_document())
 
 
 async def create_cancellation(request: web.Request) -> web.Response:
@@ -68,6 +81,8 @@ async def create_batch(request: web.Request) -> web.Response:
     """Up to ``MAX_BATCH`` cancellations, at most ``server.batch_concurrency`` at a time; each
     item is answered with the envelope it would get alone, in the order given, and one
     item's failure never touches another's. With an ``Idempotency-Key`` K, item i uses K#i."""
+    if "dry_run" in request.query:  # asking for one must never cancel for real
+        raise _invalid("query.dry_run", "a batch has no dry run: preview its items one by one")
     body = await _read_body(request)
     info = request[INFO]
     items = parse_batch(body, info.idempotency_key)
@@ -187,40 +202,37 @@ async def reload_config(request: web.Request) -> web.Response:
             f"the configuration was refused, version {previous} keeps serving",
             fields=[(f"{p.file}: {p.loc}" if p.loc else p.file, p.message) for p in exc.problems],
         ) from None
-    return _json(
-        {"status": "reloaded", "config_version": live.version, "previous_version": previous}
+    return _model(
+        Reloaded(status="reloaded", config_version=live.version, previous_version=previous)
     )
 
 
 async def list_connections(request: web.Request) -> web.Response:
     """The connections this caller may use, with what a request may say; never secrets."""
     caller = request[CALLER]
-    listed: list[dict[str, Any]] = []
-    for name, target in sorted(request[CURRENT].runtime.targets.items()):
-        if not caller.may_use(name):
-            continue
-        definition = target.definition
-        listed.append(
-            {
-                "name": name,
-                "provider": definition.name,
-                "resources": list(definition.resources),
-                "params": {
-                    pname: {
-                        "type": pspec.type,
-                        "required": pspec.required,
-                        "per_request": pspec.per_request,
-                        "description": pspec.description,
-                    }
-                    for pname, pspec in definition.params.items()
-                },
-            }
+    listed = [
+        ConnectionInfo(
+            name=name,
+            provider=target.definition.name,
+            resources=list(target.definition.resources),
+            params={
+                pname: ParamInfo(
+                    type=pspec.type,
+                    required=pspec.required,
+                    per_request=pspec.per_request,
+                    description=pspec.description or None,
+                )
+                for pname, pspec in target.definition.params.items()
+            },
         )
-    return _json({"connections": listed})
+        for name, target in sorted(request[CURRENT].runtime.targets.items())
+        if caller.may_use(name)
+    ]
+    return _model(Connections(connections=listed))
 
 
 async def healthz(_: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return _model(Health(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -231,8 +243,10 @@ async def readyz(request: web.Request) -> web.Response:
         await store.ping()
     except StoreUnavailable as exc:
         request.app[LOG].warning("store.unavailable", backend=store.name, error=str(exc))
-        return _json({"status": "unavailable", "config_version": version, "store": store.name}, 503)
-    return _json({"status": "ready", "config_version": version, "store": store.name})
+        return _model(
+            Readiness(status="unavailable", config_version=version, store=store.name), 503
+        )
+    return _model(Readiness(status="ready", config_version=version, store=store.name))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -242,6 +256,10 @@ async def metrics(request: web.Request) -> web.Response:
         body=config.metrics.exposition(config.guards.items()),
         headers={"Content-Type": CONTENT_TYPE},
     )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 def envelope_response(reply: Reply) -> web.Response:
@@ -267,5 +285,7 @@ def error_response(request: web.Request, exc: GatewayError) -> web.Response:
     return envelope_response(reply)
 
 
-def _json(data: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+def _model(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json(), status=status, content_type="application/json"
+    )

@@ -131,6 +131,63 @@ class Preview(BaseModel):
     trace_id: str
 
 
+class BatchRequest(BaseModel):
+    """``POST /v1/cancellations/batch``. Each item is checked as a cancellation of its own: an
+    item that is not valid gets its own ``invalid_request`` envelope, the others go on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[object] = Field(
+        min_length=1,
+        max_length=100,
+        description="Each a CancelRequest, checked one by one: an invalid item is answered "
+        "with its own invalid_request envelope and does not stop the others.",
+    )
+
+
+class BatchResponse(BaseModel):
+    items: list[Envelope]  # in the order of the request
+    counts: dict[Status, int]
+    request_id: str
+    trace_id: str
+
+
+class ParamInfo(BaseModel):
+    type: str
+    required: bool
+    per_request: bool
+    description: str | None = None
+
+
+class ConnectionInfo(BaseModel):
+    name: str
+    provider: str
+    resources: list[str]
+    params: dict[str, ParamInfo]
+
+
+class Connections(BaseModel):
+    """``GET /v1/connections``: what this caller may use; never a secret."""
+
+    connections: list[ConnectionInfo]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str  # ready | unavailable
+    config_version: str
+    store: str
+
+
+class Reloaded(BaseModel):
+    status: str
+    config_version: str
+    previous_version: str
+
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
