@@ -178,7 +178,9 @@ class Canceller:
                 method=upstream.method,
                 url=self._redactor.text(upstream.url),
                 headers=shown,
-                body=None if upstream.body is None else orjson.loads(upstream.body),
+                body=None
+                if upstream.body is None
+                else self._redactor.clean(orjson.loads(upstream.body)),
             ),
             request_id=info.request_id,
             trace_id=info.trace.trace_id,

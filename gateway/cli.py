@@ -165,6 +165,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_dir = given or stack.enter_context(
             tempfile.TemporaryDirectory(prefix="cancel-gateway-metrics-")
         )
+        for stale in Path(metrics_dir).glob("*.db"):  # a previous run's samples
+            stale.unlink()
         os.environ[METRICS_DIR_VARIABLE] = metrics_dir
         serve = functools.partial(
             serve_gateway, path, args.host, args.port, reuse_port=True, metrics_dir=metrics_dir

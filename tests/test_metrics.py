@@ -1,0 +1,280 @@
+"""The gateway's metrics as a scrape shows them: each ``Metrics`` method, read back from the
+Prometheus text that ``exposition()`` renders, with no server."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import BreakerSettings, LimitSettings, RetrySettings
+from gateway.metrics import LATENCY_BUCKETS, Metrics
+from gateway.resilience import BreakerState, CircuitBreaker, Guards, Policy
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: bytes) -> Samples:
+    """Every sample of a scrape, by name and labels."""
+    found: Samples = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float | None:
+    """One sample's value, None when the scrape has no such sample."""
+    return samples(metrics.exposition()).get((name, frozenset(labels.items())))
+
+
+def names(metrics: Metrics, name: str) -> list[dict[str, str]]:
+    """The label sets of every sample called ``name``."""
+    return [dict(labels) for (n, labels) in samples(metrics.exposition()) if n == name]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def policy(failures: int = 1, open_s: float = 5.0) -> Policy:
+    return Policy(
+        timeout_s=10.0,
+        connect_timeout_s=3.0,
+        attempt_timeout_s=None,
+        retry=RetrySettings(),
+        breaker=BreakerSettings(failures=failures, open_s=open_s),
+        limits=LimitSettings(),
+    )
+
+
+def test_http_answers_are_counted_by_method_route_and_status():
+    """http_answered adds one to the sample with its method, route and status as labels."""
+    metrics = Metrics()
+    metrics.http_answered("POST", "/v1/cancellations", 200)
+    metrics.http_answered("POST", "/v1/cancellations", 200)
+    metrics.http_answered("GET", "unmatched", 404)
+    name = "cancel_gateway_http_requests_total"
+    assert value(metrics, name, method="POST", route="/v1/cancellations", status="200") == 2
+    assert value(metrics, name, method="GET", route="unmatched", status="404") == 1
+    assert value(metrics, name, method="GET", route="/v1/cancellations", status="200") is None
+
+
+def test_cancellations_are_counted_with_empty_labels_for_what_is_unknown():
+    """cancellation_completed labels connection/provider/status/error_code; None becomes ''."""
+    metrics = Metrics()
+    metrics.cancellation_completed("rx", "rxuniverse", "cancelled", None)
+    metrics.cancellation_completed("rx", "rxuniverse", "rejected", "not_found")
+    metrics.cancellation_completed("rx", "rxuniverse", "rejected", "not_found")
+    metrics.cancellation_completed(None, None, "rejected", "unknown_connection")
+    name = "cancel_gateway_cancellations_total"
+    assert (
+        value(
+            metrics, name, connection="rx", provider="rxuniverse", status="cancelled", error_code=""
+        )
+        == 1
+    )
+    assert (
+        value(
+            metrics,
+            name,
+            connection="rx",
+            provider="rxuniverse",
+            status="rejected",
+            error_code="not_found",
+        )
+        == 2
+    )
+    assert (
+        value(
+            metrics,
+            name,
+            connection="",
+            provider="",
+            status="rejected",
+            error_code="unknown_connection",
+        )
+        == 1
+    )
+    assert len(names(metrics, name)) == 3
+
+
+def test_replays_are_counted():
+    """replayed adds one to cancel_gateway_idempotent_replays_total, which starts at 0."""
+    metrics = Metrics()
+    assert value(metrics, "cancel_gateway_idempotent_replays_total") == 0
+    metrics.replayed()
+    metrics.replayed()
+    assert value(metrics, "cancel_gateway_idempotent_replays_total") == 2
+
+
+def test_attempts_are_counted_by_the_class_of_their_answer_or_failure():
+    """attempt_finished: an HTTP status counts as its class (2xx, 4xx, 5xx), no answer as
+    timeout or error."""
+    metrics = Metrics()
+    for status in (200, 204, 404, 503, 302):
+        metrics.attempt_finished("rx", "rxuniverse", status, None, 0.01)
+    metrics.attempt_finished("rx", "rxuniverse", None, "timeout", 1.0)
+    metrics.attempt_finished("rx", "rxuniverse", None, "error", 0.001)
+    metrics.attempt_finished("rx", "rxuniverse", None, None, 0.001)
+    name = "cancel_gateway_upstream_attempts_total"
+    found = {labels["result"]: value(metrics, name, **labels) for labels in names(metrics, name)}
+    assert found == {"2xx": 2, "3xx": 1, "4xx": 1, "5xx": 1, "timeout": 1, "error": 2}
+    assert all(
+        labels["connection"] == "rx" and labels["provider"] == "rxuniverse"
+        for labels in names(metrics, name)
+    )
+
+
+def test_attempt_latency_fills_the_histogram_of_its_connection():
+    """Each attempt's latency lands in the connection's histogram: cumulative buckets, count
+    and sum."""
+    metrics = Metrics()
+    metrics.attempt_finished("rx", "rxuniverse", 200, None, 0.003)
+    metrics.attempt_finished("rx", "rxuniverse", 200, None, 0.03)
+    metrics.attempt_finished("rx", "rxuniverse", None, "timeout", 3.0)
+    metrics.attempt_finished("other", "shipper", 200, None, 0.2)
+    name = "cancel_gateway_upstream_latency_seconds"
+    buckets = {
+        labels["le"]: value(metrics, name + "_bucket", **labels)
+        for labels in names(metrics, name + "_bucket")
+        if labels["connection"] == "rx"
+    }
+    assert len(buckets) == len(LATENCY_BUCKETS) + 1  # and +Inf
+    assert buckets["0.005"] == 1
+    assert buckets["0.025"] == 1
+    assert buckets["0.05"] == 2
+    assert buckets["2.5"] == 2
+    assert buckets["5.0"] == 3
+    assert buckets["+Inf"] == 3
+    assert value(metrics, name + "_count", connection="rx") == 3
+    assert abs((value(metrics, name + "_sum", connection="rx") or 0) - 3.033) < 1e-9
+    assert value(metrics, name + "_count", connection="other") == 1
+
+
+def test_retries_budget_refusals_and_unmapped_errors_are_counted_by_their_labels():
+    """retried (by reason), retry_budget_exhausted, refused (by reason) and unmapped_error (by
+    provider status, '' without one) each count under their own labels."""
+    metrics = Metrics()
+    metrics.retried("rx", "answered 503")
+    metrics.retried("rx", "answered 503")
+    metrics.retried("rx", "not sent")
+    metrics.retry_budget_exhausted("rx")
+    metrics.refused("rx", "breaker_open")
+    metrics.refused("rx", "rate_limit")
+    metrics.refused("rx", "breaker_open")
+    metrics.unmapped_error("rx", "rxuniverse", 418)
+    metrics.unmapped_error("rx", "rxuniverse", None)
+    retries = "cancel_gateway_upstream_retries_total"
+    assert value(metrics, retries, connection="rx", reason="answered 503") == 2
+    assert value(metrics, retries, connection="rx", reason="not sent") == 1
+    assert value(metrics, "cancel_gateway_retry_budget_exhausted_total", connection="rx") == 1
+    refusals = "cancel_gateway_upstream_refusals_total"
+    assert value(metrics, refusals, connection="rx", reason="breaker_open") == 2
+    assert value(metrics, refusals, connection="rx", reason="rate_limit") == 1
+    assert value(metrics, refusals, connection="rx", reason="concurrency") is None
+    unmapped = "cancel_gateway_unmapped_errors_total"
+    assert (
+        value(metrics, unmapped, connection="rx", provider="rxuniverse", provider_status="418") == 1
+    )
+    assert value(metrics, unmapped, connection="rx", provider="rxuniverse", provider_status="") == 1
+
+
+def test_breaker_state_values_are_0_closed_1_half_open_2_open():
+    """breaker_seen sets the connection's gauge to 0, 1 or 2 by state."""
+    metrics = Metrics()
+    name = "cancel_gateway_breaker_state"
+    metrics.breaker_seen("a", BreakerState.CLOSED)
+    metrics.breaker_seen("b", BreakerState.HALF_OPEN)
+    metrics.breaker_seen("c", BreakerState.OPEN)
+    assert value(metrics, name, connection="a") == 0
+    assert value(metrics, name, connection="b") == 1
+    assert value(metrics, name, connection="c") == 2
+    metrics.breaker_seen("c", BreakerState.CLOSED)
+    assert value(metrics, name, connection="c") == 0
+
+
+def test_exposition_refreshes_breaker_states_from_the_guards():
+    """A scrape reads each breaker's state as the next request would find it: closed 0, open
+    2, and open with its wait over 1 (half open) though no request came to notice it."""
+    clock = Clock()
+    guards = Guards.create(policy(failures=1, open_s=5.0), clock)
+    other = Guards.create(policy(), clock)
+    metrics = Metrics()
+    name = "cancel_gateway_breaker_state"
+
+    def scrape() -> Samples:
+        return samples(metrics.exposition([("rx", guards), ("calm", other)]))
+
+    key = (name, frozenset({("connection", "rx")}))
+    assert scrape()[key] == 0
+    assert guards.breaker.admit()
+    guards.breaker.record(failed=True)
+    assert scrape()[key] == 2
+    clock.t += 4.9
+    assert scrape()[key] == 2
+    clock.t += 0.2
+    assert guards.breaker.state is BreakerState.OPEN  # nothing noticed the wait is over
+    assert scrape()[key] == 1
+    assert guards.breaker.admit()  # the probe
+    guards.breaker.record(failed=False)
+    assert scrape()[key] == 0
+    assert scrape()[(name, frozenset({("connection", "calm")}))] == 0
+
+
+def test_circuit_breaker_effective_state_with_an_injected_clock():
+    """CircuitBreaker.effective_state: OPEN while its wait runs, HALF_OPEN once it is over."""
+    clock = Clock()
+    breaker = CircuitBreaker(BreakerSettings(failures=2, open_s=1.0), clock)
+    breaker.record(failed=True)
+    assert breaker.effective_state() is BreakerState.CLOSED
+    breaker.record(failed=True)
+    assert breaker.effective_state() is BreakerState.OPEN
+    clock.t += 1.0
+    assert breaker.effective_state() is BreakerState.HALF_OPEN
+
+
+def test_two_instances_do_not_share_values():
+    """Each Metrics has its own registry: what one counts, the other does not show."""
+    first, second = Metrics(), Metrics()
+    first.http_answered("GET", "/healthz", 200)
+    first.replayed()
+    first.cancellation_completed("rx", "rxuniverse", "cancelled", None)
+    first.breaker_seen("rx", BreakerState.OPEN)
+    assert value(first, "cancel_gateway_idempotent_replays_total") == 1
+    assert value(second, "cancel_gateway_idempotent_replays_total") == 0
+    assert names(second, "cancel_gateway_http_requests_total") == []
+    assert names(second, "cancel_gateway_cancellations_total") == []
+    assert names(second, "cancel_gateway_breaker_state") == []
+    second.http_answered("GET", "/healthz", 200)
+    assert (
+        value(
+            first,
+            "cancel_gateway_http_requests_total",
+            method="GET",
+            route="/healthz",
+            status="200",
+        )
+        == 1
+    )
+
+
+def test_exposition_declares_every_family_with_its_type():
+    """The scrape declares each metric of the gateway with the Prometheus type it has."""
+    families = text_string_to_metric_families(Metrics().exposition().decode())
+    # prometheus-client adds a "<counter>_created" gauge per counter: not the gateway's own.
+    types = {f.name: f.type for f in families if not f.name.endswith("_created")}
+    assert types == {
+        "cancel_gateway_http_requests": "counter",
+        "cancel_gateway_cancellations": "counter",
+        "cancel_gateway_idempotent_replays": "counter",
+        "cancel_gateway_upstream_attempts": "counter",
+        "cancel_gateway_upstream_latency_seconds": "histogram",
+        "cancel_gateway_upstream_retries": "counter",
+        "cancel_gateway_retry_budget_exhausted": "counter",
+        "cancel_gateway_upstream_refusals": "counter",
+        "cancel_gateway_breaker_state": "gauge",
+        "cancel_gateway_unmapped_errors": "counter",
+    }
