@@ -20,7 +20,7 @@ from gateway.cancel import Canceller, RequestInfo
 from gateway.envelope import gateway_envelope
 from gateway.errors import GatewayError
 from gateway.loader import Runtime, load
-from gateway.logging import Redactor, make_logger
+from gateway.logging import Redactor, capture_library_logs, make_logger
 from gateway.problems import ConfigError
 from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run_workers, serve_until_stopped
@@ -202,7 +202,9 @@ def serve_gateway(
         runtime.drain_timeout_s,
         reuse_port,
         server.keepalive_timeout_s,
+        envelopes=True,
     )
+    capture_library_logs(log)
 
     def started(urls: Sequence[str]) -> None:
         log.info(
@@ -257,7 +259,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             errors.extend(map(str, exc.problems))
             raise
         log = make_logger(runtime.secrets, level=runtime.config.logging.level, stream=sys.stderr)
-        return Listener(create_app(runtime, log=log), "127.0.0.1", args.port, 5.0)
+        capture_library_logs(log)
+        return Listener(create_app(runtime, log=log), "127.0.0.1", args.port, 5.0, envelopes=True)
 
     def started(urls: Sequence[str]) -> None:
         print(demo_banner(urls[-1], urls[0], environ["DEMO_CALLER_KEY"]), flush=True)

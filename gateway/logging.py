@@ -8,8 +8,10 @@ Tracebacks are rendered without local variables.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
+import traceback
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
@@ -35,6 +37,10 @@ SENSITIVE_KEYS = frozenset(
     }
 )
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# A header quoted in a library's message (a request it could not parse): keep the name only.
+_QUOTED_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|x-api-key|access-token|cookie)(\s*:\s*)[^\r\n'\"]*"
+)
 
 
 class Redactor:
@@ -73,6 +79,30 @@ class Redactor:
         if isinstance(value, int | float | bool) or value is None:
             return value
         return self.text(str(value))
+
+
+class _Forward(logging.Handler):
+    """Log records of aiohttp (a request it could not parse, an error outside the app) as
+    JSON lines through the same pipeline, with the headers they quote masked."""
+
+    def __init__(self, log: FilteringBoundLogger) -> None:
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
+        masked = _QUOTED_HEADER.sub(rf"\1\2{REDACTED}", text)
+        self._log.log(record.levelno, "server.error", logger=record.name, message=masked)
+
+
+def capture_library_logs(log: FilteringBoundLogger) -> None:
+    """Send aiohttp's standard-library log records to ``log`` instead of plain stderr."""
+    library = logging.getLogger("aiohttp")
+    library.handlers = [_Forward(log)]
+    library.setLevel(logging.WARNING)
+    library.propagate = False
 
 
 def _render(_: WrappedLogger, __: str, event: EventDict) -> str:

@@ -17,6 +17,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from gateway.envelope import gateway_envelope
+from gateway.errors import ErrorCode, GatewayError
+from gateway.tracing import request_id_from, trace_from
 
 Started = Callable[[Sequence[str]], Awaitable[None] | None]
 
@@ -29,6 +35,49 @@ class Listener:
     drain_timeout_s: float = 10.0
     reuse_port: bool = False
     keepalive_timeout_s: float = 15.0  # idle connections, and requests whose headers trickle
+    envelopes: bool = False  # answer malformed HTTP with an envelope (the gateway's listeners)
+
+
+class _EnvelopeHandler(RequestHandler):
+    """aiohttp answers a request it cannot parse itself, in plain text that quotes the
+    offending bytes (a caller key among them). This answers the contract's envelope instead,
+    and says nothing of what was sent."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it, closes the connection
+        if status == 413:
+            code, text = ErrorCode.PAYLOAD_TOO_LARGE, "the request is too large"
+        elif status >= 500:
+            code, text = ErrorCode.INTERNAL_ERROR, "internal error"
+        else:
+            code, text = ErrorCode.INVALID_REQUEST, f"the request is not valid HTTP ({status})"
+        error = GatewayError(code, text)
+        envelope = gateway_envelope(error, request_id_from(None), trace_from(None).trace_id)
+        response = web.Response(
+            status=status, body=envelope.model_dump_json(), content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+
+class _EnvelopeServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _EnvelopeHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _EnvelopeRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _EnvelopeServer
+        return server
 
 
 class CannotListen(Exception):
@@ -73,7 +122,8 @@ async def serve_until_stopped(
     try:
         for spec in listeners:
             listener = spec if isinstance(spec, Listener) else spec(list(urls))
-            runner = web.AppRunner(
+            runner_class = _EnvelopeRunner if listener.envelopes else web.AppRunner
+            runner = runner_class(
                 listener.app,
                 access_log=None,
                 shutdown_timeout=listener.drain_timeout_s,

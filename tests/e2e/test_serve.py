@@ -116,3 +116,63 @@ async def test_two_workers_share_a_port_and_stop_cleanly(upstream: Upstream, tmp
     assert process.returncode == 0, stderr.decode()
     events = [orjson.loads(line)["event"] for line in stdout.splitlines() if line.strip()]
     assert events.count("gateway.stopped") == 2
+
+
+async def _raw(url: str, request: bytes) -> bytes:
+    """Send bytes no HTTP client would, and read the whole answer."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("key", [CALLER_KEY, "not-a-configured-key-0123456789"])
+async def test_malformed_http_is_an_envelope_and_the_key_is_never_echoed(
+    upstream: Upstream, tmp_path: Path, key: str
+):
+    """A header aiohttp cannot parse: a 400 envelope that quotes nothing, and a JSON log line
+    on stdout with the header's value masked, known key or not; nothing on stderr."""
+    process, url = await _start(_env(upstream, tmp_path))
+    try:
+        answer = await _raw(
+            url,
+            b"POST /v1/cancellations HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\x01\r\n".encode()
+            + b"Content-Length: 2\r\n\r\n{}",
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            stdout, stderr = await process.communicate()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") or head.startswith(b"HTTP/1.0 400")
+    assert b"application/json" in head
+    envelope = orjson.loads(body)
+    assert envelope["status"] == "rejected"
+    assert envelope["error"]["code"] == "invalid_request"
+    assert key.encode() not in answer
+    assert stderr.decode() == ""
+    lines = [orjson.loads(line) for line in stdout.splitlines() if line.strip()]
+    errors = [line for line in lines if line["event"] == "server.error"]
+    assert errors
+    assert "Authorization: [REDACTED]" in errors[0]["message"]
+    assert key.encode() not in stdout
+    assert process.returncode == 0
+
+
+async def test_sigint_stops_serve_like_sigterm(upstream: Upstream, tmp_path: Path):
+    """Ctrl-C on `serve`: a clean stop, exit 0, gateway.stopped last, nothing on stderr."""
+    process, url = await _start(_env(upstream, tmp_path))
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as resp:
+        assert resp.status == 200
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(15):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert stderr.decode() == ""
+    assert orjson.loads(stdout.splitlines()[-1])["event"] == "gateway.stopped"
