@@ -13,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install . \
+# Every store backend and the OpenTelemetry exporter: the image serves any configuration.
+RUN pip install ".[redis,postgres,otel]" \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
     && install -d -o gateway -g gateway /var/lib/cancel-gateway
 VOLUME ["/var/lib/cancel-gateway"]

@@ -285,8 +285,8 @@ def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
         f"  simulators  {simulator_url}",
         f"  caller key  {key}",
         "",
-        "Paste one of these; each answers a `cancelled` envelope (`already_cancelled` the",
-        "second time, except Shipper, which documents no such answer):",
+        "Paste one of these; each answers a `cancelled` envelope (pasted again, StateSet and",
+        "RxUniverse answer `already_cancelled`):",
     ]
     for request in DEMO_REQUESTS:
         body = json.dumps(request, separators=(",", ":"))
