@@ -4,7 +4,6 @@ environment."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
 import json
@@ -23,7 +22,7 @@ from gateway.loader import Runtime, load
 from gateway.logging import Redactor, capture_library_logs, make_logger
 from gateway.problems import ConfigError
 from gateway.routing import Callers
-from gateway.serve import CannotListen, Listener, run_workers, serve_until_stopped
+from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_stopped
 from gateway.simulate import SIMULATED, create_simulator_app
 from gateway.tracing import request_id_from, trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
@@ -221,7 +220,7 @@ def serve_gateway(
             await app[CONFIG].reload()
 
     try:
-        asyncio.run(serve_until_stopped([listener], started, on_reload=reload))
+        run(serve_until_stopped([listener], started, on_reload=reload))
     except CannotListen as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -237,7 +236,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     listener = Listener(create_simulator_app(), args.host, args.port, drain_timeout_s=1.0)
     try:
-        asyncio.run(serve_until_stopped([listener], started))
+        run(serve_until_stopped([listener], started))
     except CannotListen as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -267,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     simulator = Listener(create_simulator_app(), "127.0.0.1", 0, drain_timeout_s=1.0)
     try:
-        asyncio.run(serve_until_stopped([simulator, gateway], started))
+        run(serve_until_stopped([simulator, gateway], started))
     except ConfigError:
         print("\n".join(errors), file=sys.stderr)
         return 1

@@ -13,8 +13,9 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -157,6 +158,18 @@ async def serve_until_stopped(
         # Last started, first stopped: the gateway drains before the upstreams it calls.
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` on uvloop when it is installed (it is a dependency on Linux and macOS),
+    else on the standard loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def _urls(runner: web.AppRunner) -> list[str]:

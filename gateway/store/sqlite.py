@@ -1,18 +1,27 @@
-"""The embedded default: one SQLite file in WAL mode through aiosqlite.
+"""The embedded default: one SQLite file in WAL mode, written from the event loop.
 
-A claim is one ``BEGIN IMMEDIATE`` transaction (SQLite's write lock), so it is atomic across
-the coroutines of this process and across the processes of ``--workers N`` sharing the file.
+A WAL commit without fsync (``synchronous=NORMAL``) is a copy into the page cache: a few
+microseconds, cheaper than handing the statement to a thread and waking the loop again, which
+is what a thread-per-connection driver costs per statement. So statements run on the loop, and
+nothing here may wait: the busy timeout is zero, and a transaction that finds the write lock
+taken (another worker sharing the file) is tried again a moment later; the WAL is checkpointed
+(fsync included) by a background thread on a connection of its own.
+
+Writes are committed in groups: every write queued during one turn of the loop goes into one
+``BEGIN IMMEDIATE`` transaction (SQLite's write lock, so a claim is atomic across the workers
+sharing the file), and each write returns only once its group is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import aiosqlite
 import orjson
 
 from gateway.store.base import (
@@ -30,6 +39,9 @@ from gateway.store.base import (
     finished,
     key_values,
 )
+
+CHECKPOINT_EVERY_S = 1.0
+RETRY_BUSY_S = (0.001, 0.05)  # first and longest wait for the write lock held by another process
 
 SCHEMA_VERSION = 1
 MIGRATIONS: dict[int, list[str]] = {
@@ -74,60 +86,91 @@ _UPSERT_KEY = """INSERT OR REPLACE INTO cg_idempotency
      http_status, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
+Apply = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass(slots=True)
+class _Write:
+    """One write waiting for its group: a ledger row alone (written together with its
+    neighbours in one statement), or a step that reads and writes (a claim)."""
+
+    future: asyncio.Future[Any]
+    row: tuple[Any, ...] | None = None
+    apply: Apply | None = None
+
+
 class SqliteStore:
     name = "sqlite"
 
     def __init__(self, path: Path, timeout_s: float) -> None:
         self._path = path
         self._timeout_s = timeout_s
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # one transaction at a time on the one connection
+        self._db: sqlite3.Connection | None = None
+        self._waiting: list[_Write] = []
+        self._commit_at: asyncio.Handle | None = None  # the group commit to come
+        self._busy_wait_s = RETRY_BUSY_S[0]
+        self._checkpointer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        async with asyncio.timeout(self._timeout_s * 5), self._lock:
-            await self._connect()
+        self._connected()
 
-    async def _connect(self) -> None:
-        """Open the file and bring its schema up to date (under the lock)."""
+    def _connected(self) -> sqlite3.Connection:
+        """The connection, opened (and the schema brought up to date) the first time, and again
+        after a start that failed."""
         if self._db is not None:
-            return
-        db: aiosqlite.Connection | None = None
+            return self._db
+        db: sqlite3.Connection | None = None
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(self._path, isolation_level=None)
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute(f"PRAGMA busy_timeout={int(self._timeout_s * 1000)}")
-            await db.execute("BEGIN IMMEDIATE")
-            await _migrate(db)
-            await db.execute("COMMIT")
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job, off the loop
+            # Waiting for another process is allowed only while the schema is made, at start.
+            db.execute(f"PRAGMA busy_timeout={int(self._timeout_s * 1000)}")
+            db.execute("BEGIN IMMEDIATE")
+            _migrate(db)
+            db.execute("COMMIT")
+            db.execute("PRAGMA busy_timeout=0")
         except (OSError, sqlite3.Error) as exc:
             if db is not None:
-                await db.close()
+                db.close()
             raise StoreUnavailable(f"sqlite {self._path}: {exc}") from None
         self._db = db
+        self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_often())
+        return db
 
     async def close(self) -> None:
+        if self._commit_at is not None:  # what waits is written before closing
+            self._commit_at.cancel()
+            self._commit()
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
         if self._db is not None:
-            await self._db.close()
+            self._db.close()
             self._db = None
 
     async def ping(self) -> None:
-        async with self._transaction(write=False) as tx:
-            await tx.execute("SELECT 1")
+        self._read("SELECT 1", ())
 
     async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
-        async with self._transaction() as tx:
-            token = ""
-            if claim is not None:
-                found = await _key_row(tx, claim)
-                decided = decide(found, claim, entry.cancellation_id, now)
-                if not isinstance(decided, KeyRow):
-                    return decided
-                await tx.execute(_UPSERT_KEY, key_values(decided))
-                token = decided.token
-            await tx.execute(_UPSERT_ENTRY, entry_values(entry))
-            return Claimed(token)
+        if claim is None:
+            await self._write(row=entry_values(entry))
+            return Claimed("")
+
+        def apply(db: sqlite3.Connection) -> Begun:
+            found = _key_row(db, claim)
+            decided = decide(found, claim, entry.cancellation_id, now)
+            if not isinstance(decided, KeyRow):
+                return decided
+            db.execute(_UPSERT_KEY, key_values(decided))
+            db.execute(_UPSERT_ENTRY, entry_values(entry))
+            return Claimed(decided.token)
+
+        begun: Begun = await self._write(apply=apply)
+        return begun
 
     async def complete(
         self,
@@ -137,72 +180,169 @@ class SqliteStore:
         reply: StoredReply | None,
         now: float,
     ) -> None:
-        async with self._transaction() as tx:
-            await tx.execute(_UPSERT_ENTRY, entry_values(entry))
-            if claim is None:
-                return
-            found = await _key_row(tx, claim)
+        if claim is None:
+            await self._write(row=entry_values(entry))
+            return
+
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(_UPSERT_ENTRY, entry_values(entry))
+            found = _key_row(db, claim)
             if found is None or found.token != token:
                 return  # taken over after its lease ran out: not ours to finish
             if reply is None:
-                await tx.execute(
+                db.execute(
                     "DELETE FROM cg_idempotency WHERE caller = ? AND key = ?",
                     (claim.caller, claim.key),
                 )
             else:
-                await tx.execute(_UPSERT_KEY, key_values(finished(found, reply, claim.ttl_s, now)))
+                db.execute(_UPSERT_KEY, key_values(finished(found, reply, claim.ttl_s, now)))
+
+        await self._write(apply=apply)
 
     async def record(self, entry: Entry) -> None:
-        async with self._transaction() as tx:
-            await tx.execute(_UPSERT_ENTRY, entry_values(entry))
+        await self._write(row=entry_values(entry))
 
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
-        async with self._transaction(write=False) as tx:
-            cursor = await tx.execute(
-                f"SELECT {ENTRY_COLUMNS} FROM cg_cancellations"  # noqa: S608 - constant columns
-                " WHERE id = ? AND caller = ?",
-                (cancellation_id, caller),
-            )
-            row = await cursor.fetchone()
+        row = self._read(
+            f"SELECT {ENTRY_COLUMNS} FROM cg_cancellations"  # noqa: S608 - constant columns
+            " WHERE id = ? AND caller = ?",
+            (cancellation_id, caller),
+        )
         return None if row is None else Entry(*row)
 
-    @asynccontextmanager
-    async def _transaction(self, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
-        """One transaction, within the store's timeout; any failure is ``StoreUnavailable``."""
+    def _read(self, sql: str, params: tuple[Any, ...]) -> Any:
         try:
-            async with asyncio.timeout(self._timeout_s), self._lock:
-                await self._connect()  # again, if the first start failed
-                db = self._db
-                assert db is not None
-                await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield db
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
-                await db.execute("COMMIT")
-        except (TimeoutError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"sqlite {self._path}: {exc or 'timed out'}") from None
+            row = self._connected().execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite {self._path}: {exc}") from None
+        return row
+
+    async def _write(
+        self, *, row: tuple[Any, ...] | None = None, apply: Apply | None = None
+    ) -> Any:
+        """Queue one write for this turn's group commit and wait until it is committed."""
+        loop = asyncio.get_running_loop()
+        write = _Write(loop.create_future(), row, apply)
+        self._waiting.append(write)
+        if self._commit_at is None:
+            self._commit_at = loop.call_soon(self._commit)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await asyncio.shield(write.future)
+        except TimeoutError:
+            write.future.cancel()  # left out of any group that has not begun
+            raise StoreUnavailable(f"sqlite {self._path}: timed out") from None
+
+    def _commit(self) -> None:
+        """Write every waiting write in one transaction; if another process holds the write
+        lock, try again shortly, the waiting writes keeping their place."""
+        self._commit_at = None
+        group = [w for w in self._waiting if not w.future.done()]
+        self._waiting = []
+        if not group:
+            return
+        try:
+            results = self._transaction(group)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorname != "SQLITE_BUSY":
+                self._fail(group, StoreUnavailable(f"sqlite {self._path}: {exc}"))
+                return
+            self._waiting[:0] = group
+            loop = asyncio.get_running_loop()
+            self._commit_at = loop.call_later(self._busy_wait_s, self._commit)
+            self._busy_wait_s = min(self._busy_wait_s * 2, RETRY_BUSY_S[1])
+            return
+        except StoreUnavailable as exc:
+            self._fail(group, exc)
+            return
+        except Exception as exc:  # a bug: every writer of the group hears of it
+            self._fail(group, exc)
+            return
+        self._busy_wait_s = RETRY_BUSY_S[0]
+        for write, result in zip(group, results, strict=True):
+            if not write.future.done():
+                write.future.set_result(result)
+
+    def _transaction(self, group: list[_Write]) -> list[Any]:
+        db = self._connected()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            raise  # busy: nothing to undo
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite {self._path}: {exc}") from None
+        results: list[Any] = []
+        try:
+            rows: list[tuple[Any, ...]] = []
+            for write in group:
+                if write.apply is None:
+                    assert write.row is not None
+                    rows.append(write.row)
+                    results.append(None)
+                    continue
+                if rows:  # in order: what came before this step is written before it
+                    db.executemany(_UPSERT_ENTRY, rows)
+                    rows = []
+                results.append(write.apply(db))
+            if rows:
+                db.executemany(_UPSERT_ENTRY, rows)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and not _busy(exc):
+                raise StoreUnavailable(f"sqlite {self._path}: {exc}") from None
+            raise
+        return results
+
+    @staticmethod
+    def _fail(group: list[_Write], exc: Exception) -> None:
+        for write in group:
+            if not write.future.done():
+                write.future.set_exception(exc)
+
+    async def _checkpoint_often(self) -> None:
+        """Move the WAL into the database file now and then, fsync included, off the loop."""
+        checkpointer: sqlite3.Connection | None = None
+
+        def checkpoint() -> None:
+            nonlocal checkpointer
+            if checkpointer is None:
+                checkpointer = sqlite3.connect(
+                    self._path, isolation_level=None, check_same_thread=False
+                )
+            checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_EVERY_S)
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.to_thread(checkpoint)
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    await db.execute("CREATE TABLE IF NOT EXISTS cg_schema (version INTEGER NOT NULL)")
-    cursor = await db.execute("SELECT MAX(version) FROM cg_schema")
-    row = await cursor.fetchone()
+def _busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY"
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS cg_schema (version INTEGER NOT NULL)")
+    row = db.execute("SELECT MAX(version) FROM cg_schema").fetchone()
     current = (row[0] if row else None) or 0
     for version in range(current + 1, SCHEMA_VERSION + 1):
         for statement in MIGRATIONS[version]:
-            await db.execute(statement)
-        await db.execute("INSERT INTO cg_schema (version) VALUES (?)", (version,))
+            db.execute(statement)
+        db.execute("INSERT INTO cg_schema (version) VALUES (?)", (version,))
 
 
-async def _key_row(db: aiosqlite.Connection, claim: KeyClaim) -> KeyRow | None:
-    cursor = await db.execute(
+def _key_row(db: sqlite3.Connection, claim: KeyClaim) -> KeyRow | None:
+    row = db.execute(
         "SELECT fingerprint, token, state, lease_until, expires_at, cancellation_id,"
         " http_status, headers, body FROM cg_idempotency WHERE caller = ? AND key = ?",
         (claim.caller, claim.key),
-    )
-    row = await cursor.fetchone()
+    ).fetchone()
     if row is None:
         return None
     fingerprint, token, state, lease_until, expires_at, cancellation_id, status, headers, body = row

@@ -98,7 +98,9 @@ async def test_two_workers_scrape_the_sum_of_both(upstream: Upstream, tmp_path: 
         async with asyncio.timeout(20):
             while len(pids) < 2:
                 line = await process.stdout.readline()
-                assert line, "the gateway exited before both workers started"
+                if not line:
+                    stderr = await process.stderr.read() if process.stderr else b""
+                    raise AssertionError(f"exited before both workers started: {stderr!r}")
                 event = orjson.loads(line)
                 if event["event"] == "gateway.started":
                     pids.append(event["pid"])
@@ -184,7 +186,9 @@ async def test_a_given_metrics_folder_is_wiped_of_a_previous_run(
         async with asyncio.timeout(20):
             while started < 2:
                 line = await process.stdout.readline()
-                assert line, "the gateway exited before both workers started"
+                if not line:
+                    stderr = await process.stderr.read() if process.stderr else b""
+                    raise AssertionError(f"exited before both workers started: {stderr!r}")
                 event = orjson.loads(line)
                 if event["event"] == "gateway.started":
                     started += 1
