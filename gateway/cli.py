@@ -186,7 +186,7 @@ def serve_gateway(
         return 1
     server = runtime.config.server
     redactor = Redactor(runtime.secrets)
-    log = make_logger(level=runtime.config.logging.level, redactor=redactor)
+    log = make_logger(level=runtime.config.logging.level, redactor=redactor, batched=True)
     app = create_app(
         runtime,
         log=log,
