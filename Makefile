@@ -1,9 +1,10 @@
-# The two commands of the README: `make demo` and `make test`. Each bootstraps .venv from nothing.
+# The two commands of the README, `make demo` and `make test`, and `make bench` (bench/README.md).
+# Each bootstraps .venv from nothing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck unit clean
+.PHONY: demo test check lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +24,20 @@ demo: $(VENV)/.installed
 	$(BIN)/cancel-gateway demo $(if $(PORT),--port $(PORT))
 
 check: $(VENV)/.installed-dev
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest
 
 test: check unit
+
+# The benchmark (bench/README.md): `make bench`, or `make bench BENCH_ARGS='--quick'`,
+# `BENCH_ARGS='--only c64 --duration 20'`. Installs wrk from Debian's packages when missing.
+bench: $(VENV)/.installed
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

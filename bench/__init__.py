@@ -1,0 +1,1 @@
+"""The benchmark: ``python -m bench.run`` (``make bench``). See bench/README.md."""

@@ -1,0 +1,640 @@
+"""The benchmark, in one command: ``python -m bench.run`` (``make bench``).
+
+Starts the StateSet emulation (bench/upstream.py), then for each scenario measures the upstream
+directly, the baseline translator (bench/baseline.py) and ``cancel-gateway serve`` with its
+default settings, each in front of the emulation, with ``wrk``. Every server is a fresh process
+group on a free loopback port, stopped after its run (and on Ctrl-C or any error). Writes
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import http.client
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+# Loopback-only values for processes this benchmark starts and stops: not secrets.
+CALLER_KEY = "bench-caller-key-0123456789"
+STATESET_KEY = "sk_test_bench_0123456789"
+CONNECTION = "stateset-bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    connections: int
+    delay_ms: int  # the upstream's answer delay
+    targets: tuple[str, ...]  # direct | baseline | gateway | gateway-w2
+
+
+SCENARIOS = (
+    Scenario("c64", 64, 0, ("direct", "baseline", "gateway", "gateway-w2")),
+    Scenario("c1", 1, 0, ("direct", "baseline", "gateway")),
+    Scenario("c256-20ms", 256, 20, ("direct", "gateway")),
+    Scenario("c1000-20ms", 1000, 20, ("direct", "gateway", "gateway-w2")),
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    scenario: Scenario
+    target: str
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+    rss_mib: float  # peak (VmHWM), summed over the server's process tree
+    cpu_ms_per_request: float  # user + system of the server's process tree
+    system_share: float  # of that CPU time, the part spent in the kernel
+    processes: int
+    note: str = ""
+
+
+# Processes: each child leads its own process group, so a stop reaches its workers too.
+
+
+class Children:
+    def __init__(self) -> None:
+        self._running: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, argv: Sequence[str], *, env: dict[str, str], out: IO[bytes] | int
+    ) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(  # noqa: S603 - our own argv
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+        """SIGTERM to the group, SIGKILL after ``grace_s``."""
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        with contextlib.suppress(ProcessLookupError):  # a worker that outlived its parent
+            os.killpg(process.pid, signal.SIGKILL)
+        if process in self._running:
+            self._running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(self._running):
+            self.stop(process, grace_s=5.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def listeners(port: int) -> int:
+    """Listening sockets on 127.0.0.1:port: one per ``--workers`` process (SO_REUSEPORT)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[1] == wanted and row[3] == "0A")
+
+
+def process_tree(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def cpu_ticks(pids: Sequence[int]) -> tuple[int, int]:
+    """User and system clock ticks used so far by these processes."""
+    user = system = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
+
+
+def peak_rss_kib(pids: Sequence[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+# Requests: what wrk sends, and one probe of each server before it is measured.
+
+
+def request_for(target: str, port: int) -> tuple[str, str, str, str]:
+    """URL, path format, body format (``%d``: a number from 1 to 1,000) and bearer key."""
+    if target == "direct":
+        body = json.dumps({"reason": "bench", "cancelled_by": "bench", "notify_supplier": True})
+        return f"http://127.0.0.1:{port}", "/v1/asns/asn_bench_%d/cancel", body, STATESET_KEY
+    body = json.dumps({"connection": CONNECTION, "id": "asn_bench_%d", "reason": "bench"})
+    return f"http://127.0.0.1:{port}", "/v1/cancellations", body, CALLER_KEY
+
+
+LUA = """
+local ring, n = {}, 0
+init = function(args)
+  local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer KEY"}
+  for i = 1, 1000 do
+    ring[i] = wrk.format("POST", string.format([[PATH]], i), headers, string.format([[BODY]], i))
+  end
+end
+request = function()
+  n = n % #ring + 1
+  return ring[n]
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests":%d,"duration_us":%d,"status":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"timeout":%d,"p50_us":%.1f,"p99_us":%.1f}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def write_script(folder: Path, path: str, body: str, key: str) -> Path:
+    script = folder / "bench.lua"
+    lua = LUA.replace("PATH", path).replace("BODY", body).replace("KEY", key)
+    script.write_text(lua)
+    return script
+
+
+def probe(port: int, path: str, body: str, key: str) -> None:
+    """One request as wrk will send it; a server that does not answer 2xx is not measured."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        connection.request("POST", path.replace("%d", "0"), body.replace("%d", "0"), headers)
+        answer = connection.getresponse()
+        text = answer.read().decode(errors="replace")
+    finally:
+        connection.close()
+    if answer.status // 100 != 2 or json.loads(text).get("status") != "cancelled":
+        raise RuntimeError(f"probe of port {port} answered {answer.status}: {text[:500]}")
+
+
+def wait_listening(process: subprocess.Popen[bytes], port: int, count: int, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while listeners(port) < count:
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{process.args!r} did not start listening on {port}:\n{tail}")
+        time.sleep(0.05)
+
+
+def wrk(url: str, script: Path, connections: int, duration_s: float, children: Children) -> Any:
+    argv = [
+        shutil.which("wrk") or "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    with tempfile.TemporaryFile() as out:
+        process = children.start(argv, env=dict(os.environ), out=out)
+        try:
+            process.wait(duration_s + 60)
+        finally:
+            children.stop(process, grace_s=1.0)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    line = next((x for x in text.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{text}")
+    return json.loads(line.removeprefix("BENCH "))
+
+
+# Servers.
+
+
+def gateway_config(folder: Path, upstream_port: int) -> Path:
+    """Every default on (SQLite ledger, JSON logs, access log); limits no run reaches."""
+    path = folder / "gateway.yaml"
+    path.write_text(
+        f"""\
+server:
+  host: 127.0.0.1
+store:
+  backend: sqlite
+  path: ledger.db
+logging:
+  level: info
+  access_log: true
+callers:
+  - name: bench
+    key: ${{BENCH_CALLER_KEY}}
+    connections: ["*"]
+connections:
+  {CONNECTION}:
+    provider: stateset
+    base_url: http://127.0.0.1:{upstream_port}
+    credentials:
+      api_key: ${{BENCH_STATESET_KEY}}
+    timeout_s: 10
+    breaker: {{failures: 10000}}
+    limits: {{concurrency: 100000, rate_per_s: 0}}
+"""
+    )
+    return path
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "BENCH_CALLER_KEY": CALLER_KEY, "BENCH_STATESET_KEY": STATESET_KEY}
+
+
+def gateway_command() -> list[str]:
+    script = Path(sys.executable).parent / "cancel-gateway"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+
+
+@contextlib.contextmanager
+def server(
+    target: str, upstream_port: int, children: Children, folder: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """The server under test for ``target``, listening: its process and port."""
+    port, workers = free_port(), 2 if target == "gateway-w2" else 1
+    log = folder / "server.log"
+    if target == "baseline":
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        argv = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
+        argv += ["--upstream", upstream, "--connection", CONNECTION]
+    else:
+        config = gateway_config(folder, upstream_port)
+        argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port)]
+        argv += ["--workers", str(workers)]
+    with log.open("wb") as out:
+        process = children.start(argv, env=environment(), out=out)
+    try:
+        wait_listening(process, port, workers, log)
+        yield process, port
+    finally:
+        children.stop(process)
+
+
+def log_note(log: Path) -> str:
+    """The gateway's own log, as a check that it logged, and what it said besides ``info``:
+    the events of its warnings and errors and the statuses of its non-2xx answers."""
+    lines = answers = 0
+    unusual = collections.Counter[str]()
+    with log.open("rb") as stream:
+        for line in stream:
+            lines += 1
+            try:
+                event = json.loads(line)
+            except ValueError:
+                unusual["non-JSON line"] += 1
+                continue
+            level, status = event.get("level"), event.get("status")
+            if level != "info":
+                code = event.get("error_code") or event.get("code") or ""
+                unusual[f"{level} {event.get('event')} {code}".strip()] += 1
+            elif event.get("event") == "http.request":
+                answers += 1
+                if not 200 <= status < 300:
+                    unusual[f"answered {status}"] += 1
+    size = log.stat().st_size / 2**20
+    per = f"{lines / answers:.2f} lines per answer" if answers else "no access log line"
+    said = "".join(f"; {what}: {n}" for what, n in unusual.most_common(6))
+    return f"{lines} lines ({size:.1f} MiB), {per}{said}"
+
+
+# One measurement.
+
+
+@dataclass(frozen=True)
+class Bench:
+    children: Children
+    work: Path  # logs, configs and ledgers, one folder per measurement
+    duration_s: float
+    warmup_s: float
+    failed: list[str] = field(default_factory=list)  # rows that could not be measured
+
+
+def measure(
+    bench: Bench, scenario: Scenario, target: str, upstream: tuple[subprocess.Popen[bytes], int]
+) -> Result:
+    folder = bench.work / scenario.name / target
+    folder.mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        if target == "direct":
+            (process, port), log = upstream, bench.work / scenario.name / "upstream.log"
+        else:
+            process, port = stack.enter_context(server(target, upstream[1], bench.children, folder))
+            log = folder / "server.log"
+        try:
+            summary, (user_ms, system_ms), rss_kib, processes = load(
+                bench, scenario.connections, target, process, port, folder
+            )
+        except (RuntimeError, OSError) as exc:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}\n{tail}") from None
+    requests = summary["requests"]
+    errors = sum(summary[k] for k in ("connect", "read", "write", "timeout"))
+    return Result(
+        scenario=scenario,
+        target=target,
+        requests=requests,
+        rps=requests / (summary["duration_us"] / 1e6),
+        p50_ms=summary["p50_us"] / 1000,
+        p99_ms=summary["p99_us"] / 1000,
+        non_2xx=summary["status"],
+        socket_errors=errors,
+        rss_mib=rss_kib / 1024,
+        cpu_ms_per_request=(user_ms + system_ms) / requests if requests else float("nan"),
+        system_share=system_ms / (user_ms + system_ms) if user_ms + system_ms else 0.0,
+        processes=processes,
+        note=log_note(log) if target.startswith("gateway") else "",
+    )
+
+
+def load(
+    bench: Bench,
+    connections: int,
+    target: str,
+    process: subprocess.Popen[bytes],
+    port: int,
+    folder: Path,
+) -> tuple[Any, tuple[float, float], int, int]:
+    """Probe, warm up, measure: wrk's summary of the measured run, the CPU ms the server's tree used
+    (user, system) in the measured one, its peak RSS in KiB and its number of processes."""
+    url, path, body, key = request_for(target, port)
+    probe(port, path, body, key)
+    script = write_script(folder, path, body, key)
+    wrk(url, script, connections, bench.warmup_s, bench.children)
+    tree = process_tree(process.pid)
+    user, system = cpu_ticks(tree)
+    summary = wrk(url, script, connections, bench.duration_s, bench.children)
+    tree = process_tree(process.pid)  # the same processes, unless one died
+    user_after, system_after = cpu_ticks(tree)
+    cpu = ((user_after - user) * 1000 / CLK_TCK, (system_after - system) * 1000 / CLK_TCK)
+    if process.poll() is not None:
+        raise RuntimeError(f"the server exited with code {process.returncode}")
+    return summary, cpu, peak_rss_kib(tree), len(tree)
+
+
+def run_scenario(bench: Bench, scenario: Scenario) -> list[Result]:
+    """One upstream emulation with the scenario's delay, each target measured in front of it."""
+    results = []
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
+    argv += ["--delay-ms", str(scenario.delay_ms)]
+    log = bench.work / scenario.name / "upstream.log"
+    log.parent.mkdir()
+    with log.open("wb") as out:
+        upstream = bench.children.start(argv, env=environment(), out=out)
+    try:
+        wait_listening(upstream, port, 1, log)
+        for target in scenario.targets:
+            print(f"{scenario.name} {target} ...", end=" ", flush=True)
+            try:
+                result = measure(bench, scenario, target, (upstream, port))
+            except (RuntimeError, OSError) as exc:  # the row is reported; the others go on
+                print(f"FAILED: {exc}", flush=True)
+                bench.failed.append(f"{scenario.name} {target}: {str(exc).splitlines()[0]}")
+                continue
+            results.append(result)
+            print(f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms", flush=True)
+    finally:
+        bench.children.stop(upstream)
+    return results
+
+
+# Report.
+
+
+def machine(load_before: str) -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (x.split(":", 1)[1].strip() for x in cpuinfo.splitlines() if "model name" in x), "?"
+    )
+    meminfo = Path("/proc/meminfo").read_text().split()
+    memory_gib = int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024**2
+    wrk_path = shutil.which("wrk") or "wrk"
+    version = subprocess.run(  # noqa: S603 - our own argv
+        [wrk_path, "-v"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    return [
+        f"- CPUs: {len(os.sched_getaffinity(0))} (`nproc`), {model}",
+        f"- memory: {memory_gib:.1f} GiB; kernel {platform.release()}",
+        f"- Python {platform.python_version()}, aiohttp {importlib.metadata.version('aiohttp')}, "
+        f"uvloop {'yes' if importlib.util.find_spec('uvloop') else 'no'} "
+        "(upstream and baseline; the gateway uses whatever loop it chooses)",
+        f"- load generator: {version[0].split(' [')[0] if version else 'wrk'}, 1 thread (`-t1`)",
+        f"- load average before the run (1, 5, 15 min): {load_before}; anything else running "
+        "takes CPU from the servers measured",
+    ]
+
+
+def table(results: Sequence[Result]) -> list[str]:
+    rows = [
+        "| scenario | target | req/s | p50 ms | p99 ms | non-2xx | socket errors "
+        "| peak RSS MiB | CPU ms/req | of it kernel | processes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        flag = " **FAIL**" if r.non_2xx else ""
+        rows.append(
+            f"| {r.scenario.name} | {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {r.non_2xx}{flag} | {r.socket_errors} | {r.rss_mib:.1f} "
+            f"| {r.cpu_ms_per_request:.3f} | {r.system_share:.0%} | {r.processes} |"
+        )
+    return rows
+
+
+def ratios(results: Sequence[Result]) -> list[str]:
+    """The figures issue 7 sets targets for, from the rows that were measured."""
+    rows = {(r.scenario.name, r.target): r for r in results}
+
+    def rps(scenario: str, target: str, over: str) -> float | None:
+        mine, theirs = rows.get((scenario, target)), rows.get((scenario, over))
+        return mine.rps / theirs.rps if mine and theirs else None
+
+    def added_p50(target: str) -> float | None:
+        mine, direct = rows.get(("c1", target)), rows.get(("c1", "direct"))
+        return mine.p50_ms - direct.p50_ms if mine and direct else None
+
+    def cpu(target: str) -> float | None:
+        row = rows.get(("c64", target))
+        return row.cpu_ms_per_request if row else None
+
+    w2_64, w2_1k = rps("c64", "gateway-w2", "gateway"), rps("c1000-20ms", "gateway-w2", "gateway")
+    figures = [  # what, value, issue 7's target
+        ("gateway / baseline req/s, 64 connections", rps("c64", "gateway", "baseline"), "≥ 1"),
+        ("gateway CPU ms/request, 64 connections", cpu("gateway"), "≤ 0.17"),
+        ("baseline CPU ms/request, 64 connections", cpu("baseline"), ""),
+        ("gateway added p50 ms, 1 connection", added_p50("gateway"), "≤ 0.5"),
+        ("baseline added p50 ms, 1 connection", added_p50("baseline"), ""),
+        ("--workers 2 / 1 worker req/s, 64 connections", w2_64, "≥ 1.4"),
+        (
+            "gateway / direct req/s, 256 conn., 20 ms",
+            rps("c256-20ms", "gateway", "direct"),
+            "≥ 0.45",
+        ),
+        ("gateway / direct req/s, 1,000 conn., 20 ms", rps("c1000-20ms", "gateway", "direct"), ""),
+        ("--workers 2 / 1 worker req/s, 1,000 conn., 20 ms", w2_1k, ""),
+    ]
+    lines = []
+    for what, value, target in figures:
+        if value is None:
+            lines.append(f"- {what}: not measured")
+            continue
+        line = f"- {what}: **{value:.3g}**"
+        if target:
+            sense, bound = target.split()
+            met = value >= float(bound) if sense == "≥" else value <= float(bound)
+            line += f" (target {target}: {'met' if met else 'not met'})"
+        lines.append(line)
+    return lines
+
+
+def report(
+    results: Sequence[Result], failed: Sequence[str], args: argparse.Namespace, load_before: str
+) -> str:
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    notes = [f"- {r.scenario.name} {r.target}: {r.note}" for r in results if r.note]
+    flagged = [r for r in results if r.non_2xx or r.socket_errors]
+    warnings = [
+        f"- **{r.scenario.name} {r.target}: {r.non_2xx} non-2xx answers, "
+        f"{r.socket_errors} socket errors**"
+        for r in flagged
+    ] + [f"- **not measured: {row}**" for row in failed]
+    parts = [
+        "# Benchmark results",
+        "",
+        f"Written by `python -m bench.run` ({' '.join(sys.argv[1:]) or 'no options'}) on {when}: "
+        f"{args.warmup:g} s of warm-up, then {args.duration:g} s measured per row. "
+        "See bench/README.md for how to read it.",
+        "",
+        "## Machine",
+        "",
+        *machine(load_before),
+        "",
+        "wrk, the upstream emulation and the server under test share the machine's cores: wrk "
+        "alone keeps about one of two busy, so a server gets roughly the other one (and shares "
+        "it with the upstream emulation).",
+        "",
+        "## Results",
+        "",
+        "`direct` is the upstream emulation alone; `baseline` is bench/baseline.py; `gateway` is "
+        "`cancel-gateway serve` with one worker, `gateway-w2` with `--workers 2`. Scenario "
+        "`cN` is N connections against an immediate upstream, `cN-20ms` against one that "
+        "answers after 20 ms. RSS and CPU are of the server's whole process tree (upstream "
+        "excluded, except for `direct`).",
+        "",
+        *table(results),
+        "",
+        "## Against the targets of issue 7",
+        "",
+        *ratios(results),
+        "",
+    ]
+    if warnings:
+        parts += ["## Errors", "", *warnings, ""]
+    if notes:
+        parts += ["## Gateway logs", "", *notes, ""]
+    return "\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    names = [s.name for s in SCENARIOS]
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each")
+    parser.add_argument("--quick", action="store_true", help="3 s runs after 1 s of warm-up")
+    parser.add_argument("--only", action="append", choices=names, help="repeatable")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"default: {RESULTS}")
+    parser.add_argument("--keep", action="store_true", help="keep the logs, configs and ledgers")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install -y wrk (make bench does it)", file=sys.stderr)
+        return 2
+    # 1,000 connections in and as many out: more descriptors than a default shell allows.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # Ctrl-C, and a stop from outside, stop the children (in their own sessions) and exit,
+    # even when started in the background where SIGINT is ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+
+    scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    work = Path(tempfile.mkdtemp(prefix="cancel-gateway-bench-"))
+    bench = Bench(Children(), work, args.duration, args.warmup)
+    results: list[Result] = []
+    try:
+        for scenario in scenarios:
+            results += run_scenario(bench, scenario)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        bench.children.stop_all()
+        if args.keep:
+            print(f"logs, configs and ledgers kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    text = report(results, bench.failed, args, load_before)
+    args.out.write_text(text)
+    print()
+    print(text)
+    print(f"written to {args.out}")
+    return 1 if bench.failed or any(r.non_2xx for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
