@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -188,15 +189,15 @@ class Reloaded(BaseModel):
     previous_version: str
 
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
+)
 
 
 def new_cancellation_id() -> str:
     """``cxl_`` and 26 Crockford base32 characters: 48 bits of milliseconds, then 80 random
     bits, so ids sort by creation time (the ULID layout)."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        value, digit = divmod(value, 32)
-        chars.append(_CROCKFORD[digit])
-    return "cxl_" + "".join(reversed(chars)).lower()
+    # 160 bits encode to 32 characters; the value's 128 are the last 26 (5 bits each).
+    encoded = base64.b32encode(value.to_bytes(20, "big"))[-26:].translate(_CROCKFORD)
+    return "cxl_" + encoded.decode()

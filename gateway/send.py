@@ -44,7 +44,10 @@ class Tried:
 
 async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
     """A slot within ``wait_s`` seconds (none at all when ``wait_s`` is not positive)."""
-    if slots.locked() and wait_s <= 0:
+    if not slots.locked():
+        await slots.acquire()  # free: returns at once, no timer needed
+        return True
+    if wait_s <= 0:
         return False
     try:
         async with asyncio.timeout(max(wait_s, 0)):

@@ -272,3 +272,38 @@ def test_builtin_default_hosts(
     """Shipper and RxUniverse have no public default host; the others do."""
     template = definitions[provider].base_url
     assert (template.source if template else None) == base_url
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["a", "a.b", "a.b.c", '"x-y".z', "a[0]", "a || b", "a.b == 'c'", "a.*", "a.b[0].c"],
+)
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"a": {"b": {"c": 1}}, "x-y": {"z": "q"}},
+        {"a": [1, 2], "b": "fallback"},
+        {"a": {"b": "c"}},
+        {"a": "text"},
+        {"a": None},
+        [],
+        "scalar",
+        None,
+    ],
+)
+def test_expressions_answer_as_jmespath_does(expression: str, document: object) -> None:
+    """A compiled expression (fast field chain or not) answers exactly as JMESPath."""
+    import jmespath
+
+    from gateway.definition import _jmespath
+
+    assert _jmespath(expression).search(document) == jmespath.search(expression, document)
+
+
+def test_plain_field_chains_take_the_fast_path() -> None:
+    """'a.b.c' and quoted fields become a FieldChain; anything else stays JMESPath's."""
+    from gateway.definition import FieldChain, _jmespath
+
+    assert isinstance(_jmespath("procurement.updated_at"), FieldChain)
+    assert _jmespath('"x-y".z').keys == ("x-y", "z")  # type: ignore[attr-defined]
+    assert not isinstance(_jmespath("a[0]"), FieldChain)
