@@ -232,5 +232,5 @@ def make_logger(
         output,
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-    )
+    ).bind()  # the logger itself, not a lazy proxy that builds one for every call
     return logger

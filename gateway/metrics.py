@@ -36,6 +36,7 @@ class Metrics:
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
         self._multiprocess_dir = multiprocess_dir
+        self._breaker_states: dict[str, BreakerState] = {}
         self.registry = registry = CollectorRegistry()
         self._http = Counter(
             "cancel_gateway_http_requests",
@@ -136,7 +137,10 @@ class Metrics:
         self._refusals.labels(connection, reason).inc()
 
     def breaker_seen(self, connection: str, state: BreakerState) -> None:
-        self._breaker.labels(connection).set(BREAKER_VALUES[state])
+        """Called around every attempt: the gauge is written only when the state changed."""
+        if self._breaker_states.get(connection) is not state:
+            self._breaker_states[connection] = state
+            self._breaker.labels(connection).set(BREAKER_VALUES[state])
 
     def unmapped_error(self, connection: str, provider: str, provider_status: int | None) -> None:
         status = "" if provider_status is None else str(provider_status)

@@ -50,7 +50,7 @@ class Spans(Protocol):
 
 @dataclass(slots=True)
 class _Ids:
-    """A span that is only ids."""
+    """A span that is only ids; its own context manager (no generator per request)."""
 
     trace: Trace
     traceparent: str | None = None
@@ -58,11 +58,18 @@ class _Ids:
     def finish(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def __enter__(self) -> _Ids:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
 
 class NoSpans:
-    @contextlib.contextmanager
-    def server(self, method: str, route: str, trace: Trace) -> Iterator[ServerSpan]:
-        yield _Ids(trace)
+    def server(
+        self, method: str, route: str, trace: Trace
+    ) -> contextlib.AbstractContextManager[ServerSpan]:
+        return _Ids(trace)
 
     def attempt(
         self, *, number: int, provider: str, connection: str, method: str, url: str
