@@ -70,6 +70,39 @@ def per_worker(folder: Path, pids: list[int], scratch: Path) -> dict[int, float]
     return counts
 
 
+async def serve_two_workers(
+    config: Path, env: dict[str, str]
+) -> tuple[asyncio.subprocess.Process, list[int], str]:
+    """`serve --workers 2` in its own process group (so its workers die with it on failure):
+    the process, the workers' pids and the URL, once both have logged gateway.started."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--config", str(config),
+        "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "2",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    pids: list[int] = []
+    url = ""
+    try:
+        async with asyncio.timeout(20):
+            while len(pids) < 2:
+                line = await process.stdout.readline()
+                if not line:
+                    stderr = await process.stderr.read() if process.stderr else b""
+                    raise AssertionError(f"exited before both workers started: {stderr!r}")
+                event = orjson.loads(line)
+                if event["event"] == "gateway.started":
+                    pids.append(event["pid"])
+                    url = event["urls"][0]
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+        raise
+    return process, pids, url
+
+
 async def test_two_workers_scrape_the_sum_of_both(upstream: Upstream, tmp_path: Path):
     """With --workers 2, every scrape (on a new connection each time, so either worker may
     answer) counts every cancellation of both workers; SIGTERM → exit 0, metrics files gone."""
@@ -85,26 +118,9 @@ async def test_two_workers_scrape_the_sum_of_both(upstream: Upstream, tmp_path: 
         "UPSTREAM": upstream.url,
         **CANARIES,
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config),
-        "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "2",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # its own process group: the workers die with it on failure
-    )  # fmt: skip
-    assert process.stdout is not None
+    process, pids, url = await serve_two_workers(config, env)
     stopped = False
     try:
-        pids: list[int] = []
-        async with asyncio.timeout(20):
-            while len(pids) < 2:
-                line = await process.stdout.readline()
-                if not line:
-                    stderr = await process.stderr.read() if process.stderr else b""
-                    raise AssertionError(f"exited before both workers started: {stderr!r}")
-                event = orjson.loads(line)
-                if event["event"] == "gateway.started":
-                    pids.append(event["pid"])
-                    url = event["urls"][0]
         [folder] = list(temp.glob("cancel-gateway-metrics-*"))
 
         # A new connection per request, so the kernel spreads them over both workers.
@@ -174,25 +190,8 @@ async def test_a_given_metrics_folder_is_wiped_of_a_previous_run(
         "UPSTREAM": upstream.url,
         **CANARIES,
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--config", str(config),
-        "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "2",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
-    assert process.stdout is not None
+    process, _, url = await serve_two_workers(config, env)
     try:
-        started = 0
-        async with asyncio.timeout(20):
-            while started < 2:
-                line = await process.stdout.readline()
-                if not line:
-                    stderr = await process.stderr.read() if process.stderr else b""
-                    raise AssertionError(f"exited before both workers started: {stderr!r}")
-                event = orjson.loads(line)
-                if event["event"] == "gateway.started":
-                    started += 1
-                    url = event["urls"][0]
         async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
             assert resp.status == 200
             assert "cancel_gateway_idempotent_replays_total 0.0" in await resp.text()
