@@ -244,7 +244,7 @@ class SqliteStore:
         try:
             results = self._transaction(group)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorname != "SQLITE_BUSY":
+            if not _busy(exc):
                 self._fail(group, StoreUnavailable(f"sqlite {self._path}: {exc}"))
                 return
             self._waiting[:0] = group
@@ -268,7 +268,7 @@ class SqliteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
-            raise  # busy: nothing to undo
+            raise  # nothing begun, nothing to undo: _commit retries it if the lock was busy
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite {self._path}: {exc}") from None
         results: list[Any] = []
