@@ -34,9 +34,11 @@ unit: $(VENV)/.installed-dev
 test: check unit
 
 # The benchmark (bench/README.md): `make bench`, or `make bench BENCH_ARGS='--quick'`,
-# `BENCH_ARGS='--only c64 --duration 20'`. Installs wrk from Debian's packages when missing.
+# `BENCH_ARGS='--only c64 --duration 20'`. Installs wrk from Debian's packages when missing,
+# and py-spy in the venv for `--profile`.
 bench: $(VENV)/.installed
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(if $(findstring --profile,$(BENCH_ARGS)),test -x $(BIN)/py-spy || $(BIN)/pip install --quiet py-spy)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

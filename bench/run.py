@@ -2,9 +2,10 @@
 
 Starts the StateSet emulation (bench/upstream.py), then for each scenario measures the upstream
 directly, the baseline translator (bench/baseline.py) and ``cancel-gateway serve`` with its
-default settings, each in front of the emulation, with ``wrk``. Every server is a fresh process
-group on a free loopback port, stopped after its run (and on Ctrl-C or any error). Writes
-bench/RESULTS.md.
+default settings, each in front of the emulation, with ``wrk``; then soaks the gateway with 5,000
+connections against a 100 ms upstream, sampling its RSS. Every server is a fresh process group
+on a free loopback port, stopped after its run (and on Ctrl-C or any error). Writes
+bench/RESULTS.md; with ``--profile``, also where the gateway's time goes (bench/pyspy.py).
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from bench import pyspy
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -47,6 +52,7 @@ class Scenario:
     connections: int
     delay_ms: int  # the upstream's answer delay
     targets: tuple[str, ...]  # direct | baseline | gateway | gateway-w2
+    soak: bool = False  # measured for --soak-duration, RSS sampled every second
 
 
 SCENARIOS = (
@@ -54,7 +60,9 @@ SCENARIOS = (
     Scenario("c1", 1, 0, ("direct", "baseline", "gateway")),
     Scenario("c256-20ms", 256, 20, ("direct", "gateway")),
     Scenario("c1000-20ms", 1000, 20, ("direct", "gateway", "gateway-w2")),
+    Scenario("soak", 5000, 100, ("gateway",), soak=True),
 )
+PROFILED = ("c64", "gateway")  # the row --profile records
 
 
 @dataclass(frozen=True)
@@ -65,13 +73,17 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    mean_ms: float
     non_2xx: int
     socket_errors: int
+    socket_error_kinds: str  # "connect 12, timeout 3"
     rss_mib: float  # peak (VmHWM), summed over the server's process tree
     cpu_ms_per_request: float  # user + system of the server's process tree
     system_share: float  # of that CPU time, the part spent in the kernel
     processes: int
     note: str = ""
+    rss_samples: tuple[tuple[float, float], ...] = ()  # soak: (seconds, MiB) every second
+    profile: Path | None = None  # --profile: py-spy's raw output
 
 
 # Processes: each child leads its own process group, so a stop reaches its workers too.
@@ -155,14 +167,56 @@ def cpu_ticks(pids: Sequence[int]) -> tuple[int, int]:
     return user, system
 
 
-def peak_rss_kib(pids: Sequence[int]) -> int:
+def memory_kib(pids: Sequence[int], what: str = "VmHWM") -> int:
+    """``VmHWM`` (peak RSS) or ``VmRSS`` (RSS now), summed over these processes."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{what}:"):
                     total += int(line.split()[1])
     return total
+
+
+@contextlib.contextmanager
+def rss_sampled(root: int) -> Iterator[list[tuple[float, float]]]:
+    """(seconds since the start, MiB): the process tree's RSS, once a second, until the end."""
+    samples: list[tuple[float, float]] = []
+    stop, start = threading.Event(), time.monotonic()
+
+    def sample() -> None:
+        while True:
+            rss = memory_kib(process_tree(root), "VmRSS") / 1024
+            samples.append((time.monotonic() - start, rss))
+            if stop.wait(1.0 - (time.monotonic() - start) % 1.0):
+                return
+
+    sampler = threading.Thread(target=sample, name="rss", daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        sampler.join()
+
+
+@contextlib.contextmanager
+def profiled(children: Children, pid: int, duration_s: float, output: Path) -> Iterator[None]:
+    """``py-spy record`` on ``pid`` for ``duration_s``, started on entry, awaited on exit."""
+    py_spy = shutil.which("py-spy", path=Path(sys.executable).parent) or "py-spy"
+    log = output.with_suffix(".log")
+    with log.open("wb") as out:
+        process = children.start(
+            pyspy.command(py_spy, pid, duration_s, output), env=dict(os.environ), out=out
+        )
+    try:
+        yield
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(duration_s + 30)
+    finally:
+        children.stop(process, grace_s=5.0)
+    if process.returncode != 0 or not output.exists():
+        raise RuntimeError(f"py-spy failed ({process.returncode}):\n{log.read_text()[-2000:]}")
 
 
 # Requests: what wrk sends, and one probe of each server before it is measured.
@@ -193,9 +247,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH {"requests":%d,"duration_us":%d,"status":%d,"connect":%d,"read":%d,"write":%d,' ..
-    '"timeout":%d,"p50_us":%.1f,"p99_us":%.1f}\\n',
+    '"timeout":%d,"p50_us":%.1f,"p99_us":%.1f,"mean_us":%.1f}\\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), latency.mean))
 end
 """
 
@@ -360,6 +414,8 @@ class Bench:
     work: Path  # logs, configs and ledgers, one folder per measurement
     duration_s: float
     warmup_s: float
+    soak_s: float
+    profiles: Path | None  # --profile: where py-spy writes (kept after the run)
     failed: list[str] = field(default_factory=list)  # rows that could not be measured
 
 
@@ -375,14 +431,14 @@ def measure(
             process, port = stack.enter_context(server(target, upstream[1], bench.children, folder))
             log = folder / "server.log"
         try:
-            summary, (user_ms, system_ms), rss_kib, processes = load(
-                bench, scenario.connections, target, process, port, folder
+            summary, (user_ms, system_ms), rss_kib, processes, samples, profile = load(
+                bench, scenario, target, process, port, folder
             )
         except (RuntimeError, OSError) as exc:
             tail = log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{exc}\n{tail}") from None
     requests = summary["requests"]
-    errors = sum(summary[k] for k in ("connect", "read", "write", "timeout"))
+    kinds = {k: summary[k] for k in ("connect", "read", "write", "timeout") if summary[k]}
     return Result(
         scenario=scenario,
         target=target,
@@ -390,39 +446,52 @@ def measure(
         rps=requests / (summary["duration_us"] / 1e6),
         p50_ms=summary["p50_us"] / 1000,
         p99_ms=summary["p99_us"] / 1000,
+        mean_ms=summary["mean_us"] / 1000,
         non_2xx=summary["status"],
-        socket_errors=errors,
+        socket_errors=sum(kinds.values()),
+        socket_error_kinds=", ".join(f"{k} {n}" for k, n in kinds.items()),
         rss_mib=rss_kib / 1024,
         cpu_ms_per_request=(user_ms + system_ms) / requests if requests else float("nan"),
         system_share=system_ms / (user_ms + system_ms) if user_ms + system_ms else 0.0,
         processes=processes,
         note=log_note(log) if target.startswith("gateway") else "",
+        rss_samples=tuple(samples),
+        profile=profile,
     )
 
 
 def load(
     bench: Bench,
-    connections: int,
+    scenario: Scenario,
     target: str,
     process: subprocess.Popen[bytes],
     port: int,
     folder: Path,
-) -> tuple[Any, tuple[float, float], int, int]:
+) -> tuple[Any, tuple[float, float], int, int, list[tuple[float, float]], Path | None]:
     """Probe, warm up, measure: wrk's summary of the measured run, the CPU ms the server's tree used
-    (user, system) in the measured one, its peak RSS in KiB and its number of processes."""
+    (user, system) in the measured one, its peak RSS in KiB, its number of processes, its RSS
+    every second (soak only) and py-spy's profile of it (the profiled row with --profile)."""
     url, path, body, key = request_for(target, port)
     probe(port, path, body, key)
     script = write_script(folder, path, body, key)
-    wrk(url, script, connections, bench.warmup_s, bench.children)
+    wrk(url, script, scenario.connections, bench.warmup_s, bench.children)
+    duration = bench.soak_s if scenario.soak else bench.duration_s
+    profile = None
+    if bench.profiles and (scenario.name, target) == PROFILED:
+        profile = bench.profiles / f"{scenario.name}-{target}.raw"
     tree = process_tree(process.pid)
     user, system = cpu_ticks(tree)
-    summary = wrk(url, script, connections, bench.duration_s, bench.children)
+    with contextlib.ExitStack() as during:
+        samples = during.enter_context(rss_sampled(process.pid)) if scenario.soak else []
+        if profile:
+            during.enter_context(profiled(bench.children, process.pid, duration, profile))
+        summary = wrk(url, script, scenario.connections, duration, bench.children)
     tree = process_tree(process.pid)  # the same processes, unless one died
     user_after, system_after = cpu_ticks(tree)
     cpu = ((user_after - user) * 1000 / CLK_TCK, (system_after - system) * 1000 / CLK_TCK)
     if process.poll() is not None:
         raise RuntimeError(f"the server exited with code {process.returncode}")
-    return summary, cpu, peak_rss_kib(tree), len(tree)
+    return summary, cpu, memory_kib(tree), len(tree), samples, profile
 
 
 def run_scenario(bench: Bench, scenario: Scenario) -> list[Result]:
@@ -485,6 +554,8 @@ def table(results: Sequence[Result]) -> list[str]:
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
+        if r.scenario.soak:
+            continue
         flag = " **FAIL**" if r.non_2xx else ""
         rows.append(
             f"| {r.scenario.name} | {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
@@ -492,6 +563,36 @@ def table(results: Sequence[Result]) -> list[str]:
             f"| {r.cpu_ms_per_request:.3f} | {r.system_share:.0%} | {r.processes} |"
         )
     return rows
+
+
+def rss_slope(r: Result) -> float | None:
+    """MiB per minute: a least-squares fit of the RSS sampled over the second half of the run."""
+    half = r.rss_samples[-1][0] / 2 if r.rss_samples else 0.0
+    late = [(t, mib) for t, mib in r.rss_samples if t >= half]
+    if len(late) < 3:
+        return None
+    times, mibs = zip(*late, strict=True)
+    return statistics.linear_regression(times, mibs).slope * 60
+
+
+def soak_table(results: Sequence[Result]) -> list[str]:
+    rows = [
+        "| req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | in flight | non-2xx "
+        "| socket errors | RSS MiB: start | peak | end | slope, MiB/min | CPU ms/req |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        if not r.scenario.soak or not r.rss_samples:
+            continue
+        delay, mibs, slope = r.scenario.delay_ms, [m for _, m in r.rss_samples], rss_slope(r)
+        kinds = f" ({r.socket_error_kinds})" if r.socket_errors else ""
+        rows.append(
+            f"| {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p50_ms - delay:.2f} "
+            f"| {r.p99_ms - delay:.2f} | {r.rps * r.mean_ms / 1000:,.0f} | {r.non_2xx} "
+            f"| {r.socket_errors}{kinds} | {mibs[0]:.1f} | {max(mibs):.1f} | {mibs[-1]:.1f} "
+            f"| {'?' if slope is None else f'{slope:+.2f}'} | {r.cpu_ms_per_request:.3f} |"
+        )
+    return rows if len(rows) > 2 else []
 
 
 def ratios(results: Sequence[Result]) -> list[str]:
@@ -511,6 +612,10 @@ def ratios(results: Sequence[Result]) -> list[str]:
         return row.cpu_ms_per_request if row else None
 
     w2_64, w2_1k = rps("c64", "gateway-w2", "gateway"), rps("c1000-20ms", "gateway-w2", "gateway")
+    soak = rows.get(("soak", "gateway"))
+    soak_p99 = soak.p99_ms - soak.scenario.delay_ms if soak else None
+    soak_errors = soak.non_2xx + soak.socket_errors if soak else None
+    soak_slope = rss_slope(soak) if soak else None
     figures = [  # what, value, issue 7's target
         ("gateway / baseline req/s, 64 connections", rps("c64", "gateway", "baseline"), "≥ 1"),
         ("gateway CPU ms/request, 64 connections", cpu("gateway"), "≤ 0.17"),
@@ -525,16 +630,23 @@ def ratios(results: Sequence[Result]) -> list[str]:
         ),
         ("gateway / direct req/s, 1,000 conn., 20 ms", rps("c1000-20ms", "gateway", "direct"), ""),
         ("--workers 2 / 1 worker req/s, 1,000 conn., 20 ms", w2_1k, ""),
+        ("soak: added p99 ms, 5,000 conn., 100 ms", soak_p99, "≤ 40"),
+        ("soak: errors (non-2xx and socket errors)", soak_errors, "= 0"),
+        ("soak: RSS slope over the 2nd half, MiB/min (flat)", soak_slope, "≤ 1"),
     ]
     lines = []
     for what, value, target in figures:
         if value is None:
             lines.append(f"- {what}: not measured")
             continue
-        line = f"- {what}: **{value:.3g}**"
+        line = f"- {what}: **{value:,.0f}**" if abs(value) >= 1000 else f"- {what}: **{value:.3g}**"
         if target:
             sense, bound = target.split()
-            met = value >= float(bound) if sense == "≥" else value <= float(bound)
+            met = {
+                "≥": value >= float(bound),
+                "≤": value <= float(bound),
+                "=": value == float(bound),
+            }[sense]
             line += f" (target {target}: {'met' if met else 'not met'})"
         lines.append(line)
     return lines
@@ -545,17 +657,19 @@ def report(
 ) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     notes = [f"- {r.scenario.name} {r.target}: {r.note}" for r in results if r.note]
+    soak = soak_table(results)
     flagged = [r for r in results if r.non_2xx or r.socket_errors]
     warnings = [
         f"- **{r.scenario.name} {r.target}: {r.non_2xx} non-2xx answers, "
-        f"{r.socket_errors} socket errors**"
+        f"{r.socket_errors} socket errors** {r.socket_error_kinds}".rstrip()
         for r in flagged
     ] + [f"- **not measured: {row}**" for row in failed]
     parts = [
         "# Benchmark results",
         "",
         f"Written by `python -m bench.run` ({' '.join(sys.argv[1:]) or 'no options'}) on {when}: "
-        f"{args.warmup:g} s of warm-up, then {args.duration:g} s measured per row. "
+        f"{args.warmup:g} s of warm-up, then {args.duration:g} s measured per row"
+        f"{f' ({args.soak_duration:g} s for the soak)' if soak else ''}. "
         "See bench/README.md for how to read it.",
         "",
         "## Machine",
@@ -576,11 +690,32 @@ def report(
         "",
         *table(results),
         "",
+    ]
+    if soak:
+        parts += [
+            "## Soak",
+            "",
+            f"`cancel-gateway serve` (one worker), 5,000 connections for {args.soak_duration:g} s "
+            "against an upstream that answers after 100 ms. *Added* is p50 or p99 minus those "
+            "100 ms; *in flight* is req/s times wrk's mean latency (Little's law): requests being "
+            "answered at any moment, short of 5,000 when connections wait to be accepted. RSS "
+            "is `VmRSS` of the gateway, sampled every second of the measured run; the slope is "
+            "a least-squares fit over its second half.",
+            "",
+            *soak,
+            "",
+        ]
+    parts += [
         "## Against the targets of issue 7",
         "",
         *ratios(results),
         "",
     ]
+    for r in results:
+        if r.profile is not None:
+            what = f"the gateway during the measured {r.scenario.name} run ({r.rps:,.0f} req/s)"
+            section = pyspy.section(pyspy.read(r.profile), r.profile, what)
+            parts += ["## Where the time goes", "", *section, ""]
     if warnings:
         parts += ["## Errors", "", *warnings, ""]
     if notes:
@@ -594,16 +729,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each")
     parser.add_argument("--quick", action="store_true", help="3 s runs after 1 s of warm-up")
+    parser.add_argument(
+        "--soak-duration", type=float, help="seconds of the soak (default 60; 10 with --quick)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy on the gateway's c64 row (its raw output is kept)",
+    )
     parser.add_argument("--only", action="append", choices=names, help="repeatable")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"default: {RESULTS}")
     parser.add_argument("--keep", action="store_true", help="keep the logs, configs and ledgers")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
+    if args.soak_duration is None:
+        args.soak_duration = 10.0 if args.quick else 60.0
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install -y wrk (make bench does it)", file=sys.stderr)
         return 2
-    # 1,000 connections in and as many out: more descriptors than a default shell allows.
+    if args.profile and not shutil.which("py-spy", path=Path(sys.executable).parent):
+        print("py-spy is missing: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
+    # 5,000 connections in and as many out: more descriptors than a default shell allows.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     # Ctrl-C, and a stop from outside, stop the children (in their own sessions) and exit,
@@ -614,7 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     work = Path(tempfile.mkdtemp(prefix="cancel-gateway-bench-"))
-    bench = Bench(Children(), work, args.duration, args.warmup)
+    profiles = Path(tempfile.mkdtemp(prefix="cancel-gateway-profile-")) if args.profile else None
+    bench = Bench(Children(), work, args.duration, args.warmup, args.soak_duration, profiles)
     results: list[Result] = []
     try:
         for scenario in scenarios:
@@ -633,6 +782,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(text)
     print(f"written to {args.out}")
+    for r in results:
+        if r.profile:
+            print(f"py-spy's raw profile of {r.scenario.name} {r.target}: {r.profile}")
     return 1 if bench.failed or any(r.non_2xx for r in results) else 0
 
 
