@@ -202,6 +202,7 @@ def serve_gateway(
         reuse_port,
         server.keepalive_timeout_s,
         envelopes=True,
+        backlog=server.backlog,
     )
     capture_library_logs(log)
 

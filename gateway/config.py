@@ -36,6 +36,8 @@ class ServerConfig(_Strict):
     body_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # to receive a request's body
     drain_timeout_s: float | None = Field(default=None, gt=0, le=3600)  # default: see README
     batch_concurrency: int = Field(default=10, ge=1, le=100)  # items of one batch at once
+    # Connections waiting to be accepted; the kernel caps it at net.core.somaxconn.
+    backlog: int = Field(default=4096, ge=1, le=65535)
 
 
 class LoggingConfig(_Strict):

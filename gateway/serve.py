@@ -37,6 +37,7 @@ class Listener:
     reuse_port: bool = False
     keepalive_timeout_s: float = 15.0  # idle connections, and requests whose headers trickle
     envelopes: bool = False  # answer malformed HTTP with an envelope (the gateway's listeners)
+    backlog: int = 4096  # aiohttp's 128 drops SYNs of a burst of connections: 1 s+ retries
 
 
 class _EnvelopeHandler(RequestHandler):
@@ -137,6 +138,7 @@ async def serve_until_stopped(
                 listener.host,
                 listener.port,
                 reuse_port=listener.reuse_port or None,
+                backlog=listener.backlog,
             )
             try:
                 await site.start()

@@ -176,3 +176,25 @@ async def test_sigint_stops_serve_like_sigterm(upstream: Upstream, tmp_path: Pat
     assert process.returncode == 0, stderr.decode()
     assert stderr.decode() == ""
     assert orjson.loads(stdout.splitlines()[-1])["event"] == "gateway.stopped"
+
+
+async def test_the_listen_backlog_is_the_configured_one(upstream: Upstream, tmp_path: Path):
+    """server.backlog reaches the listening socket (ss shows a listener's backlog as Send-Q),
+    instead of aiohttp's 128, which drops the connection attempts of a burst."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(EXAMPLE.read_text() + "\n")
+    text = config.read_text().replace("server:\n", "server:\n  backlog: 777\n", 1)
+    config.write_text(text)
+    port = free_port()
+    process, _ = await _start(_env(upstream, tmp_path), "--config", str(config), port=port)
+    try:
+        listed = await asyncio.create_subprocess_exec(
+            "ss", "-ltnH", f"sport = :{port}", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await listed.communicate()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            await process.communicate()
+    [line] = out.decode().splitlines()
+    assert line.split()[2] == "777"  # State Recv-Q Send-Q Local Peer: Send-Q is the backlog
