@@ -26,7 +26,12 @@ def command(py_spy: str, pid: int, duration_s: float, output: Path) -> list[str]
     """Raw (collapsed) stacks, one thread name first on each; idle samples left out."""
     options = {"--duration": max(1, round(duration_s)), "--rate": RATE_HZ, "--output": output}
     given = [str(x) for option in options.items() for x in option]
-    return [py_spy, "record", "--pid", str(pid), *given, "--format", "raw", "--threads"]
+    # --nonblocking: read the process without pausing it for each sample, which would slow
+    # the very run being measured (at the price of an occasional torn stack).
+    return [
+        py_spy, "record", "--pid", str(pid), *given,
+        "--format", "raw", "--threads", "--nonblocking",
+    ]  # fmt: skip
 
 
 def short_file(file: str) -> str:
