@@ -531,6 +531,25 @@ def test_rxuniverse_success_keeps_a_warning_and_drops_other_fields(
     }
 
 
+@pytest.mark.parametrize("body", [{}, {"message": ""}, {"orderNumber": None}])
+def test_rxuniverse_200_naming_no_order_is_not_a_cancellation(
+    providers: dict[str, ProviderDefinition], body: dict[str, object]
+) -> None:
+    """A 200 that names no order (no order, tray or PO number) is a bad response, not success."""
+    outcome = run(providers, "rxuniverse", 200, body)
+    assert outcome.status is Status.FAILED
+    assert outcome.code is ErrorCode.PROVIDER_BAD_RESPONSE
+
+
+@pytest.mark.parametrize("field", ["orderNumber", "trayNumber", "poNumber"])
+def test_rxuniverse_200_naming_the_order_by_any_number_is_cancelled(
+    providers: dict[str, ProviderDefinition], field: str
+) -> None:
+    """Any one of the three identifiers the document lists is enough."""
+    outcome = run(providers, "rxuniverse", 200, {field: "72544", "message": ""})
+    assert outcome.status is Status.CANCELLED
+
+
 RXUNIVERSE_ERRORS = [
     (404, "No record found", ["Provided: 9999999"], ErrorCode.NOT_FOUND),
     (400, "Job Tracker module required for cancel method", [], ErrorCode.PROVIDER_MISCONFIGURED),
@@ -683,14 +702,17 @@ def test_strange_2xx_bodies_classify_without_raising(
 ) -> None:
     """HTML, empty, non-JSON or wrongly typed 200s never raise and never count as success,
     except where the definition's own success test accepts them (RxUniverse: a JSON object
-    without an `error`; a definition without a success test: any JSON)."""
+    without an `error` that names the order; a definition without a success test: any JSON)."""
     outcome = run(providers, provider, 200, body)
     try:
         parsed, is_json = orjson.loads(body), True
     except orjson.JSONDecodeError:
         parsed, is_json = None, False
+    names_an_order = isinstance(parsed, dict) and any(
+        parsed.get(k) is not None for k in ("orderNumber", "trayNumber", "poNumber")
+    )
     accepted = (provider == "plain" and is_json) or (
-        provider == "rxuniverse" and isinstance(parsed, dict) and parsed.get("error") is None
+        provider == "rxuniverse" and names_an_order and parsed.get("error") is None
     )
     if accepted:
         assert outcome.status is Status.CANCELLED
