@@ -302,7 +302,11 @@ class SqliteStore:
                 write.future.set_exception(exc)
 
     async def _checkpoint_often(self) -> None:
-        """Move the WAL into the database file now and then, fsync included, off the loop."""
+        """Move the WAL into the database file now and then, fsync included, off the loop.
+
+        The thread's connection is closed only once no checkpoint runs on it: cancelling this
+        task does not stop a thread, and closing a connection under a running statement
+        crashes the process."""
         checkpointer: sqlite3.Connection | None = None
 
         def checkpoint() -> None:
@@ -313,12 +317,17 @@ class SqliteStore:
                 )
             checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+        running: asyncio.Future[None] | None = None
         try:
             while True:
                 await asyncio.sleep(CHECKPOINT_EVERY_S)
+                running = asyncio.ensure_future(asyncio.to_thread(checkpoint))
                 with contextlib.suppress(sqlite3.Error):
-                    await asyncio.to_thread(checkpoint)
+                    await asyncio.shield(running)
         finally:
+            if running is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    await running  # the thread's statement ends before its connection does
             if checkpointer is not None:
                 checkpointer.close()
 

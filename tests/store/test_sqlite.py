@@ -1,0 +1,69 @@
+"""The SQLite store's own mechanics: its background checkpoint and how it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.store import sqlite as module
+from gateway.store.sqlite import SqliteStore
+
+
+class _HeldCheckpoint:
+    """The checkpoint thread's connection, held inside its statement until released."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.running = False
+        self.closed_while_running = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.running = True
+        self.started.set()
+        self.release.wait(5)
+        try:
+            return self.real.execute(sql, *args)
+        finally:
+            self.running = False
+
+    def close(self) -> None:
+        self.closed_while_running = self.running
+        self.real.close()
+
+
+async def test_close_waits_for_a_running_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing while the background thread checkpoints waits for its statement to end before
+    closing its connection (closing under a running statement crashes the process)."""
+    held: list[_HeldCheckpoint] = []
+    connect = sqlite3.connect
+
+    def connecting(*args: Any, **kwargs: Any) -> Any:
+        connection = connect(*args, **kwargs)
+        if threading.current_thread() is threading.main_thread():
+            return connection
+        held.append(_HeldCheckpoint(connection))
+        return held[-1]
+
+    monkeypatch.setattr(module, "CHECKPOINT_EVERY_S", 0.01)
+    monkeypatch.setattr(module.sqlite3, "connect", connecting)
+    store = SqliteStore(tmp_path / "ledger.db", 2.0)
+    await store.open()
+    async with asyncio.timeout(5):
+        while not held or not held[0].started.is_set():  # noqa: ASYNC110 - a thread's event
+            await asyncio.sleep(0.01)
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # still waiting for the checkpoint
+    held[0].release.set()
+    async with asyncio.timeout(5):
+        await closing
+    assert not held[0].closed_while_running
