@@ -95,6 +95,7 @@ class _Write:
     neighbours in one statement), or a step that reads and writes (a claim)."""
 
     future: asyncio.Future[Any]
+    deadline: float  # loop time: a write still waiting for the lock then fails
     row: tuple[Any, ...] | None = None
     apply: Apply | None = None
 
@@ -220,18 +221,15 @@ class SqliteStore:
     async def _write(
         self, *, row: tuple[Any, ...] | None = None, apply: Apply | None = None
     ) -> Any:
-        """Queue one write for this turn's group commit and wait until it is committed."""
+        """Queue one write for this turn's group commit and wait until it is committed. A
+        group is written at once when its turn comes; only a write lock held by another
+        process makes it wait, and ``_commit`` fails it after the store's timeout."""
         loop = asyncio.get_running_loop()
-        write = _Write(loop.create_future(), row, apply)
+        write = _Write(loop.create_future(), loop.time() + self._timeout_s, row, apply)
         self._waiting.append(write)
         if self._commit_at is None:
             self._commit_at = loop.call_soon(self._commit)
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return await asyncio.shield(write.future)
-        except TimeoutError:
-            write.future.cancel()  # left out of any group that has not begun
-            raise StoreUnavailable(f"sqlite {self._path}: timed out") from None
+        return await write.future  # cancelled with its request: left out of the group
 
     def _commit(self) -> None:
         """Write every waiting write in one transaction; if another process holds the write
@@ -247,8 +245,10 @@ class SqliteStore:
             if not _busy(exc):
                 self._fail(group, StoreUnavailable(f"sqlite {self._path}: {exc}"))
                 return
-            self._waiting[:0] = group
             loop = asyncio.get_running_loop()
+            late = [w for w in group if w.deadline <= loop.time()]
+            self._fail(late, StoreUnavailable(f"sqlite {self._path}: the write lock stays taken"))
+            self._waiting[:0] = [w for w in group if w.deadline > loop.time()]
             self._commit_at = loop.call_later(self._busy_wait_s, self._commit)
             self._busy_wait_s = min(self._busy_wait_s * 2, RETRY_BUSY_S[1])
             return

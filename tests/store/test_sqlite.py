@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.store import Entry, StoreUnavailable
 from gateway.store import sqlite as module
 from gateway.store.sqlite import SqliteStore
 
@@ -67,3 +69,47 @@ async def test_close_waits_for_a_running_checkpoint(
     async with asyncio.timeout(5):
         await closing
     assert not held[0].closed_while_running
+
+
+def _entry(cancellation_id: str) -> Entry:
+    return Entry(cancellation_id, "oms", "c", "p", "r", "id-1", "running", time.time())
+
+
+async def test_a_write_waits_for_the_lock_another_process_holds_then_commits(tmp_path: Path):
+    """Another connection holding the write lock (a worker sharing the file) delays a write,
+    which is retried without blocking the loop and commits once the lock is free."""
+    store = SqliteStore(tmp_path / "ledger.db", 2.0)
+    await store.open()
+    other = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    writing = asyncio.create_task(store.record(_entry("cxl_held")))
+    ticks = 0
+    while ticks < 20:  # the loop keeps turning while the write waits
+        await asyncio.sleep(0.005)
+        ticks += 1
+    assert not writing.done()
+    other.execute("COMMIT")
+    async with asyncio.timeout(2):
+        await writing
+    assert await store.lookup("cxl_held", "oms") is not None
+    other.close()
+    await store.close()
+
+
+async def test_a_write_fails_when_the_lock_stays_taken_past_the_timeout(tmp_path: Path):
+    """A lock held longer than the store's timeout: store_unavailable, and the next write
+    after its release commits."""
+    store = SqliteStore(tmp_path / "ledger.db", 0.2)
+    await store.open()
+    other = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.record(_entry("cxl_late"))
+    assert 0.2 <= time.monotonic() - started < 1.0
+    other.execute("ROLLBACK")
+    await store.record(_entry("cxl_after"))
+    assert await store.lookup("cxl_late", "oms") is None
+    assert await store.lookup("cxl_after", "oms") is not None
+    other.close()
+    await store.close()
