@@ -194,7 +194,7 @@ class Canceller:
             outcome = await self._run(caller, body, info, facts, log)
         except _Replayed as replayed:
             self._metrics.replayed()
-            return self._replay(replayed.replay, log)
+            return self._replay(replayed.replay, facts, log, started)
         except GatewayError as exc:
             outcome = gateway_outcome(exc)
         except Exception:
@@ -325,12 +325,28 @@ class Canceller:
                 envelope=orjson.loads(reply.body),
             )
 
-    def _replay(self, replay: Replay, log: FilteringBoundLogger) -> Reply:
+    def _replay(
+        self, replay: Replay, facts: _Facts, log: FilteringBoundLogger, started: float
+    ) -> Reply:
+        """The stored answer again. It is logged as completed too, so that every request
+        that reached the cancellation has its `cancellation.completed` line."""
         stored = replay.reply
         log.info(
             "cancellation.replayed",
             original_cancellation_id=replay.cancellation_id,
             http_status=stored.http_status,
+        )
+        envelope = orjson.loads(stored.body)
+        log.info(
+            "cancellation.completed",
+            status=envelope["status"],
+            error_code=(envelope["error"] or {}).get("code"),
+            http_status=stored.http_status,
+            connection=facts.connection,
+            provider=facts.provider,
+            resource_id=facts.resource_id,
+            replayed=True,
+            duration_ms=ms(self._clock.monotonic() - started),
         )
         headers = dict(stored.headers)
         headers["Idempotent-Replayed"] = "true"

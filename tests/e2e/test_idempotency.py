@@ -115,6 +115,32 @@ async def test_same_key_and_body_is_replayed_byte_for_byte_and_sent_once(
     assert len(gateway.events("cancellation.replayed")) == 1
 
 
+async def test_a_replay_is_logged_as_received_replayed_and_completed(
+    store: StoreSection, make_gateway: GatewayFactory, upstream: Upstream
+):
+    """A replay still ends with `cancellation.completed` (status of the stored answer,
+    replayed: true), so every request has its completed line; nothing upstream between."""
+    gateway = await make_gateway(config(store.yaml), upstream_url=upstream.url)
+    upstream.always(200, RX_OK)
+    await gateway.cancel(RX_CANCEL, headers=KEY)
+    second = await gateway.cancel(RX_CANCEL, headers=KEY)
+    # The body is the first answer's, its request_id too: the header names this request.
+    request_id = second.headers["X-Request-ID"]
+    mine = [line for line in gateway.logs if line.get("request_id") == request_id]
+    events = [line["event"] for line in mine]
+    assert events == [
+        "cancellation.received",
+        "cancellation.replayed",
+        "cancellation.completed",
+        "http.request",
+    ]
+    completed = mine[2]
+    assert completed["replayed"] is True
+    assert completed["status"] == "cancelled"
+    assert completed["error_code"] is None
+    assert completed["http_status"] == 200
+
+
 async def test_the_same_json_written_differently_is_the_same_request(
     store: StoreSection, make_gateway: GatewayFactory, upstream: Upstream
 ):
