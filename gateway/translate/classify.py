@@ -135,8 +135,6 @@ def generic_code(status: int) -> ErrorCode:
         return ErrorCode.PROVIDER_AUTH_FAILED
     if status == 404:
         return ErrorCode.NOT_FOUND
-    if status == 408:
-        return ErrorCode.PROVIDER_TIMEOUT
     if status == 409:
         return ErrorCode.NOT_CANCELLABLE
     if status == 429:

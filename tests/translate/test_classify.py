@@ -608,7 +608,7 @@ GENERIC = [
     (401, ErrorCode.PROVIDER_AUTH_FAILED, False),
     (403, ErrorCode.PROVIDER_AUTH_FAILED, False),
     (404, ErrorCode.NOT_FOUND, False),
-    (408, ErrorCode.PROVIDER_TIMEOUT, True),
+    (408, ErrorCode.PROVIDER_REJECTED, False),  # the contract's "other 4xx" (still retried)
     (409, ErrorCode.NOT_CANCELLABLE, False),
     (429, ErrorCode.RATE_LIMITED, True),
     (400, ErrorCode.PROVIDER_REJECTED, False),
