@@ -89,7 +89,7 @@ class Redactor:
             return self.text(value)
         if kind is int or kind is float or kind is bool or value is None:
             return value
-        if isinstance(value, MutableMapping):
+        if kind is dict or isinstance(value, MutableMapping):
             sensitive = self._sensitive
             cleaned = {}
             for key, item in value.items():
@@ -98,7 +98,16 @@ class Redactor:
                     masked = str(key).lower() in SENSITIVE_KEYS
                     if len(sensitive) < _REMEMBERED_KEYS:
                         sensitive[key] = masked
-                cleaned[key] = REDACTED if masked else self.clean(item)
+                if masked:
+                    cleaned[key] = REDACTED
+                    continue
+                found = type(item)  # the scalars inline: most values, no call each
+                if found is str:
+                    cleaned[key] = self.text(item)
+                elif found is int or found is float or found is bool or item is None:
+                    cleaned[key] = item
+                else:
+                    cleaned[key] = self.clean(item)
             return cleaned
         if isinstance(value, list | tuple):
             return [self.clean(v) for v in value]
