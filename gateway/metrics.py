@@ -12,6 +12,7 @@ was routed to a configured connection, never as the caller typed it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,7 +29,23 @@ from gateway.resilience import BreakerState, Guards
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Upstream latency, seconds: loopback answers to a provider at the edge of its budget.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class _Children:
+    """A labelled metric's children, looked up once per set of label values: the client
+    checks the values and takes a lock on every ``labels()`` call, several per request."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._by_values: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._by_values.get(values)
+        if child is None:
+            child = self._by_values[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -103,13 +120,21 @@ class Metrics:
             registry=registry,
         )
 
+        # The children of the metrics every request touches.
+        self._http_child = _Children(self._http)
+        self._cancellations_child = _Children(self._cancellations)
+        self._attempts_child = _Children(self._attempts)
+        self._latency_child = _Children(self._latency)
+
     def http_answered(self, method: str, route: str, status: int) -> None:
-        self._http.labels(method, route, str(status)).inc()
+        # Any token is a valid method: one a client made up must not become a series.
+        method = method if method in _METHODS else "other"
+        self._http_child(method, route, str(status)).inc()
 
     def cancellation_completed(
         self, connection: str | None, provider: str | None, status: str, error_code: str | None
     ) -> None:
-        self._cancellations.labels(connection or "", provider or "", status, error_code or "").inc()
+        self._cancellations_child(connection or "", provider or "", status, error_code or "").inc()
 
     def replayed(self) -> None:
         self._replays.inc()
@@ -124,8 +149,8 @@ class Metrics:
     ) -> None:
         """One attempt ended: ``http_status`` when an answer came, else ``failure``."""
         result = f"{http_status // 100}xx" if http_status is not None else failure or "error"
-        self._attempts.labels(connection, provider, result).inc()
-        self._latency.labels(connection).observe(latency_s)
+        self._attempts_child(connection, provider, result).inc()
+        self._latency_child(connection).observe(latency_s)
 
     def retried(self, connection: str, reason: str) -> None:
         self._retries.labels(connection, reason).inc()

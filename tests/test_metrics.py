@@ -278,3 +278,15 @@ def test_exposition_declares_every_family_with_its_type():
         "cancel_gateway_breaker_state": "gauge",
         "cancel_gateway_unmapped_errors": "counter",
     }
+
+
+def test_a_method_a_client_made_up_is_counted_as_other() -> None:
+    """Any token is a valid HTTP method: made-up ones share one series, not one each."""
+    metrics = Metrics()
+    for method in ("BREW", "FOO1", "FOO2"):
+        metrics.http_answered(method, "unmatched", 405)
+    metrics.http_answered("POST", "/v1/cancellations", 200)
+    text = metrics.exposition().decode()
+    assert 'method="other",route="unmatched",status="405"} 3.0' in text
+    assert "BREW" not in text
+    assert 'method="POST",route="/v1/cancellations",status="200"} 1.0' in text
