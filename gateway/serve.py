@@ -71,6 +71,8 @@ class _EnvelopeHandler(RequestHandler):
 
 
 class _EnvelopeServer(web.Server):
+    # aiohttp has no hook for its parse-error answers: its Server builds RequestHandler
+    # itself (from _loop and _kwargs). tests/e2e/test_serve.py fails if a release changes it.
     def __call__(self) -> RequestHandler:
         return _EnvelopeHandler(self, loop=self._loop, **self._kwargs)
 
