@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import RequestInfo, check_idempotency_key
+from gateway.cancel import RequestInfo, check_idempotency_key, json_body
 from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, spec
@@ -117,10 +117,7 @@ def parse_batch(body: bytes, idempotency_key: str | None) -> list[object]:
             "headers.Idempotency-Key",
             f"a batch's key is at most {MAX_BATCH_KEY} characters (item i uses key#i)",
         )
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise _invalid("body", "not valid JSON", f"the body is not valid JSON: {exc}") from None
+    data = json_body(body)
     if not isinstance(data, dict) or set(data) != {"items"}:
         raise _invalid("body", 'must be a JSON object with one field, "items"')
     items = data["items"]
@@ -155,11 +152,9 @@ def _flag(request: web.Request, name: str) -> bool:
     return value == "true"
 
 
-def _invalid(loc: str, problem: str, message: str | None = None) -> GatewayError:
+def _invalid(loc: str, problem: str) -> GatewayError:
     return GatewayError(
-        ErrorCode.INVALID_REQUEST,
-        message or f"invalid request: {loc}: {problem}",
-        fields=[(loc, problem)],
+        ErrorCode.INVALID_REQUEST, f"invalid request: {loc}: {problem}", fields=[(loc, problem)]
     )
 
 

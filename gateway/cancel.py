@@ -389,17 +389,22 @@ class Canceller:
         )
 
 
-def parse_request(body: bytes) -> tuple[CancelRequest, bytes]:
-    """The canonical request, strictly: JSON only (no NaN/Infinity), no unknown fields; and
-    the body's canonical JSON (keys sorted), the idempotency fingerprint's input."""
+def json_body(body: bytes) -> Any:
+    """A request body as JSON, strictly (no NaN/Infinity), or ``invalid_request``."""
     try:
-        data: Any = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise GatewayError(
             ErrorCode.INVALID_REQUEST,
             f"the body is not valid JSON: {exc}",
             fields=[("body", "not valid JSON")],
         ) from None
+
+
+def parse_request(body: bytes) -> tuple[CancelRequest, bytes]:
+    """The canonical request, strictly: JSON only (no NaN/Infinity), no unknown fields; and
+    the body's canonical JSON (keys sorted), the idempotency fingerprint's input."""
+    data = json_body(body)
     if not isinstance(data, dict):
         raise GatewayError(
             ErrorCode.INVALID_REQUEST,
