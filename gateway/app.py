@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from structlog.contextvars import bound_contextvars
 from structlog.typing import FilteringBoundLogger
 
 from gateway import api
@@ -33,7 +32,7 @@ from gateway.clock import Clock
 from gateway.errors import ErrorCode, GatewayError
 from gateway.live import LiveConfig
 from gateway.loader import Runtime
-from gateway.logging import Redactor, make_logger
+from gateway.logging import Redactor, log_context, make_logger
 from gateway.metrics import Metrics
 from gateway.spans import NoSpans, OtelSpans, Spans, otel_provider
 from gateway.store import Store, StoreUnavailable, create_store
@@ -131,7 +130,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         request[INFO] = info
         live = app[CONFIG].current
         request[CURRENT] = live
-        with bound_contextvars(
+        with log_context(
             request_id=info.request_id, trace_id=info.trace.trace_id, config_version=live.version
         ):
             response = await handler(request)

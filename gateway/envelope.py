@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import orjson
-
 from gateway.errors import ErrorCode, GatewayError, Source, spec
 from gateway.logging import Redactor
 from gateway.models import Envelope, ErrorBody, FieldProblem
@@ -25,7 +23,7 @@ class Reply:
 
 
 def render_envelope(envelope: Envelope, redactor: Redactor) -> bytes:
-    return orjson.dumps(redactor.clean(envelope.model_dump(mode="json")))
+    return redactor.dumps(envelope.model_dump(mode="json"))
 
 
 def gateway_outcome(exc: GatewayError) -> Outcome:

@@ -1,9 +1,17 @@
-"""JSON-lines logs through one structlog processor chain, built per app (no global state).
+"""JSON-lines logs through structlog, built per app (no global state).
 
-Redaction is a processor, so no call site has to remember it: every configured secret value
-(provider credentials, caller keys) is replaced wherever it appears in an event, exception
-text included, and values under sensitive header-like keys are masked whatever they hold.
-Tracebacks are rendered without local variables.
+Every line goes through one processor, ``_Line``, that does what a chain of structlog's would
+(request context, level, timestamp, traceback, redaction, JSON) in one call: a request writes
+five lines or more, and each processor of a chain costs a call and a look at the event.
+
+Redaction is part of that processor, so no call site has to remember it: every configured
+secret value (provider credentials, caller keys) is replaced wherever it appears in an event,
+exception text included, and values under sensitive header-like keys are masked whatever they
+hold. Tracebacks are rendered without local variables.
+
+The request context (request id, trace id) is bound with ``log_context``: one context
+variable holding a mapping, read once per line. structlog's ``merge_contextvars`` copies the
+whole context of the task for every line to find its variables.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
+from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Any, BinaryIO, TextIO
 
 import orjson
@@ -43,6 +53,8 @@ SENSITIVE_KEYS = frozenset(
 )
 _REMEMBERED_KEYS = 4096  # keys come from code and provider answers: bounded, just in case
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 # A header quoted in a library's message (a request it could not parse): keep the name only.
 _QUOTED_HEADER = re.compile(
     r"(?i)\b(authorization|proxy-authorization|x-api-key|access-token|cookie)(\s*:\s*)[^\r\n'\"]*"
@@ -50,12 +62,13 @@ _QUOTED_HEADER = re.compile(
 
 
 class Redactor:
-    """A structlog processor that removes secret values from every event."""
+    """Removes secret values from log events and envelopes."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets: frozenset[str] = frozenset()
         self._pattern: re.Pattern[str] | None = None
         self._sensitive: dict[Any, bool] = {}  # key -> is its value masked?
+        self._safe: set[str] = set()  # JSON keys whose values are not masked
         self._ordered: tuple[str, ...] = ()
         self.add(secrets)
 
@@ -67,9 +80,9 @@ class Redactor:
         values = sorted(self._secrets, key=len, reverse=True)
         self._ordered = tuple(values)
         self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
-
-    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
-        return self.clean(event)  # type: ignore[no-any-return]
+        # As each appears inside a JSON string: escaping is character by character, so a
+        # secret inside a string value is, serialized, its escaped form inside the line.
+        self._escaped = tuple(orjson.dumps(value)[1:-1] for value in values)
 
     def text(self, value: str) -> str:
         # Substring tests are several times faster than the regular expression, and almost
@@ -80,25 +93,66 @@ class Redactor:
                 return self._pattern.sub(REDACTED, value)
         return value
 
+    def dumps(self, value: Any) -> bytes:
+        """``value`` as JSON with every secret replaced. Serialized first and searched for
+        the secrets, which is one pass in C per secret; only a value where one is found, or
+        that holds a sensitive key or a type JSON does not have, is cleaned and serialized
+        again."""
+        if self._plain(value):
+            data = orjson.dumps(value)
+            for secret in self._escaped:
+                if secret in data:
+                    break
+            else:
+                return data
+        return orjson.dumps(self.clean(value), default=str, option=orjson.OPT_NON_STR_KEYS)
+
+    def _plain(self, value: Any) -> bool:
+        """Only JSON's own types, and no key whose value is masked?"""
+        kind = type(value)
+        if kind in _SCALARS:
+            return True
+        if kind is dict:
+            safe = self._safe
+            for key, item in value.items():
+                if key not in safe and not self._learn_safe(key):
+                    return False
+                if type(item) not in _SCALARS and not self._plain(item):
+                    return False
+            return True
+        if kind is list:
+            return all(self._plain(item) for item in value)
+        return False
+
+    def _learn_safe(self, key: Any) -> bool:
+        """A key of JSON (a str) whose value is not masked? Remembered when it is."""
+        if type(key) is not str or self._masked(key):
+            return False
+        if len(self._safe) < _REMEMBERED_KEYS:
+            self._safe.add(key)
+        return True
+
+    def _masked(self, key: Any) -> bool:
+        """Is the value under this key masked, whatever it holds? Remembered per key."""
+        masked = self._sensitive.get(key)
+        if masked is None:
+            masked = str(key).lower() in SENSITIVE_KEYS
+            if len(self._sensitive) < _REMEMBERED_KEYS:
+                self._sensitive[key] = masked
+        return masked
+
     def clean(self, value: Any) -> Any:
         """``value`` with every secret replaced, recursively; mappings and sequences are copied.
-        Runs on every log line and every envelope: the common types are tested first, by
-        identity, and which keys are sensitive is remembered."""
+        The common types are tested first, by identity."""
         kind = type(value)
         if kind is str:
             return self.text(value)
         if kind is int or kind is float or kind is bool or value is None:
             return value
         if kind is dict or isinstance(value, MutableMapping):
-            sensitive = self._sensitive
             cleaned = {}
             for key, item in value.items():
-                masked = sensitive.get(key)
-                if masked is None:
-                    masked = str(key).lower() in SENSITIVE_KEYS
-                    if len(sensitive) < _REMEMBERED_KEYS:
-                        sensitive[key] = masked
-                if masked:
+                if self._masked(key):
                     cleaned[key] = REDACTED
                     continue
                 found = type(item)  # the scalars inline: most values, no call each
@@ -141,25 +195,67 @@ def capture_library_logs(log: FilteringBoundLogger) -> None:
 
 
 class _Timestamp:
-    """``timestamp`` in RFC 3339 UTC with microseconds, the date and time formatted once a
-    second (structlog's ISO stamper builds a datetime for every line)."""
+    """RFC 3339 UTC with microseconds, the date and time formatted once a second (structlog's
+    ISO stamper builds a datetime for every line)."""
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
 
-    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    def __call__(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        return event
+        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
-def _render(_: WrappedLogger, __: str, event: EventDict) -> str:
-    return orjson.dumps(event, default=str).decode()
+_CONTEXT: ContextVar[Mapping[str, Any] | None] = ContextVar("log_context", default=None)
+
+
+class log_context:  # lower case: read as a function, `with log_context(...)`
+    """``with log_context(request_id=...):`` every line logged inside, in this task and the
+    tasks it starts, carries these fields (unless the line gives its own)."""
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+        self._token: Token[Mapping[str, Any] | None] | None = None
+
+    def __enter__(self) -> None:
+        outer = _CONTEXT.get()
+        self._token = _CONTEXT.set({**outer, **self._fields} if outer else self._fields)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._token is not None
+        _CONTEXT.reset(self._token)
+
+
+class _Line:
+    """The one processor: the event becomes its JSON line, redacted. ``as_bytes`` for
+    ``BatchedLines``, which writes bytes; a str for structlog's ``WriteLogger``."""
+
+    def __init__(self, redactor: Redactor, as_bytes: bool) -> None:
+        self._redactor = redactor
+        self._as_bytes = as_bytes
+        self._timestamp = _Timestamp()
+
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> str | bytes:
+        context = _CONTEXT.get()
+        if context:
+            for key, value in context.items():
+                if key not in event:
+                    event[key] = value
+        event["level"] = _LEVEL_NAMES.get(method, method)
+        event["timestamp"] = self._timestamp()
+        if "exc_info" in event:
+            event = structlog.processors.format_exc_info(logger, method, event)
+        line = self._redactor.dumps(event)
+        return line if self._as_bytes else line.decode()
 
 
 class BatchedLines:
@@ -173,12 +269,12 @@ class BatchedLines:
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
-        self._waiting: list[str] = []
+        self._waiting: list[bytes] = []
         self._scheduled = False
         self._lock = threading.Lock()
         atexit.register(self.flush)
 
-    def msg(self, message: str) -> None:
+    def msg(self, message: bytes) -> None:
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -203,7 +299,7 @@ class BatchedLines:
             chunk: list[bytes] = []
             size = 0
             for line in lines:
-                data = line.encode() + b"\n"
+                data = line + b"\n"
                 if chunk and size + len(data) > select.PIPE_BUF:
                     self._stream.write(b"".join(chunk))
                     chunk, size = [], 0
@@ -224,14 +320,7 @@ def make_logger(
     """A JSON-lines logger; give ``redactor`` to add secrets to it later (reloads).
     ``batched``: lines leave once per turn of the event loop (``BatchedLines``), for servers;
     otherwise each line is written as it is logged."""
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        _Timestamp(),
-        structlog.processors.format_exc_info,
-        redactor or Redactor(secrets),
-        _render,
-    ]
+    processors = [_Line(redactor or Redactor(secrets), as_bytes=batched)]
     # WriteLogger emits each line, newline included, in one write(): workers that share a
     # stdout pipe (and PYTHONUNBUFFERED) never interleave halves of their lines.
     output: Any = structlog.WriteLogger(stream or sys.stdout)

@@ -10,10 +10,9 @@ from typing import Any
 
 import orjson
 import pytest
-from structlog.contextvars import bound_contextvars
 from structlog.typing import FilteringBoundLogger
 
-from gateway.logging import REDACTED, Redactor, make_logger
+from gateway.logging import REDACTED, Redactor, log_context, make_logger
 
 # Fake values only.
 SECRET = "CANARY-SECRET-1234567890"
@@ -76,7 +75,7 @@ def test_timestamp_is_rfc3339_utc_ending_in_z(logs: Captured):
 
 
 def test_bound_context_appears_in_each_line_and_goes_away(logs: Captured):
-    with bound_contextvars(request_id="req-1", trace_id="4bf92f3577b34da6a3ce929d0e0e4736"):
+    with log_context(request_id="req-1", trace_id="4bf92f3577b34da6a3ce929d0e0e4736"):
         logs.log.info("inside")
     logs.log.info("outside")
     inside, outside = logs.lines
@@ -158,7 +157,7 @@ def test_secret_in_a_non_string_value_is_redacted(logs: Captured):
 
 def test_secret_in_bound_context_is_redacted(logs: Captured):
     logs.log.bind(caller_hint=SECRET).info("bound")
-    with bound_contextvars(request_id=f"r-{SECRET}"):
+    with log_context(request_id=f"r-{SECRET}"):
         logs.log.info("contextvar")
     assert SECRET not in logs.text
 
@@ -271,3 +270,63 @@ def test_redactor_copies_instead_of_changing_the_event():
     cleaned = Redactor([SECRET]).clean({"headers": headers})
     assert cleaned == {"headers": {"Authorization": REDACTED, "body": [REDACTED]}}
     assert headers == {"Authorization": "Bearer x", "body": [SECRET]}
+
+
+# --- serialized first, searched, cleaned only when needed -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ['CANARY"quoted"value', "CANARY\\back\\slash", "CANARY\ttab\nline", "CANARY-ünï-çødé-€"],
+)
+def test_secret_that_json_escapes_is_found_in_the_serialized_line(secret: str):
+    """The line is searched for each secret as JSON writes it, escapes and all."""
+    logs = Captured([secret])
+    logs.log.info("x", value=f"<{secret}>", nested={"list": [secret]})
+    assert logs.last["value"] == f"<{REDACTED}>"
+    assert logs.last["nested"] == {"list": [REDACTED]}
+    assert secret not in logs.text
+    assert orjson.dumps(secret)[1:-1].decode() not in logs.text
+
+
+def test_secret_in_a_key_of_a_nested_mapping_leaves_the_value_alone_but_is_seen():
+    """A nested sensitive key is masked although the rest of the line holds no secret."""
+    logs = Captured([SECRET])
+    logs.log.info("x", response={"data": {"Token": "unconfigured-value", "id": 7}})
+    assert logs.last["response"] == {"data": {"Token": REDACTED, "id": 7}}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": 1, "b": [1.5, True, None, "text"], "c": {"d": "e"}},
+        {"a": f"x{SECRET}x", "b": [{"password": 1}], "c": (OTHER_SECRET, 2)},
+        {"headers": {"X-Api-Key": "k", "Accept": "*/*"}, 3: "a key JSON writes as text"},
+        {"when": datetime(2024, 1, 16, tzinfo=UTC), "set": {1}},
+        [SECRET, {"secret": "s"}, "plain"],
+        f"just {SECRET}",
+    ],
+)
+def test_dumps_writes_what_cleaning_then_serializing_would(value: Any):
+    redactor = Redactor([SECRET, OTHER_SECRET])
+    expected = orjson.loads(
+        orjson.dumps(redactor.clean(value), default=str, option=orjson.OPT_NON_STR_KEYS)
+    )
+    written = orjson.loads(redactor.dumps(value))
+    assert written == expected
+    assert SECRET not in str(written)
+    assert OTHER_SECRET not in str(written)
+
+
+def test_log_context_nests_and_a_line_keeps_its_own_value():
+    logs = Captured()
+    with log_context(request_id="outer", trace_id="t-1"):
+        with log_context(request_id="inner"):
+            logs.log.info("nested")
+        logs.log.info("own", request_id="given")
+    logs.log.info("after")
+    nested, own, after = logs.lines
+    assert (nested["request_id"], nested["trace_id"]) == ("inner", "t-1")
+    assert (own["request_id"], own["trace_id"]) == ("given", "t-1")
+    assert "request_id" not in after
+    assert "trace_id" not in after
