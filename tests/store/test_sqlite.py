@@ -1,4 +1,4 @@
-"""The SQLite store's own mechanics: its background checkpoint and how it stops."""
+"""The SQLite store's own mechanics: its schema, its background checkpoint and how it stops."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,53 @@ async def test_a_write_fails_when_the_lock_stays_taken_past_the_timeout(tmp_path
     assert await store.lookup("cxl_after", "oms") is not None
     other.close()
     await store.close()
+
+
+async def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_rows(tmp_path: Path):
+    """A file written by the first schema: its rows stay readable and completable, and the
+    ledger index no query used is gone."""
+    path = tmp_path / "ledger.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("CREATE TABLE cg_schema (version INTEGER NOT NULL)")
+    for statement in module.MIGRATIONS[1]:
+        old.execute(statement)
+    old.execute("INSERT INTO cg_schema (version) VALUES (1)")
+    old.execute(
+        f"INSERT INTO cg_cancellations ({module.ENTRY_COLUMNS}) VALUES"
+        " ('cxl_old', 'oms', 'c', 'p', 'r', 'id-1', 'running', 1.0, NULL, 0, NULL, NULL)"
+    )
+    old.close()
+    store = SqliteStore(path, 2.0)
+    await store.open()
+    running = await store.lookup("cxl_old", "oms")
+    assert running is not None
+    assert running.status == "running"
+    await store.record(replace(running, status="cancelled", attempts=1, envelope=b"{}"))
+    done = await store.lookup("cxl_old", "oms")
+    await store.close()
+    assert done == replace(running, status="cancelled", attempts=1, envelope=b"{}")
+    check = sqlite3.connect(path)
+    versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
+    indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    check.close()
+    assert versions == [1, 2]
+    assert "cg_cancellations_caller" not in indexes
+    assert "cg_idempotency_expires" in indexes
+
+
+async def test_a_completion_updates_the_running_row_in_place(tmp_path: Path):
+    """One row per cancellation, whatever number of writes: the first, running, becomes the
+    final one, created_at and caller kept."""
+    store = SqliteStore(tmp_path / "ledger.db", 2.0)
+    await store.open()
+    first = _entry("cxl_one")
+    await store.begin(first, None, time.time())
+    final = replace(first, status="failed", error_code="provider_error", attempts=3)
+    await store.complete(final, None, "", None, time.time())
+    found = await store.lookup("cxl_one", "oms")
+    await store.close()
+    assert found == final
+    check = sqlite3.connect(tmp_path / "ledger.db")
+    (count,) = check.execute("SELECT COUNT(*) FROM cg_cancellations").fetchone()
+    check.close()
+    assert count == 1
