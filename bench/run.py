@@ -60,6 +60,9 @@ SCENARIOS = (
     Scenario("c1", 1, 0, ("direct", "baseline", "gateway")),
     Scenario("c256-20ms", 256, 20, ("direct", "gateway")),
     Scenario("c1000-20ms", 1000, 20, ("direct", "gateway", "gateway-w2")),
+    # The soak's load against the upstream emulation alone: what this machine and wrk reach
+    # with no gateway at all, the floor under the soak's figures.
+    Scenario("c5000-100ms", 5000, 100, ("direct",)),
     Scenario("soak", 5000, 100, ("gateway",), soak=True),
 )
 PROFILED = ("c64", "gateway")  # the row --profile records
@@ -616,6 +619,9 @@ def ratios(results: Sequence[Result]) -> list[str]:
     soak_p99 = soak.p99_ms - soak.scenario.delay_ms if soak else None
     soak_errors = soak.non_2xx + soak.socket_errors if soak else None
     soak_slope = rss_slope(soak) if soak else None
+    floor = rows.get(("c5000-100ms", "direct"))
+    floor_p99 = floor.p99_ms - floor.scenario.delay_ms if floor else None
+    floor_errors = floor.non_2xx + floor.socket_errors if floor else None
     figures = [  # what, value, issue 7's target
         ("gateway / baseline req/s, 64 connections", rps("c64", "gateway", "baseline"), "≥ 1"),
         ("gateway CPU ms/request, 64 connections", cpu("gateway"), "≤ 0.17"),
@@ -633,6 +639,8 @@ def ratios(results: Sequence[Result]) -> list[str]:
         ("soak: added p99 ms, 5,000 conn., 100 ms", soak_p99, "≤ 40"),
         ("soak: errors (non-2xx and socket errors)", soak_errors, "= 0"),
         ("soak: RSS slope over the 2nd half, MiB/min (flat)", soak_slope, "≤ 1"),
+        ("no gateway, the soak's load on the upstream alone: added p99 ms", floor_p99, ""),
+        ("no gateway, the soak's load on the upstream alone: errors", floor_errors, ""),
     ]
     lines = []
     for what, value, target in figures:

@@ -133,6 +133,8 @@ async def _read_body(request: web.Request) -> bytes:
         raise GatewayError(
             ErrorCode.PAYLOAD_TOO_LARGE, f"the request body is larger than {limit} bytes"
         )
+    if request.content.is_eof():  # it all came with the headers: nothing to wait for, no timer
+        return await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
     try:
         async with asyncio.timeout(server.body_timeout_s):
             return await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)

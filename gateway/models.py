@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import time
@@ -189,15 +188,14 @@ class Reloaded(BaseModel):
     previous_version: str
 
 
-_CROCKFORD = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz"
-)
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)  # 10 bits -> 2 chars
 
 
 def new_cancellation_id() -> str:
     """``cxl_`` and 26 Crockford base32 characters: 48 bits of milliseconds, then 80 random
     bits, so ids sort by creation time (the ULID layout)."""
     value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    # 160 bits encode to 32 characters; the value's 128 are the last 26 (5 bits each).
-    encoded = base64.b32encode(value.to_bytes(20, "big"))[-26:].translate(_CROCKFORD)
-    return "cxl_" + encoded.decode()
+    # 26 characters of 5 bits hold 130 bits: the value's 128, two zero bits first; encoded
+    # ten bits (two characters) at a time, from the top.
+    return "cxl_" + "".join([_PAIRS[value >> shift & 0x3FF] for shift in range(120, -1, -10)])

@@ -115,18 +115,27 @@ class AiohttpTransport:
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """At most ``max_body`` bytes after decompression: a larger answer is refused."""
-        too_large = UpstreamFailure(
-            ErrorCode.PROVIDER_BAD_RESPONSE,
-            f"the answer is larger than {self._max_body} bytes",
-            sent=True,
-        )
-        if response.content_length is not None and response.content_length > self._max_body:
-            raise too_large
+        length = response.content_length
+        if (
+            length is not None
+            and length <= self._max_body
+            and not response.headers.get("Content-Encoding")
+        ):
+            return await response.read()  # the usual answer: its whole size is known
+        if length is not None and length > self._max_body:
+            raise self._too_large()
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(64 * 1024):
             size += len(chunk)
             if size > self._max_body:
-                raise too_large
+                raise self._too_large()
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _too_large(self) -> UpstreamFailure:
+        return UpstreamFailure(
+            ErrorCode.PROVIDER_BAD_RESPONSE,
+            f"the answer is larger than {self._max_body} bytes",
+            sent=True,
+        )

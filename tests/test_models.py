@@ -233,6 +233,16 @@ def test_cancellation_id_starts_with_the_creation_millisecond(monkeypatch: pytes
     assert decoded == millis
 
 
+def test_cancellation_id_encodes_the_time_and_all_80_random_bits(monkeypatch: pytest.MonkeyPatch):
+    millis, random_part = 1_705_400_000_123, bytes(range(0xF6, 0x100))
+    monkeypatch.setattr(models, "time", SimpleNamespace(time_ns=lambda: millis * 1_000_000))
+    monkeypatch.setattr(models, "os", SimpleNamespace(urandom=lambda n: random_part[:n]))
+    decoded = 0
+    for char in new_cancellation_id()[4:]:
+        decoded = decoded * 32 + CROCKFORD_LOWER.index(char)
+    assert decoded == millis << 80 | int.from_bytes(random_part, "big")
+
+
 def test_cancellation_ids_sort_by_creation_time(monkeypatch: pytest.MonkeyPatch):
     """Ids made one millisecond apart sort in creation order, whatever their random part."""
     clock = itertools.count(1_705_400_000_000)
