@@ -61,6 +61,24 @@ class FieldChain(ParsedResult):
         return value
 
 
+class FieldEquals(ParsedResult):
+    """A field chain compared with a literal (``status == 'cancelled'``), the usual success
+    test: JMESPath's equality, where ``true`` equals neither ``1`` nor anything but a boolean."""
+
+    def __init__(
+        self, expression: str, parsed: Any, keys: tuple[str, ...], literal: Any, equal: bool
+    ) -> None:
+        super().__init__(expression, parsed)
+        self.chain = FieldChain(expression, parsed, keys)
+        self.literal = literal
+        self.equal = equal
+
+    def search(self, value: Any, options: Any = None) -> Any:
+        found = self.chain.search(value)
+        same = (type(found) is bool) is (type(self.literal) is bool) and found == self.literal
+        return same is self.equal
+
+
 def _field_keys(node: Any) -> list[str] | None:
     if node["type"] == "field":
         return [node["value"]]
@@ -84,8 +102,17 @@ def _jmespath(value: Any) -> ParsedResult:
         compiled = jmespath.compile(value)
     except JMESPathError as exc:
         raise ValueError(f"invalid JMESPath expression {value!r}: {exc}") from exc
-    keys = _field_keys(compiled.parsed)
-    return compiled if keys is None else FieldChain(value, compiled.parsed, tuple(keys))
+    parsed = compiled.parsed
+    keys = _field_keys(parsed)
+    if keys is not None:
+        return FieldChain(value, parsed, tuple(keys))
+    if parsed["type"] == "comparator" and parsed["value"] in ("eq", "ne"):
+        left, right = parsed["children"]
+        keys = _field_keys(left)
+        if keys is not None and right["type"] == "literal":
+            equal = parsed["value"] == "eq"
+            return FieldEquals(value, parsed, tuple(keys), right["value"], equal)
+    return compiled
 
 
 TemplateField = Annotated[Template, BeforeValidator(_template)]

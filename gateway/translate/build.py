@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -65,9 +65,32 @@ class Target:
     credentials: Mapping[str, str]  # plain values: only the auth header ever sees them
     params: Mapping[str, Any]
     timeout_s: float
+    # The auth header rendered once, when it depends on nothing but the connection.
+    fixed_auth: tuple[str, str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fixed_auth", _fixed_auth(self))
 
     def __repr__(self) -> str:  # credentials stay out of every repr
         return f"Target(name={self.name!r}, provider={self.definition.name!r})"
+
+
+_CONNECTION_NAMES = ("credentials.", "connection.name")
+
+
+def _fixed_auth(target: Target) -> tuple[str, str] | None:
+    """The auth header when its templates name only credentials and the connection (they
+    usually do); ``None`` to render it per request, which also reports what is wrong with it."""
+    auth = target.definition.auth
+    if auth is None:
+        return None
+    names = [*auth.header.names, *auth.value.names]
+    if not all(name.startswith(_CONNECTION_NAMES) for name in names):
+        return None
+    try:
+        return _auth_header(target, {"connection.name": target.name})
+    except TemplateError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +139,7 @@ def build_request(
     try:
         url = target.base_url.render(ctx) + resource.path.render(ctx, encode_segment)
         query = _render_query(resource, ctx)
-        headers, secret = _render_headers(definition, resource, ctx, target.credentials)
+        headers, secret = _render_headers(target, resource, ctx)
     except TemplateError as exc:
         raise _invalid([("request", str(exc))]) from exc
     if query:
@@ -212,10 +235,7 @@ def _render_query(resource: Resource, ctx: Context) -> str:
 
 
 def _render_headers(
-    definition: ProviderDefinition,
-    resource: Resource,
-    ctx: Context,
-    credentials: Mapping[str, str],
+    target: Target, resource: Resource, ctx: Context
 ) -> tuple[list[tuple[str, str]], set[str]]:
     headers: list[tuple[str, str]] = []
     for name, template in resource.headers.items():
@@ -223,16 +243,25 @@ def _render_headers(
         if value is not None:
             headers.append((name, _header_value(name, value)))
     secret: set[str] = set()
-    if definition.auth is not None:
-        auth_ctx = {**ctx, **{f"credentials.{k}": v or None for k, v in credentials.items()}}
-        name = definition.auth.header.render(ctx, str)
-        value = definition.auth.value.render(auth_ctx, str)
-        if name is not None and value is not None:
-            if not _HEADER_NAME.fullmatch(name):
-                raise TemplateError(f"{name!r} is not a valid header name")
-            headers.append((name, _header_value(name, value)))
-            secret.add(name.lower())
+    auth = target.fixed_auth or _auth_header(target, ctx)
+    if auth is not None:
+        headers.append(auth)
+        secret.add(auth[0].lower())
     return headers, secret
+
+
+def _auth_header(target: Target, ctx: Context) -> tuple[str, str] | None:
+    auth = target.definition.auth
+    if auth is None:
+        return None
+    credentials = {f"credentials.{k}": v or None for k, v in target.credentials.items()}
+    name = auth.header.render(ctx, str)
+    value = auth.value.render({**ctx, **credentials}, str)
+    if name is None or value is None:
+        return None
+    if not _HEADER_NAME.fullmatch(name):
+        raise TemplateError(f"{name!r} is not a valid header name")
+    return name, _header_value(name, value)
 
 
 def _header_value(name: str, value: str) -> str:

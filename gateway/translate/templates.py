@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -66,6 +66,16 @@ class Ref:
 class Template:
     source: str
     parts: tuple[str | Ref, ...]
+    # What render needs to know of the parts, worked out once: a lone placeholder, or a
+    # text with none (its value, rendered the same for every request).
+    _lone: Ref | None = field(init=False, repr=False, compare=False)
+    _literal: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lone = self.parts[0] if len(self.parts) == 1 else None
+        object.__setattr__(self, "_lone", lone if isinstance(lone, Ref) else None)
+        literal = all(isinstance(p, str) for p in self.parts)
+        object.__setattr__(self, "_literal", "".join(map(str, self.parts)) if literal else None)
 
     @property
     def names(self) -> Iterator[str]:
@@ -82,8 +92,10 @@ class Template:
 
         A lone placeholder without an encoder returns the value itself (bool stays bool).
         """
-        if len(self.parts) == 1 and isinstance(self.parts[0], Ref) and encode is None:
-            return self.parts[0].resolve(ctx)
+        if self._literal is not None:
+            return self._literal
+        if self._lone is not None and encode is None:
+            return self._lone.resolve(ctx)
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):

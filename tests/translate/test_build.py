@@ -448,6 +448,43 @@ def test_auth_header_per_provider(
     assert FAKE_KEY.encode() not in (request.body or b"")
 
 
+@pytest.mark.parametrize("provider", ["stateset", "shipper", "shoplazza"])
+def test_an_auth_header_of_credentials_only_is_rendered_once_per_connection(
+    make_target: MakeTarget, make_request: MakeRequest, call: Call, provider: str
+) -> None:
+    """Rendered when the connection is made, and sent as rendered: the same header."""
+    target = make_target(provider)
+    assert target.fixed_auth == AUTH_HEADERS[provider]
+    request = build_request(
+        target, DEFAULT_RESOURCE[provider], make_request(reason="damaged"), call
+    )
+    assert [h for h in request.headers if h[0] == target.fixed_auth[0]] == [target.fixed_auth]
+
+
+def test_an_auth_header_named_by_a_param_is_rendered_per_request(
+    make_target: MakeTarget, make_request: MakeRequest, call: Call
+) -> None:
+    """RxUniverse's header name is a param: nothing is fixed, the request still carries it."""
+    target = make_target("rxuniverse")
+    assert target.fixed_auth is None
+    name, value = AUTH_HEADERS["rxuniverse"]
+    request = build_request(
+        target, DEFAULT_RESOURCE["rxuniverse"], make_request(reason="damaged"), call
+    )
+    assert dict(request.headers)[name] == value
+
+
+def test_an_empty_credential_fixes_no_auth_header(
+    make_target: MakeTarget, make_request: MakeRequest, call: Call
+) -> None:
+    target = make_target("stateset", credentials={"api_key": ""})
+    assert target.fixed_auth is None
+    request = build_request(
+        target, DEFAULT_RESOURCE["stateset"], make_request(reason="damaged"), call
+    )
+    assert "Authorization" not in dict(request.headers)
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_undeclared_request_param_is_rejected(
     make_target: MakeTarget, make_request: MakeRequest, call: Call, provider: str

@@ -276,7 +276,25 @@ def test_builtin_default_hosts(
 
 @pytest.mark.parametrize(
     "expression",
-    ["a", "a.b", "a.b.c", '"x-y".z', "a[0]", "a || b", "a.b == 'c'", "a.*", "a.b[0].c"],
+    [
+        "a",
+        "a.b",
+        "a.b.c",
+        '"x-y".z',
+        "a[0]",
+        "a || b",
+        "a.*",
+        "a.b[0].c",
+        "a.b == 'c'",
+        "a != 'text'",
+        "a.b.c == `1`",
+        "a.b.c == `true`",
+        "a == `null`",
+        "a != `null`",
+        "a == `[1, 2]`",
+        'a.b == `{"c": 1}`',
+        "a.b.c == `1.0`",
+    ],
 )
 @pytest.mark.parametrize(
     "document",
@@ -286,6 +304,11 @@ def test_builtin_default_hosts(
         {"a": {"b": "c"}},
         {"a": "text"},
         {"a": None},
+        {"a": {"b": {"c": True}}},
+        {"a": {"b": {"c": 1.0}}},
+        {"a": {"b": "c"}, "x-y": None},
+        {"a": {"b": {"c": False}}},
+        {"a": {"b": {"c": 0}}},
         [],
         "scalar",
         None,
@@ -307,3 +330,13 @@ def test_plain_field_chains_take_the_fast_path() -> None:
     assert isinstance(_jmespath("procurement.updated_at"), FieldChain)
     assert _jmespath('"x-y".z').keys == ("x-y", "z")  # type: ignore[attr-defined]
     assert not isinstance(_jmespath("a[0]"), FieldChain)
+
+
+def test_a_field_compared_with_a_literal_takes_the_fast_path() -> None:
+    from gateway.definition import FieldEquals, _jmespath
+
+    assert isinstance(_jmespath("status == 'cancelled'"), FieldEquals)
+    assert isinstance(_jmespath("metadata.http_status_code == `200`"), FieldEquals)
+    assert not isinstance(_jmespath("a == b"), FieldEquals)  # two fields: JMESPath's
+    assert not isinstance(_jmespath("a[0] == `1`"), FieldEquals)
+    assert not isinstance(_jmespath("a < `1`"), FieldEquals)
