@@ -113,13 +113,12 @@ class Redactor:
         if kind in _SCALARS:
             return True
         if kind is dict:
-            safe = self._safe
-            for key, item in value.items():
-                if key not in safe and not self._learn_safe(key):
-                    return False
-                if type(item) not in _SCALARS and not self._plain(item):
-                    return False
-            return True
+            # Set operations run in C: known keys, and scalar values, are the usual case.
+            if not self._safe.issuperset(value) and not all(map(self._learn_safe, value)):
+                return False
+            if _SCALARS.issuperset(map(type, value.values())):
+                return True
+            return all(type(item) in _SCALARS or self._plain(item) for item in value.values())
         if kind is list:
             return all(self._plain(item) for item in value)
         return False
