@@ -81,8 +81,10 @@ class Redactor:
         self._ordered = tuple(values)
         self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
         # As each appears inside a JSON string: escaping is character by character, so a
-        # secret inside a string value is, serialized, its escaped form inside the line.
-        self._escaped = tuple(orjson.dumps(value)[1:-1] for value in values)
+        # secret inside a string value is, serialized, its escaped form inside the line. (A
+        # secret JSON cannot encode, a lone surrogate from the environment, makes any line
+        # holding it fail to serialize, and such a line is cleaned instead.)
+        self._escaped = tuple(orjson.dumps(v)[1:-1] for v in values if _encodable(v))
 
     def text(self, value: str) -> str:
         # Substring tests are several times faster than the regular expression, and almost
@@ -99,12 +101,16 @@ class Redactor:
         that holds a sensitive key or a type JSON does not have, is cleaned and serialized
         again."""
         if self._plain(value):
-            data = orjson.dumps(value)
+            try:
+                data = orjson.dumps(value)
+            except orjson.JSONEncodeError:  # a lone surrogate, an integer past 64 bits
+                data = b""
             for secret in self._escaped:
                 if secret in data:
                     break
             else:
-                return data
+                if data:
+                    return data
         return orjson.dumps(self.clean(value), default=str, option=orjson.OPT_NON_STR_KEYS)
 
     def _plain(self, value: Any) -> bool:
@@ -167,6 +173,14 @@ class Redactor:
         if isinstance(value, int | float):  # bool and int subclasses (enums)
             return value
         return self.text(str(value))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        orjson.dumps(text)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 class _Forward(logging.Handler):

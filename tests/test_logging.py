@@ -330,3 +330,13 @@ def test_log_context_nests_and_a_line_keeps_its_own_value():
     assert (own["request_id"], own["trace_id"]) == ("given", "t-1")
     assert "request_id" not in after
     assert "trace_id" not in after
+
+
+def test_a_secret_json_cannot_encode_is_still_removed():
+    """A credential read from a non-UTF-8 environment holds a lone surrogate: the line that
+    quotes it is cleaned, not refused."""
+    secret = "CANARY-\udc80-raw"
+    logs = Captured([secret])
+    logs.log.info("x", value=f"<{secret}>", other="plain")
+    assert logs.last["value"] == f"<{REDACTED}>"
+    assert logs.last["other"] == "plain"
