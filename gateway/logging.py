@@ -78,13 +78,14 @@ class Redactor:
         self._secrets = self._secrets | {s for s in secrets if s}
         # Longest first, so a secret that contains another is removed whole.
         values = sorted(self._secrets, key=len, reverse=True)
-        self._ordered = tuple(values)
-        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+        pattern = re.compile("|".join(map(re.escape, values))) if values else None
         # As each appears inside a JSON string: escaping is character by character, so a
         # secret inside a string value is, serialized, its escaped form inside the line. (A
         # secret JSON cannot encode, a lone surrogate from the environment, makes any line
         # holding it fail to serialize, and such a line is cleaned instead.)
-        self._escaped = tuple(orjson.dumps(v)[1:-1] for v in values if _encodable(v))
+        escaped = tuple(orjson.dumps(v)[1:-1] for v in values if _encodable(v))
+        # Replaced together: a line written meanwhile sees the old secrets or the new ones.
+        self._ordered, self._pattern, self._escaped = tuple(values), pattern, escaped
 
     def text(self, value: str) -> str:
         # Substring tests are several times faster than the regular expression, and almost
@@ -138,11 +139,13 @@ class Redactor:
         return True
 
     def _masked(self, key: Any) -> bool:
-        """Is the value under this key masked, whatever it holds? Remembered per key."""
+        """Is the value under this key masked, whatever it holds? Remembered for plain str
+        keys only: a str enum equal to one has another ``str()``, and must not answer for it."""
         masked = self._sensitive.get(key)
         if masked is None:
-            masked = str(key).lower() in SENSITIVE_KEYS
-            if len(self._sensitive) < _REMEMBERED_KEYS:
+            text = str.lower(key) if isinstance(key, str) else str(key).lower()
+            masked = text in SENSITIVE_KEYS
+            if type(key) is str and len(self._sensitive) < _REMEMBERED_KEYS:
                 self._sensitive[key] = masked
         return masked
 
@@ -157,7 +160,10 @@ class Redactor:
         if kind is dict or isinstance(value, MutableMapping):
             cleaned = {}
             for key, item in value.items():
-                if self._masked(key):
+                masked = self._masked(key)
+                if type(key) is str:  # a secret used as a key is removed from the key too
+                    key = self.text(key)
+                if masked:
                     cleaned[key] = REDACTED
                     continue
                 found = type(item)  # the scalars inline: most values, no call each

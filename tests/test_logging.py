@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import io
 import re
 from collections.abc import Iterable
@@ -340,3 +341,24 @@ def test_a_secret_json_cannot_encode_is_still_removed():
     logs.log.info("x", value=f"<{secret}>", other="plain")
     assert logs.last["value"] == f"<{REDACTED}>"
     assert logs.last["other"] == "plain"
+
+
+def test_a_secret_used_as_a_key_is_removed_from_the_key():
+    logs = Captured([SECRET])
+    logs.log.info("x", data={SECRET: 1, f"k-{SECRET}": "v"})
+    assert logs.last["data"] == {REDACTED: 1, f"k-{REDACTED}": "v"}
+    assert SECRET not in logs.text
+
+
+def test_a_str_enum_key_does_not_teach_the_redactor_that_its_value_is_safe():
+    """Equal to "authorization" but printed otherwise: neither it nor the plain key after it
+    may escape the mask."""
+
+    class Header(str, enum.Enum):  # noqa: UP042 - str() is "Header.AUTH", the point here
+        AUTH = "authorization"
+
+    redactor = Redactor([])
+    assert orjson.loads(redactor.dumps({Header.AUTH: "Bearer one"})) == {"authorization": REDACTED}
+    assert orjson.loads(redactor.dumps({"authorization": "Bearer two"})) == {
+        "authorization": REDACTED
+    }
