@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import contextlib
+import io
 import logging
+import os
 import re
 import select
 import sys
@@ -278,19 +282,38 @@ class _Line:
 
 
 class BatchedLines:
-    """The log's output for a server: the lines of one turn of the event loop leave in one
-    write() at the end of the turn, instead of a write() and a flush per line; with no loop
-    running (start, stop, another thread) a line leaves at once, after any still waiting.
+    """The log's output for a server. The lines of one turn of the event loop leave together at
+    the end of the turn, not one write and flush per line; with no loop running (start, stop,
+    another thread) a line is written before ``msg`` returns.
 
-    Workers share one stdout pipe, and a pipe keeps a write() whole only up to PIPE_BUF
-    bytes: lines go out in chunks of whole lines within that, so no line is ever cut by
-    another process's."""
+    A write never blocks the loop: a pipe whose reader is slow (a log shipper, a terminal)
+    fills, and a write to a full pipe waits. Before each write the loop asks the descriptor
+    whether it can take one; when it cannot, what is left goes to a writer thread, which waits
+    for the reader instead, and the lines of later turns follow it there, in order, until it
+    has caught up. What waits for the writer is bounded (``limit_bytes``): past that the loop
+    waits too, so a stuck reader slows the gateway down instead of filling its memory, and no
+    line is dropped.
 
-    def __init__(self, stream: BinaryIO) -> None:
+    Workers share one stdout pipe, and a pipe keeps a write whole only up to PIPE_BUF bytes:
+    lines go out in chunks of whole lines within that, each in one ``os.write``, so no line is
+    ever cut by another process's."""
+
+    def __init__(self, stream: BinaryIO, limit_bytes: int = 32 * 1024 * 1024) -> None:
         self._stream = stream
-        self._waiting: list[bytes] = []
+        self._fd: int | None = None
+        self._ready: select.poll | None = None
+        with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = stream.fileno()
+            self._ready = select.poll()
+            self._ready.register(self._fd, select.POLLOUT)
+        self._limit = limit_bytes
+        self._turn: list[bytes] = []  # this turn's lines
         self._scheduled = False
-        self._lock = threading.Lock()
+        self._behind: collections.deque[bytes] = collections.deque()  # chunks for the writer
+        self._behind_bytes = 0
+        self._writing = False
+        self._changed = threading.Condition()
+        self._writer: threading.Thread | None = None
         atexit.register(self.flush)
 
     def msg(self, message: bytes) -> None:
@@ -298,34 +321,121 @@ class BatchedLines:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        with self._lock:
-            self._waiting.append(message)
+        with self._changed:
+            self._turn.append(message)
             if loop is not None:
                 if not self._scheduled:
                     self._scheduled = True
-                    loop.call_soon(self.flush)
+                    loop.call_soon(self._end_of_turn)
                 return
         self.flush()
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
-    def flush(self) -> None:
-        with self._lock:
+    def _end_of_turn(self) -> None:
+        with self._changed:
             self._scheduled = False
-            lines, self._waiting = self._waiting, []
-            if not lines:
-                return
-            chunk: list[bytes] = []
-            size = 0
-            for line in lines:
-                data = line + b"\n"
-                if chunk and size + len(data) > select.PIPE_BUF:
-                    self._stream.write(b"".join(chunk))
-                    chunk, size = [], 0
-                chunk.append(data)
-                size += len(data)
-            self._stream.write(b"".join(chunk))
+            chunks, self._turn = _chunks(self._turn), []
+            behind = bool(self._behind) or self._writing
+        if not behind:
+            chunks = self._write_while_ready(chunks)
+        if chunks:
+            with self._changed:
+                self._hand_over(chunks)
+                while self._behind_bytes > self._limit and self._writer_alive():
+                    self._changed.wait(0.1)
+
+    def flush(self) -> None:
+        """Every line so far written, before returning."""
+        with self._changed:
+            self._scheduled = False
+            chunks, self._turn = _chunks(self._turn), []
+            while (self._behind or self._writing) and self._writer_alive():
+                self._changed.wait(0.1)  # rechecked: a writer that died notifies no one
+            for chunk in [*self._behind, *chunks]:
+                self._write(chunk)
+            self._behind.clear()
+            self._behind_bytes = 0
+
+    def _write_while_ready(self, chunks: list[bytes]) -> list[bytes]:
+        """Write while the descriptor can take a chunk without waiting; the rest is returned."""
+        for i, chunk in enumerate(chunks):
+            if self._ready is not None and not self._ready.poll(0):
+                return chunks[i:]
+            try:
+                self._write(chunk, wait=False)
+            except BlockingIOError as exc:  # a non-blocking descriptor, fuller than it said
+                return [chunk[_written(exc) :], *chunks[i + 1 :]]
+        return []
+
+    def _hand_over(self, chunks: list[bytes]) -> None:
+        """Under the lock: the writer thread takes these, after what it already has."""
+        self._behind.extend(chunks)
+        self._behind_bytes += sum(map(len, chunks))
+        if not self._writer_alive():
+            self._writer = threading.Thread(target=self._write_behind, name="log", daemon=True)
+            self._writer.start()
+        self._changed.notify_all()
+
+    def _writer_alive(self) -> bool:
+        return self._writer is not None and self._writer.is_alive()
+
+    def _write_behind(self) -> None:
+        while True:
+            with self._changed:
+                while not self._behind:
+                    self._changed.wait()
+                chunk = self._behind.popleft()
+                self._writing = True
+            try:
+                self._write(chunk)
+            except Exception:  # noqa: S110 - stdout is gone (its reader exited, say):
+                pass  # there is nowhere else to tell, and the writer must live on
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._behind_bytes -= len(chunk)
+                    self._changed.notify_all()
+
+    def _write(self, chunk: bytes, wait: bool = True) -> None:
+        """One chunk in one write where the descriptor takes it whole (a pipe always does,
+        up to PIPE_BUF); ``wait`` for a non-blocking descriptor to take what is left."""
+        if self._fd is None:
+            self._stream.write(chunk)
             self._stream.flush()
+            return
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError as exc:
+                view = view[_written(exc) :]
+                if not wait:
+                    raise BlockingIOError(exc.errno, exc.strerror, len(chunk) - len(view)) from None
+                select.select([], [self._fd], [], 1.0)
+
+
+def _written(exc: BlockingIOError) -> int:
+    """Bytes written before it blocked: set by io's buffered classes, not by ``os.write``."""
+    return getattr(exc, "characters_written", 0)
+
+
+def _chunks(lines: list[bytes]) -> list[bytes]:
+    """Lines, each ended by a newline, joined into chunks of at most PIPE_BUF bytes (a longer
+    line is a chunk of its own)."""
+    chunks: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        data = line + b"\n"
+        if chunk and size + len(data) > select.PIPE_BUF:
+            chunks.append(b"".join(chunk))
+            chunk, size = [], 0
+        chunk.append(data)
+        size += len(data)
+    if chunk:
+        chunks.append(b"".join(chunk))
+    return chunks
 
 
 def make_logger(
