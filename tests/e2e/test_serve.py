@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -198,3 +199,33 @@ async def test_the_listen_backlog_is_the_configured_one(upstream: Upstream, tmp_
             await process.communicate()
     [line] = out.decode().splitlines()
     assert line.split()[2] == "777"  # State Recv-Q Send-Q Local Peer: Send-Q is the backlog
+
+
+async def test_a_stdout_nobody_reads_never_stops_the_gateway(upstream: Upstream, tmp_path: Path):
+    """The pipe fills (64 KiB, some 200 access lines) and stays full: answers keep coming,
+    and once the pipe is read again every line is there, in order."""
+    port = free_port()
+    # A plain pipe nobody reads: asyncio's subprocess would read it in the background.
+    process = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "gateway", "serve", "--config", str(EXAMPLE), "--port", str(port)],
+        env=_env(upstream, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        first = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 20)
+        assert orjson.loads(first)["event"] == "gateway.started"
+        count = 600  # about 180 KiB of access lines, nobody reading
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            for n in range(count):
+                async with session.get(f"http://127.0.0.1:{port}/healthz?n={n}") as resp:
+                    assert resp.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await asyncio.wait_for(asyncio.to_thread(process.communicate), 20)
+    assert process.returncode == 0, stderr.decode()
+    lines = [orjson.loads(line) for line in stdout.splitlines()]
+    queries = [line["query"] for line in lines if line["event"] == "http.request"]
+    assert queries == [f"n={n}" for n in range(count)]
+    assert lines[-1]["event"] == "gateway.stopped"
