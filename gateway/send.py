@@ -280,6 +280,8 @@ class Sender:
             reason = retry_reason(
                 status=tried.status, sent=tried.sent, retry_safe=retry_safe, answered=tried.answered
             )
+            if reason is None:  # the usual end: an answer that is final
+                return None
             delay = backoff_s(attempts, retry, self._rand)
         if reason is None or delay >= deadline - self._clock.monotonic():
             return None
