@@ -299,11 +299,12 @@ class Canceller:
     ) -> None:
         """Record the outcome; a definite one is kept for replays, a failed one releases the
         key. The answer stands even when this fails: it is logged in full instead."""
+        now = self._clock.now().timestamp()
         entry = facts.entry(
             outcome.status.value,
             error_code=outcome.code.value if outcome.code else None,
             attempts=facts.upstream.attempts if facts.upstream else 0,
-            completed_at=self._clock.now().timestamp(),
+            completed_at=now,
             envelope=reply.body,
         )
         try:
@@ -314,9 +315,7 @@ class Canceller:
             if outcome.status in DEFINITE:
                 headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
                 stored = StoredReply(reply.http_status, headers, reply.body)
-            await self._store.complete(
-                entry, facts.claim, facts.token, stored, self._clock.now().timestamp()
-            )
+            await self._store.complete(entry, facts.claim, facts.token, stored, now)
         except StoreUnavailable as exc:
             log.error(
                 "ledger.write_failed",
