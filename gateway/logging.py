@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import select
+import stat
 import sys
 import threading
 import time
@@ -286,35 +287,35 @@ class BatchedLines:
     the end of the turn, not one write and flush per line; with no loop running (start, stop,
     another thread) a line is written before ``msg`` returns.
 
-    A write never blocks the loop: a pipe whose reader is slow (a log shipper, a terminal)
-    fills, and a write to a full pipe waits. Before each write the loop asks the descriptor
-    whether it can take one; when it cannot, what is left goes to a writer thread, which waits
-    for the reader instead, and the lines of later turns follow it there, in order, until it
-    has caught up. What waits for the writer is bounded (``limit_bytes``): past that the loop
-    waits too, so a stuck reader slows the gateway down instead of filling its memory, and no
-    line is dropped.
+    A write never blocks the loop. A pipe whose reader is slow (a log shipper, a paused
+    terminal) fills, and a write to a full pipe waits: the loop writes through a non-blocking
+    descriptor of its own to the same pipe or terminal, and what it cannot take goes to a
+    writer thread that waits for the reader instead; the lines of later turns follow it there,
+    in order, until it has caught up. (A regular file never waits for a reader and is written
+    directly; for anything else, a socket, the loop asks ``poll`` first.) What waits for the
+    writer is bounded (``limit_bytes``): past that the loop waits too, so a stuck reader slows
+    the gateway down instead of filling its memory, and no line is dropped. Once stdout is
+    gone (its reader exited), lines are dropped: there is nowhere else to write them.
 
     Workers share one stdout pipe, and a pipe keeps a write whole only up to PIPE_BUF bytes:
-    lines go out in chunks of whole lines within that, each in one ``os.write``, so no line is
-    ever cut by another process's."""
+    lines go out in chunks of whole lines within that, each in one ``write``, so no line
+    shorter than that is ever cut by another process's."""
 
     def __init__(self, stream: BinaryIO, limit_bytes: int = 32 * 1024 * 1024) -> None:
         self._stream = stream
-        self._fd: int | None = None
-        self._ready: select.poll | None = None
-        with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+        self._fd: int | None = None  # the stream's own, blocking: the writer thread's
+        with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
             self._fd = stream.fileno()
-            self._ready = select.poll()
-            self._ready.register(self._fd, select.POLLOUT)
+        self._loop_fd, self._ready = _loop_side(self._fd)
         self._limit = limit_bytes
         self._turn: list[bytes] = []  # this turn's lines
-        self._scheduled = False
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
         self._behind: collections.deque[bytes] = collections.deque()  # chunks for the writer
         self._behind_bytes = 0
-        self._writing = False
+        self._queued = self._done = 0  # chunks handed to the writer, and of them written
         self._changed = threading.Condition()
         self._writer: threading.Thread | None = None
-        atexit.register(self.flush)
+        atexit.register(self.close)
 
     def msg(self, message: bytes) -> None:
         try:
@@ -324,57 +325,88 @@ class BatchedLines:
         with self._changed:
             self._turn.append(message)
             if loop is not None:
-                if not self._scheduled:
-                    self._scheduled = True
+                if self._scheduled_on is not loop:  # not yet, or by a loop since closed
+                    self._scheduled_on = loop
                     loop.call_soon(self._end_of_turn)
                 return
         self.flush()
 
     log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
 
+    def flush(self) -> None:
+        """Every line so far written (or dropped, if stdout is gone) before returning. Never
+        writes while holding the lock, so the loop is not kept waiting by a full pipe."""
+        with self._changed:
+            self._scheduled_on = None
+            chunks, self._turn = _chunks(self._turn), []
+            if threading.current_thread() is self._writer:  # its stream logged: no waiting
+                mine = chunks
+            else:
+                if chunks:
+                    self._hand_over(chunks)
+                until = self._queued  # these, not an empty queue: the loop may add more
+                while self._done < until and self._writer_alive():
+                    self._changed.wait(0.1)  # rechecked: a writer that died notifies no one
+                mine = []
+                if self._done < until:  # no writer could run (interpreter shutdown): here
+                    mine = list(self._behind)
+                    self._behind.clear()
+                    self._behind_bytes, self._done = 0, self._queued
+        for chunk in mine:
+            try:
+                self._write_waiting(chunk)
+            except OSError:
+                return  # stdout is gone
+
+    def close(self) -> None:
+        """Flush, and close the loop's own descriptor (it keeps the pipe open)."""
+        self.flush()
+        if self._loop_fd is not None:
+            os.close(self._loop_fd)
+            self._loop_fd = None
+
     def _end_of_turn(self) -> None:
         with self._changed:
-            self._scheduled = False
+            self._scheduled_on = None
             chunks, self._turn = _chunks(self._turn), []
-            behind = bool(self._behind) or self._writing
+            behind = self._done < self._queued
         if not behind:
-            chunks = self._write_while_ready(chunks)
+            chunks = self._write_now(chunks)
         if chunks:
             with self._changed:
                 self._hand_over(chunks)
                 while self._behind_bytes > self._limit and self._writer_alive():
                     self._changed.wait(0.1)
 
-    def flush(self) -> None:
-        """Every line so far written, before returning."""
-        with self._changed:
-            self._scheduled = False
-            chunks, self._turn = _chunks(self._turn), []
-            while (self._behind or self._writing) and self._writer_alive():
-                self._changed.wait(0.1)  # rechecked: a writer that died notifies no one
-            for chunk in [*self._behind, *chunks]:
-                self._write(chunk)
-            self._behind.clear()
-            self._behind_bytes = 0
-
-    def _write_while_ready(self, chunks: list[bytes]) -> list[bytes]:
-        """Write while the descriptor can take a chunk without waiting; the rest is returned."""
+    def _write_now(self, chunks: list[bytes]) -> list[bytes]:
+        """On the loop: write what can be written without waiting, return the rest."""
         for i, chunk in enumerate(chunks):
-            if self._ready is not None and not self._ready.poll(0):
-                return chunks[i:]
             try:
-                self._write(chunk, wait=False)
-            except BlockingIOError as exc:  # a non-blocking descriptor, fuller than it said
-                return [chunk[_written(exc) :], *chunks[i + 1 :]]
+                if self._loop_fd is not None:
+                    written = os.write(self._loop_fd, chunk)
+                    if written < len(chunk):
+                        return [chunk[written:], *chunks[i + 1 :]]
+                elif self._ready is not None and not self._ready.poll(0):
+                    return chunks[i:]
+                else:
+                    self._write_waiting(chunk)
+            except BlockingIOError:
+                return chunks[i:]  # nothing of it was written: a pipe takes a chunk whole
+            except OSError:
+                return []  # stdout is gone: nowhere to write, and nothing to wait for
         return []
 
     def _hand_over(self, chunks: list[bytes]) -> None:
         """Under the lock: the writer thread takes these, after what it already has."""
         self._behind.extend(chunks)
+        self._queued += len(chunks)
         self._behind_bytes += sum(map(len, chunks))
         if not self._writer_alive():
             self._writer = threading.Thread(target=self._write_behind, name="log", daemon=True)
-            self._writer.start()
+            try:
+                self._writer.start()
+            except RuntimeError:  # the interpreter is shutting down: flush() writes them
+                self._writer = None
         self._changed.notify_all()
 
     def _writer_alive(self) -> bool:
@@ -386,20 +418,19 @@ class BatchedLines:
                 while not self._behind:
                     self._changed.wait()
                 chunk = self._behind.popleft()
-                self._writing = True
             try:
-                self._write(chunk)
+                self._write_waiting(chunk)
             except Exception:  # noqa: S110 - stdout is gone (its reader exited, say):
                 pass  # there is nowhere else to tell, and the writer must live on
             finally:
                 with self._changed:
-                    self._writing = False
+                    self._done += 1
                     self._behind_bytes -= len(chunk)
                     self._changed.notify_all()
 
-    def _write(self, chunk: bytes, wait: bool = True) -> None:
-        """One chunk in one write where the descriptor takes it whole (a pipe always does,
-        up to PIPE_BUF); ``wait`` for a non-blocking descriptor to take what is left."""
+    def _write_waiting(self, chunk: bytes) -> None:
+        """All of ``chunk``, waiting for the reader as long as it takes (a descriptor someone
+        made non-blocking included)."""
         if self._fd is None:
             self._stream.write(chunk)
             self._stream.flush()
@@ -408,21 +439,40 @@ class BatchedLines:
         while view:
             try:
                 view = view[os.write(self._fd, view) :]
-            except BlockingIOError as exc:
-                view = view[_written(exc) :]
-                if not wait:
-                    raise BlockingIOError(exc.errno, exc.strerror, len(chunk) - len(view)) from None
-                select.select([], [self._fd], [], 1.0)
+            except BlockingIOError:
+                waiting = select.poll()
+                waiting.register(self._fd, select.POLLOUT)
+                waiting.poll(1000)
 
 
-def _written(exc: BlockingIOError) -> int:
-    """Bytes written before it blocked: set by io's buffered classes, not by ``os.write``."""
-    return getattr(exc, "characters_written", 0)
+def _loop_side(fd: int | None) -> tuple[int | None, select.poll | None]:
+    """How the loop writes without waiting: a non-blocking descriptor of its own to the same
+    pipe or terminal (its own, so other processes sharing stdout keep theirs blocking); a
+    regular file is written as it is; anything else is asked with ``poll`` first."""
+    if fd is None:
+        return None, None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return None, None
+    if stat.S_ISREG(mode):
+        return None, None
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        with contextlib.suppress(OSError):  # no /proc (not Linux): poll instead
+            return os.open(f"/proc/self/fd/{fd}", flags), None
+    ready = select.poll()
+    ready.register(fd, select.POLLOUT)
+    return None, ready
 
 
 def _chunks(lines: list[bytes]) -> list[bytes]:
     """Lines, each ended by a newline, joined into chunks of at most PIPE_BUF bytes (a longer
     line is a chunk of its own)."""
+    if not lines:
+        return []
+    if sum(map(len, lines)) + len(lines) <= select.PIPE_BUF:  # the usual turn: one chunk
+        return [b"\n".join(lines) + b"\n"]
     chunks: list[bytes] = []
     chunk: list[bytes] = []
     size = 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import pty
 import select
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -25,8 +27,9 @@ class Pipe:
         self.out = os.fdopen(write_fd, "wb")
         self.received = b""
 
-    def fill(self) -> int:
-        """Fill the pipe to the brim, so that the next write would wait; bytes written."""
+    def fill(self, leave: int = 0) -> int:
+        """Fill the pipe so that a write would wait, then free ``leave`` bytes; the bytes
+        that stay in it."""
         os.set_blocking(self.out.fileno(), False)
         written = 0
         try:
@@ -36,10 +39,12 @@ class Pipe:
             pass
         finally:
             os.set_blocking(self.out.fileno(), True)
-        return written
+        if leave:
+            assert len(self.reader.read(leave)) == leave
+        return written - leave
 
     def drain(self, skip: int = 0) -> None:
-        """Read until the write end is closed; the first ``skip`` bytes are thrown away."""
+        """Read until every write end is closed; the first ``skip`` bytes are thrown away."""
         chunks = []
         while chunk := self.reader.read(65536):
             chunks.append(chunk)
@@ -58,33 +63,45 @@ def pipe() -> Iterator[Pipe]:
     made.close()
 
 
-def lines_of(data: bytes) -> list[dict[str, int]]:
+def numbers(data: bytes) -> list[int]:
     assert data.endswith(b"\n")
-    return [orjson.loads(line) for line in data.splitlines()]
+    return [orjson.loads(line)["n"] for line in data.splitlines()]
+
+
+def line(n: int, pad: int = 0) -> bytes:
+    return orjson.dumps({"n": n, "pad": "p" * pad})
+
+
+def finish(output: BatchedLines, pipe: Pipe, reading: threading.Thread | None = None) -> None:
+    """Everything written, every write end closed, and what came through read."""
+    output.close()
+    pipe.out.close()
+    if reading is None:
+        pipe.drain()
+    else:
+        reading.join(5)
+        assert not reading.is_alive()
 
 
 async def test_a_turns_lines_leave_together_in_whole_chunks_of_at_most_pipe_buf(pipe: Pipe):
     writes: list[int] = []
     real_write = os.write
 
-    def counting(fd: int, data: bytes | memoryview) -> int:
+    def counting(fd: int, data: Any) -> int:
         writes.append(len(data))
         return real_write(fd, data)
 
     output = BatchedLines(pipe.out)
-    line = orjson.dumps({"n": 0, "pad": "p" * 300})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "write", counting)
         for n in range(40):  # one turn: about 13 KiB
-            output.msg(line.replace(b'"n":0', b'"n":%d' % n))
+            output.msg(line(n, 300))
         assert writes == []  # nothing before the turn ends
         await asyncio.sleep(0)
     assert len(writes) == 4
     assert all(size <= select.PIPE_BUF for size in writes)
-    output.flush()
-    pipe.out.close()
-    pipe.drain()
-    assert [x["n"] for x in lines_of(pipe.received)] == list(range(40))
+    finish(output, pipe)
+    assert numbers(pipe.received) == list(range(40))
 
 
 async def test_a_full_pipe_never_blocks_the_loop_and_every_line_arrives_in_order(pipe: Pipe):
@@ -97,14 +114,68 @@ async def test_a_full_pipe_never_blocks_the_loop_and_every_line_arrives_in_order
     reading.start()
     started = time.monotonic()
     for n in range(200):
-        output.msg(orjson.dumps({"n": n}))
+        output.msg(line(n))
         if n % 10 == 9:
             await asyncio.sleep(0)
     assert time.monotonic() - started < 0.5
-    await asyncio.to_thread(output.flush)
-    pipe.out.close()
-    reading.join(5)
-    assert [x["n"] for x in lines_of(pipe.received)] == list(range(200))
+    await asyncio.to_thread(finish, output, pipe, reading)
+    assert numbers(pipe.received) == list(range(200))
+
+
+async def test_a_line_longer_than_the_room_left_in_the_pipe_never_blocks_the_loop(pipe: Pipe):
+    """A page free, a 10 KB line (a traceback, say): the loop writes what fits, the writer
+    the rest, once the reader is back."""
+    filler = pipe.fill(leave=4096)
+    output = BatchedLines(pipe.out)
+    reading = threading.Timer(1.0, pipe.drain, args=(filler,))
+    reading.start()
+    started = time.monotonic()
+    output.msg(line(0, 10_000))
+    output.msg(line(1))
+    await asyncio.sleep(0)
+    assert time.monotonic() - started < 0.5
+    await asyncio.to_thread(finish, output, pipe, reading)
+    assert numbers(pipe.received) == [0, 1]
+
+
+async def test_a_terminal_that_takes_less_than_a_chunk_never_blocks_the_loop():
+    """A terminal says it is writable when it takes a few bytes, not a whole chunk."""
+    parent, child = pty.openpty()
+    received: list[bytes] = []
+
+    def read_later() -> None:
+        time.sleep(1.0)
+        while chunk := _read_some(parent):
+            received.append(chunk)
+
+    terminal = os.fdopen(child, "wb")
+    output = BatchedLines(terminal)
+    reading = threading.Thread(target=read_later)
+    reading.start()
+    try:
+        started = time.monotonic()
+        for n in range(400):  # far more than the terminal buffers
+            output.msg(line(n, 200))
+            if n % 20 == 19:
+                await asyncio.sleep(0)
+        assert time.monotonic() - started < 0.5
+        await asyncio.to_thread(output.close)
+    finally:
+        terminal.close()
+        reading.join(5)
+        os.close(parent)
+    text = b"".join(received).replace(b"\r\n", b"\n")
+    assert numbers(text) == list(range(400))
+
+
+def _read_some(fd: int) -> bytes:
+    ready, _, _ = select.select([fd], [], [], 0.5)
+    if not ready:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal's other end closed
+        return b""
 
 
 async def test_past_its_limit_the_loop_waits_for_the_writer_and_nothing_is_dropped(pipe: Pipe):
@@ -115,38 +186,96 @@ async def test_past_its_limit_the_loop_waits_for_the_writer_and_nothing_is_dropp
     reading = threading.Timer(0.2, pipe.drain, args=(filler,))
     reading.start()
     for n in range(50):
-        output.msg(orjson.dumps({"n": n}))
+        output.msg(line(n))
         await asyncio.sleep(0)
-    output.flush()
-    pipe.out.close()
-    reading.join(5)
-    assert [x["n"] for x in lines_of(pipe.received)] == list(range(50))
+    finish(output, pipe, reading)
+    assert numbers(pipe.received) == list(range(50))
+
+
+async def test_another_threads_line_waits_for_the_pipe_without_holding_up_the_loop(pipe: Pipe):
+    """A line from a thread with no loop is written before its call returns; meanwhile the
+    loop's lines keep their order, and the loop its pace."""
+    filler = pipe.fill()
+    output = BatchedLines(pipe.out)
+    output.msg(line(0))
+    await asyncio.sleep(0)  # the loop's first line waits for the writer
+    other = threading.Thread(target=output.msg, args=(line(-1),))
+    other.start()
+    reading = threading.Timer(1.0, pipe.drain, args=(filler,))
+    reading.start()
+    started = time.monotonic()
+    for n in range(1, 50):
+        output.msg(line(n))
+        await asyncio.sleep(0)
+    assert time.monotonic() - started < 0.5
+    await asyncio.to_thread(other.join, 5)
+    assert not other.is_alive()
+    await asyncio.to_thread(finish, output, pipe, reading)
+    got = numbers(pipe.received)
+    assert [n for n in got if n >= 0] == list(range(50))
+    assert -1 in got
 
 
 async def test_a_non_blocking_descriptor_that_fills_hands_the_rest_over(pipe: Pipe):
-    """Someone set O_NONBLOCK on the shared stdout: a write it refuses halfway is finished by
-    the writer, from the byte where it stopped."""
+    """Someone set O_NONBLOCK on the shared stdout: the writer waits for it all the same."""
     filler = pipe.fill()
     os.set_blocking(pipe.out.fileno(), False)
     output = BatchedLines(pipe.out)
-    big = orjson.dumps({"n": 0, "pad": "p" * 10_000})  # longer than PIPE_BUF: written in parts
-    output.msg(big)
-    output.msg(orjson.dumps({"n": 1}))
+    output.msg(line(0, 10_000))  # longer than PIPE_BUF: written in parts
+    output.msg(line(1))
     await asyncio.sleep(0)
     reading = threading.Thread(target=pipe.drain, args=(filler,))
     reading.start()
-    await asyncio.to_thread(output.flush)
-    pipe.out.close()
-    reading.join(5)
-    assert [x["n"] for x in lines_of(pipe.received)] == [0, 1]
+    await asyncio.to_thread(finish, output, pipe, reading)
+    assert numbers(pipe.received) == [0, 1]
+
+
+async def test_a_pipe_whose_reader_is_gone_drops_lines_without_raising(pipe: Pipe):
+    pipe.reader.close()
+    output = BatchedLines(pipe.out)
+    failures: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: failures.append(context))
+    for n in range(3):
+        output.msg(line(n))
+        await asyncio.sleep(0)
+    await asyncio.to_thread(output.msg, line(3))  # no loop in that thread: written at once
+    await asyncio.to_thread(output.close)
+    assert failures == []
+
+
+def test_a_line_of_a_loop_that_stopped_is_written_by_the_next_one(pipe: Pipe):
+    """The last turn of a loop never ended: the next loop's turn takes its lines along."""
+    output = BatchedLines(pipe.out)
+    first = asyncio.new_event_loop()
+    first.call_soon(lambda: (output.msg(line(0)), first.stop()))
+    first.run_forever()
+    first.close()
+
+    async def second() -> None:
+        output.msg(line(1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(second())
+    assert numbers(os.read(pipe.reader.fileno(), 65536)) == [0, 1]
+    finish(output, pipe)
 
 
 def test_without_a_loop_a_line_is_written_before_msg_returns(pipe: Pipe):
     output = BatchedLines(pipe.out)
     output.msg(b'{"n":1}')
-    pipe.out.close()
-    pipe.drain()
-    assert pipe.received == b'{"n":1}\n'
+    assert os.read(pipe.reader.fileno(), 100) == b'{"n":1}\n'
+    finish(output, pipe)
+
+
+async def test_a_regular_file_is_written_at_the_end_of_the_turn(tmp_path: Any):
+    with (tmp_path / "log").open("wb") as file:
+        output = BatchedLines(file)
+        output.msg(line(0))
+        output.msg(line(1))
+        await asyncio.sleep(0)
+        assert numbers((tmp_path / "log").read_bytes()) == [0, 1]
+        output.close()
 
 
 async def test_a_stream_without_a_descriptor_is_written_through_its_methods():
