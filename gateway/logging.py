@@ -20,17 +20,19 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import functools
 import io
 import logging
 import os
 import re
 import select
+import socket
 import stat
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, BinaryIO, TextIO
@@ -306,7 +308,7 @@ class BatchedLines:
         self._fd: int | None = None  # the stream's own, blocking: the writer thread's
         with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
             self._fd = stream.fileno()
-        self._loop_fd, self._ready = _loop_side(self._fd)
+        self._write_soon, self._close_loop_side, self._ready = _loop_side(self._fd)
         self._limit = limit_bytes
         self._turn: list[bytes] = []  # this turn's lines
         self._scheduled_on: asyncio.AbstractEventLoop | None = None
@@ -361,9 +363,9 @@ class BatchedLines:
     def close(self) -> None:
         """Flush, and close the loop's own descriptor (it keeps the pipe open)."""
         self.flush()
-        if self._loop_fd is not None:
-            os.close(self._loop_fd)
-            self._loop_fd = None
+        if self._close_loop_side is not None:
+            self._close_loop_side()
+            self._write_soon = self._close_loop_side = None
 
     def _end_of_turn(self) -> None:
         with self._changed:
@@ -382,8 +384,8 @@ class BatchedLines:
         """On the loop: write what can be written without waiting, return the rest."""
         for i, chunk in enumerate(chunks):
             try:
-                if self._loop_fd is not None:
-                    written = os.write(self._loop_fd, chunk)
+                if self._write_soon is not None:
+                    written = self._write_soon(chunk)
                     if written < len(chunk):
                         return [chunk[written:], *chunks[i + 1 :]]
                 elif self._ready is not None and not self._ready.poll(0):
@@ -445,25 +447,37 @@ class BatchedLines:
                 waiting.poll(1000)
 
 
-def _loop_side(fd: int | None) -> tuple[int | None, select.poll | None]:
-    """How the loop writes without waiting: a non-blocking descriptor of its own to the same
-    pipe or terminal (its own, so other processes sharing stdout keep theirs blocking); a
-    regular file is written as it is; anything else is asked with ``poll`` first."""
+def _loop_side(
+    fd: int | None,
+) -> tuple[Callable[[bytes], int] | None, Callable[[], None] | None, select.poll | None]:
+    """How the loop writes to stdout without waiting: a write that takes what fits now and
+    never waits (with what closes it), or a ``poll`` to ask first. A pipe or a terminal gets a
+    non-blocking descriptor of its own (other processes sharing stdout keep theirs blocking),
+    a socket (systemd's journal) ``MSG_DONTWAIT``, and a regular file, which never waits for a
+    reader, neither."""
     if fd is None:
-        return None, None
+        return None, None, None
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
-        return None, None
+        return None, None, None
     if stat.S_ISREG(mode):
-        return None, None
-    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
-        flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-        with contextlib.suppress(OSError):  # no /proc (not Linux): poll instead
-            return os.open(f"/proc/self/fd/{fd}", flags), None
+        return None, None, None
+    with contextlib.suppress(OSError):  # no /proc (not Linux): poll instead
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+            own = os.open(f"/proc/self/fd/{fd}", flags)
+            return functools.partial(os.write, own), functools.partial(os.close, own), None
+        if stat.S_ISSOCK(mode):
+            sock = socket.socket(fileno=os.dup(fd))
+
+            def send(chunk: bytes) -> int:
+                return sock.send(chunk, socket.MSG_DONTWAIT)
+
+            return send, sock.close, None
     ready = select.poll()
     ready.register(fd, select.POLLOUT)
-    return None, ready
+    return None, None, ready
 
 
 def _chunks(lines: list[bytes]) -> list[bytes]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import pty
 import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -91,9 +93,9 @@ async def test_a_turns_lines_leave_together_in_whole_chunks_of_at_most_pipe_buf(
         writes.append(len(data))
         return real_write(fd, data)
 
-    output = BatchedLines(pipe.out)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(os, "write", counting)
+        output = BatchedLines(pipe.out)
         for n in range(40):  # one turn: about 13 KiB
             output.msg(line(n, 300))
         assert writes == []  # nothing before the turn ends
@@ -166,6 +168,39 @@ async def test_a_terminal_that_takes_less_than_a_chunk_never_blocks_the_loop():
         os.close(parent)
     text = b"".join(received).replace(b"\r\n", b"\n")
     assert numbers(text) == list(range(400))
+
+
+async def test_a_socket_whose_reader_is_slow_never_blocks_the_loop():
+    """systemd hands services a socket for stdout (the journal): the loop sends what fits."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filled += ours.send(b"x" * 4096)
+    ours.setblocking(True)
+    received = [theirs.recv(8192)]  # some room: enough for poll to say "writable"
+    stdout = os.fdopen(ours.detach(), "wb")
+    output = BatchedLines(stdout)
+
+    def read_later() -> None:
+        time.sleep(1.0)
+        while chunk := theirs.recv(65536):
+            received.append(chunk)
+
+    reading = threading.Thread(target=read_later)
+    reading.start()
+    started = time.monotonic()
+    for n in range(300):
+        output.msg(line(n, 100))
+        if n % 10 == 9:
+            await asyncio.sleep(0)
+    assert time.monotonic() - started < 0.5
+    await asyncio.to_thread(output.close)
+    stdout.close()
+    await asyncio.to_thread(reading.join, 5)
+    theirs.close()
+    assert numbers(b"".join(received)[filled:]) == list(range(300))
 
 
 def _read_some(fd: int) -> bytes:
