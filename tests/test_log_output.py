@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.logging import BatchedLines
+from gateway.log_output import BatchedLines
 
 
 class Pipe:
