@@ -50,7 +50,8 @@ class BatchedLines:
         self._behind: collections.deque[bytes] = collections.deque()  # chunks for the writer
         self._behind_bytes = 0
         self._queued = self._done = 0  # chunks handed to the writer, and of them written
-        self._changed = threading.Condition()
+        self._turn_lock = threading.Lock()  # the turn's lines: taken once a line, kept cheap
+        self._changed = threading.Condition()  # the writer's queue and counts
         self._writer: threading.Thread | None = None
         atexit.register(self.close)
 
@@ -59,7 +60,7 @@ class BatchedLines:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        with self._changed:
+        with self._turn_lock:
             self._turn.append(message)
             if loop is not None:
                 if self._scheduled_on is not loop:  # not yet, or by a loop since closed
@@ -73,9 +74,8 @@ class BatchedLines:
     def flush(self) -> None:
         """Every line so far written (or dropped, if stdout is gone) before returning. Never
         writes while holding the lock, so the loop is not kept waiting by a full pipe."""
+        chunks = _chunks(self._take_turn())
         with self._changed:
-            self._scheduled_on = None
-            chunks, self._turn = _chunks(self._turn), []
             if threading.current_thread() is self._writer:  # its stream logged: no waiting
                 mine = chunks
             else:
@@ -102,10 +102,15 @@ class BatchedLines:
             self._close_loop_side()
             self._write_soon = self._close_loop_side = None
 
-    def _end_of_turn(self) -> None:
-        with self._changed:
+    def _take_turn(self) -> list[bytes]:
+        with self._turn_lock:
             self._scheduled_on = None
-            chunks, self._turn = _chunks(self._turn), []
+            lines, self._turn = self._turn, []
+        return lines
+
+    def _end_of_turn(self) -> None:
+        chunks = _chunks(self._take_turn())
+        with self._changed:
             behind = self._done < self._queued
         if not behind:
             chunks = self._write_now(chunks)
