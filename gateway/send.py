@@ -273,17 +273,17 @@ class Sender:
         if attempts >= retry.max_attempts:
             return None
         if tried.status == 429:
-            reason: str | None = "rate limited"
+            reason = "rate limited"
             given = tried.outcome.retry_after_s
             delay = given if given is not None else backoff_s(attempts, retry, self._rand)
         else:
-            reason = retry_reason(
+            found = retry_reason(
                 status=tried.status, sent=tried.sent, retry_safe=retry_safe, answered=tried.answered
             )
-            if reason is None:  # the usual end: an answer that is final
+            if found is None:  # the usual end: an answer that is final
                 return None
-            delay = backoff_s(attempts, retry, self._rand)
-        if reason is None or delay >= deadline - self._clock.monotonic():
+            reason, delay = found, backoff_s(attempts, retry, self._rand)
+        if delay >= deadline - self._clock.monotonic():
             return None
         if not guards.budget.try_retry():
             self._metrics.retry_budget_exhausted(going.target.name)

@@ -121,7 +121,9 @@ class AiohttpTransport:
             and length <= self._max_body
             and not response.headers.get("Content-Encoding")
         ):
-            return await response.read()  # the usual answer: its whole size is known
+            # The usual answer: its size known and within the limit. A compressed one is
+            # measured as it inflates, below.
+            return await response.read()
         if length is not None and length > self._max_body:
             raise self._too_large()
         chunks: list[bytes] = []
