@@ -163,10 +163,13 @@ class Canceller:
         upstream = build_request(target, facts.resource, request, call)
         return Prepared(request, canonical, target, facts.resource, upstream)
 
+    def _new_facts(self, caller: Caller) -> _Facts:
+        """A new cancellation: its id and when it was asked for."""
+        return _Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
+
     def preview(self, caller: Caller, body: bytes, info: RequestInfo) -> Preview:
         """What ``cancel`` would send, after the same checks; nothing is sent or recorded."""
-        facts = _Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
-        prepared = self.prepare(caller, body, info, facts)
+        prepared = self.prepare(caller, body, info, self._new_facts(caller))
         upstream = prepared.upstream
         shown = self._redactor.clean(upstream.shown_headers())
         return Preview(
@@ -188,7 +191,7 @@ class Canceller:
 
     async def cancel(self, caller: Caller, body: bytes, info: RequestInfo) -> Reply:
         started = self._clock.monotonic()
-        facts = _Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
+        facts = self._new_facts(caller)
         log = self._log.bind(cancellation_id=facts.cancellation_id, caller=caller.name)
         try:
             outcome = await self._run(caller, body, info, facts, log)

@@ -219,7 +219,6 @@ class Guards:
     budget: RetryBudget
     bulkhead: asyncio.Semaphore
     bucket: TokenBucket | None
-    limits: LimitSettings
 
     @classmethod
     def create(cls, policy: Policy, now: Now) -> Guards:
@@ -233,7 +232,6 @@ class Guards:
             RetryBudget(policy.retry, now),
             asyncio.Semaphore(limits.concurrency),
             bucket,
-            limits,
         )
 
 
