@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import CALLER_KEY, CANARIES, Gateway, Result, Upstream
+from tests.conftest import BASE_CONFIG, CALLER_KEY, CANARIES, Gateway, Result, Upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -213,27 +213,9 @@ async def test_preview_body_passes_the_same_redaction_as_envelopes(
 
 # --- cancel-gateway preview ------------------------------------------------------------------
 
-CLI_CONFIG = """\
-store: {backend: memory}
-callers:
-  - name: oms
-    key: ${OMS_API_KEY}
-    connections: ["*"]
-  - name: limited
-    key: limited-caller-key-0123456789
-    connections: ["shipper-*"]
-connections:
-  stateset-main:
-    provider: stateset
-    base_url: http://127.0.0.1:9/stateset
-    credentials:
-      api_key: ${STATESET_API_KEY}
-  rxuniverse-lab:
-    provider: rxuniverse
-    base_url: http://127.0.0.1:9/rxuniverse
-    credentials:
-      api_key: ${RXUNIVERSE_API_KEY}
-"""
+# The shared test configuration, with nothing listening where it points: a preview sends nothing.
+CLI_CONFIG = "store: {backend: memory}\n" + BASE_CONFIG
+NOWHERE = "http://127.0.0.1:9"
 
 
 def run_preview(
@@ -241,7 +223,7 @@ def run_preview(
 ) -> subprocess.CompletedProcess[bytes]:
     config = tmp_path / "gateway.yaml"
     config.write_text(CLI_CONFIG)
-    env = {**os.environ, "OMS_API_KEY": CALLER_KEY, **CANARIES}
+    env = {**os.environ, "OMS_API_KEY": CALLER_KEY, "UPSTREAM": NOWHERE, **CANARIES}
     return subprocess.run(
         [sys.executable, "-m", "gateway", "preview", "--config", str(config), *args],
         input=stdin,
