@@ -14,7 +14,7 @@ from structlog.typing import FilteringBoundLogger
 from gateway.cancel import RequestInfo, check_idempotency_key, json_body
 from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, reply_headers
-from gateway.errors import ErrorCode, GatewayError, Status, spec
+from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.live import Live, LiveConfig
 from gateway.metrics import CONTENT_TYPE
 from gateway.models import (
@@ -82,7 +82,9 @@ async def create_batch(request: web.Request) -> web.Response:
     item is answered with the envelope it would get alone, in the order given, and one
     item's failure never touches another's. With an ``Idempotency-Key`` K, item i uses K#i."""
     if "dry_run" in request.query:  # asking for one must never cancel for real
-        raise _invalid("query.dry_run", "a batch has no dry run: preview its items one by one")
+        raise invalid_request(
+            ("query.dry_run", "a batch has no dry run: preview its items one by one")
+        )
     body = await _read_body(request)
     info = request[INFO]
     items = parse_batch(body, info.idempotency_key)
@@ -113,16 +115,18 @@ def parse_batch(body: bytes, idempotency_key: str | None) -> list[object]:
     """The batch's items, unchecked: each is checked as its own cancellation."""
     check_idempotency_key(idempotency_key)
     if idempotency_key is not None and len(idempotency_key) > MAX_BATCH_KEY:
-        raise _invalid(
-            "headers.Idempotency-Key",
-            f"a batch's key is at most {MAX_BATCH_KEY} characters (item i uses key#i)",
+        raise invalid_request(
+            (
+                "headers.Idempotency-Key",
+                f"a batch's key is at most {MAX_BATCH_KEY} characters (item i uses key#i)",
+            )
         )
     data = json_body(body)
     if not isinstance(data, dict) or set(data) != {"items"}:
-        raise _invalid("body", 'must be a JSON object with one field, "items"')
+        raise invalid_request(("body", 'must be a JSON object with one field, "items"'))
     items = data["items"]
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-        raise _invalid("items", f"must be a list of 1 to {MAX_BATCH} cancellations")
+        raise invalid_request(("items", f"must be a list of 1 to {MAX_BATCH} cancellations"))
     return items
 
 
@@ -150,14 +154,8 @@ async def _read_body(request: web.Request) -> bytes:
 def _flag(request: web.Request, name: str) -> bool:
     value = request.query.get(name, "false")
     if value not in ("true", "false"):
-        raise _invalid(f"query.{name}", "must be true or false")
+        raise invalid_request((f"query.{name}", "must be true or false"))
     return value == "true"
-
-
-def _invalid(loc: str, problem: str) -> GatewayError:
-    return GatewayError(
-        ErrorCode.INVALID_REQUEST, f"invalid request: {loc}: {problem}", fields=[(loc, problem)]
-    )
 
 
 async def get_cancellation(request: web.Request) -> web.Response:

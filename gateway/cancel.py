@@ -19,7 +19,7 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.clock import Clock, SystemClock
 from gateway.envelope import Reply, error_body, gateway_outcome, render_envelope, reply_headers
-from gateway.errors import ErrorCode, GatewayError, Status, spec
+from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.loader import Runtime
 from gateway.logging import Redactor
 from gateway.metrics import Metrics
@@ -420,10 +420,7 @@ def parse_request(body: bytes) -> tuple[CancelRequest, bytes]:
             (".".join(str(p) for p in e["loc"]) or "body", e["msg"].removeprefix("Value error, "))
             for e in exc.errors(include_input=False, include_url=False)
         ]
-        summary = "; ".join(f"{loc}: {message}" for loc, message in problems)
-        raise GatewayError(
-            ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", fields=problems
-        ) from None
+        raise invalid_request(*problems) from None
     return request, orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 

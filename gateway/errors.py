@@ -127,3 +127,12 @@ class GatewayError(Exception):
         self.message = message
         self.fields = fields or []
         self.retry_after_s = retry_after_s
+
+
+def invalid_request(*problems: tuple[str, str]) -> GatewayError:
+    """``invalid_request`` for what the caller can fix: every problem as ``(loc, message)``,
+    in ``fields`` and summed up in the message."""
+    summary = "; ".join(f"{loc}: {message}" for loc, message in problems)
+    return GatewayError(
+        ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", fields=list(problems)
+    )

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.definition import ParamSpec, ProviderDefinition, Resource
-from gateway.errors import ErrorCode, GatewayError
+from gateway.errors import invalid_request
 from gateway.models import CancelRequest
 from gateway.translate.templates import (
     Context,
@@ -110,10 +110,10 @@ def resolve_resource(definition: ProviderDefinition, requested: str | None) -> s
         if len(names) == 1:
             return names[0]
         message = f"{definition.name} has several resources: give one of {', '.join(names)}"
-        raise _invalid([("resource", message)])
+        raise invalid_request(("resource", message))
     if requested not in definition.resources:
         message = f"{definition.name} cancels {', '.join(names)}, not {requested!r}"
-        raise _invalid([("resource", message)])
+        raise invalid_request(("resource", message))
     return requested
 
 
@@ -134,14 +134,14 @@ def build_request(
     }
     ctx.update(canonical_fields(resource, req, ctx, problems))
     if problems:
-        raise _invalid(problems)
+        raise invalid_request(*problems)
 
     try:
         url = target.base_url.render(ctx) + resource.path.render(ctx, encode_segment)
         query = _render_query(resource, ctx)
         headers, secret = _render_headers(target, resource, ctx)
     except TemplateError as exc:
-        raise _invalid([("request", str(exc))]) from exc
+        raise invalid_request(("request", str(exc))) from exc
     if query:
         url = f"{url}?{query}"
     headers.append(("X-Request-ID", call.request_id))
@@ -268,8 +268,3 @@ def _header_value(name: str, value: str) -> str:
     if _HEADER_VALUE_FORBIDDEN.search(value):
         raise TemplateError(f"the value of header {name} would contain control characters")
     return value
-
-
-def _invalid(problems: list[tuple[str, str]]) -> GatewayError:
-    summary = "; ".join(f"{loc}: {message}" for loc, message in problems)
-    return GatewayError(ErrorCode.INVALID_REQUEST, f"invalid request: {summary}", fields=problems)
