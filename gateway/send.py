@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from structlog.typing import FilteringBoundLogger
 
 from gateway.clock import Clock
-from gateway.errors import ErrorCode, Source, spec
+from gateway.envelope import gateway_outcome
+from gateway.errors import ErrorCode, GatewayError, spec
 from gateway.metrics import Metrics
 from gateway.models import UpstreamInfo
 from gateway.resilience import GuardRegistry, Guards, Policy, backoff_s, retry_reason
@@ -36,9 +37,7 @@ class Tried:
 
     @classmethod
     def refusal(cls, code: ErrorCode, message: str, retry_after_s: float | None = None) -> Tried:
-        refused = Outcome(
-            spec(code).status, code, message, retry_after_s=retry_after_s, source=Source.GATEWAY
-        )
+        refused = gateway_outcome(GatewayError(code, message, retry_after_s=retry_after_s))
         return cls(refused, refused=refused)
 
 
