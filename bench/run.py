@@ -51,21 +51,44 @@ class Scenario:
     name: str
     connections: int
     delay_ms: int  # the upstream's answer delay
-    targets: tuple[str, ...]  # direct | baseline | gateway | gateway-w2
+    targets: tuple[str, ...]  # direct | baseline | a name of GATEWAYS
     soak: bool = False  # measured for --soak-duration, RSS sampled every second
 
 
 SCENARIOS = (
-    Scenario("c64", 64, 0, ("direct", "baseline", "gateway", "gateway-w2")),
+    Scenario(
+        "c64",
+        64,
+        0,
+        ("direct", "baseline", "gateway", "gateway-w2", "gateway-no-ledger", "gateway-no-logs"),
+    ),
     Scenario("c1", 1, 0, ("direct", "baseline", "gateway")),
-    Scenario("c256-20ms", 256, 20, ("direct", "gateway")),
+    Scenario("c256-20ms", 256, 20, ("direct", "baseline", "gateway")),
     Scenario("c1000-20ms", 1000, 20, ("direct", "gateway", "gateway-w2")),
-    # The soak's load against the upstream emulation alone: what this machine and wrk reach
-    # with no gateway at all, the floor under the soak's figures.
-    Scenario("c5000-100ms", 5000, 100, ("direct",)),
+    # The soak's load against the upstream emulation alone, and through the baseline: what
+    # this machine and wrk reach with no gateway at all, the floor under the soak's figures.
+    Scenario("c5000-100ms", 5000, 100, ("direct", "baseline")),
     Scenario("soak", 5000, 100, ("gateway",), soak=True),
 )
 PROFILED = ("c64", "gateway")  # the row --profile records
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """``cancel-gateway serve`` as measured: its workers, and whether the ledger and the logs
+    are on (the defaults). The rows with one of them off say, in the same run, what it costs."""
+
+    workers: int = 1
+    ledger: bool = True
+    logs: bool = True
+
+
+GATEWAYS = {
+    "gateway": Gateway(),
+    "gateway-w2": Gateway(workers=2),
+    "gateway-no-ledger": Gateway(ledger=False),  # the memory store: nothing written to disk
+    "gateway-no-logs": Gateway(logs=False),  # warnings and errors only, no access log
+}
 
 
 @dataclass(frozen=True)
@@ -317,19 +340,24 @@ def wrk(url: str, script: Path, connections: int, duration_s: float, children: C
 # Servers.
 
 
-def gateway_config(folder: Path, upstream_port: int) -> Path:
-    """Every default on (SQLite ledger, JSON logs, access log); limits no run reaches."""
+def gateway_config(
+    folder: Path, upstream_port: int, gateway: Gateway = GATEWAYS["gateway"]
+) -> Path:
+    """Every default on (SQLite ledger, JSON logs, access log) unless ``gateway`` turns one
+    off; limits no run reaches."""
     path = folder / "gateway.yaml"
+    store = "backend: sqlite\n  path: ledger.db" if gateway.ledger else "backend: memory"
+    logging = (
+        "level: info\n  access_log: true" if gateway.logs else "level: warning\n  access_log: false"
+    )
     path.write_text(
         f"""\
 server:
   host: 127.0.0.1
 store:
-  backend: sqlite
-  path: ledger.db
+  {store}
 logging:
-  level: info
-  access_log: true
+  {logging}
 callers:
   - name: bench
     key: ${{BENCH_CALLER_KEY}}
@@ -362,14 +390,15 @@ def server(
     target: str, upstream_port: int, children: Children, folder: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """The server under test for ``target``, listening: its process and port."""
-    port, workers = free_port(), 2 if target == "gateway-w2" else 1
+    port, workers = free_port(), 1
     log = folder / "server.log"
     if target == "baseline":
         upstream = f"http://127.0.0.1:{upstream_port}"
         argv = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
         argv += ["--upstream", upstream, "--connection", CONNECTION]
     else:
-        config = gateway_config(folder, upstream_port)
+        gateway = GATEWAYS[target]
+        config, workers = gateway_config(folder, upstream_port, gateway), gateway.workers
         argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port)]
         argv += ["--workers", str(workers)]
     with log.open("wb") as out:
@@ -614,18 +643,31 @@ def ratios(results: Sequence[Result]) -> list[str]:
         row = rows.get(("c64", target))
         return row.cpu_ms_per_request if row else None
 
+    def cost(without: str) -> float | None:
+        """CPU ms/request the feature ``without`` leaves out costs the gateway, 64 connections."""
+        mine, less = cpu("gateway"), cpu(without)
+        return mine - less if mine is not None and less is not None else None
+
     w2_64, w2_1k = rps("c64", "gateway-w2", "gateway"), rps("c1000-20ms", "gateway-w2", "gateway")
     soak = rows.get(("soak", "gateway"))
     soak_p99 = soak.p99_ms - soak.scenario.delay_ms if soak else None
     soak_errors = soak.non_2xx + soak.socket_errors if soak else None
     soak_slope = rss_slope(soak) if soak else None
-    floor = rows.get(("c5000-100ms", "direct"))
-    floor_p99 = floor.p99_ms - floor.scenario.delay_ms if floor else None
-    floor_errors = floor.non_2xx + floor.socket_errors if floor else None
+
+    def soak_load(target: str) -> tuple[float | None, int | None]:
+        """Added p99 ms and errors of ``target`` under the soak's load without the gateway."""
+        row = rows.get(("c5000-100ms", target))
+        if row is None:
+            return None, None
+        return row.p99_ms - row.scenario.delay_ms, row.non_2xx + row.socket_errors
+
+    (floor_p99, floor_errors), (base_p99, base_errors) = soak_load("direct"), soak_load("baseline")
     figures = [  # what, value, issue 7's target
         ("gateway / baseline req/s, 64 connections", rps("c64", "gateway", "baseline"), "≥ 1"),
         ("gateway CPU ms/request, 64 connections", cpu("gateway"), "≤ 0.17"),
         ("baseline CPU ms/request, 64 connections", cpu("baseline"), ""),
+        ("of the gateway's, the SQLite ledger's CPU ms/request", cost("gateway-no-ledger"), ""),
+        ("of the gateway's, the logs' CPU ms/request", cost("gateway-no-logs"), ""),
         ("gateway added p50 ms, 1 connection", added_p50("gateway"), "≤ 0.5"),
         ("baseline added p50 ms, 1 connection", added_p50("baseline"), ""),
         ("--workers 2 / 1 worker req/s, 64 connections", w2_64, "≥ 1.4"),
@@ -634,6 +676,11 @@ def ratios(results: Sequence[Result]) -> list[str]:
             rps("c256-20ms", "gateway", "direct"),
             "≥ 0.45",
         ),
+        (
+            "baseline / direct req/s, 256 conn., 20 ms",
+            rps("c256-20ms", "baseline", "direct"),
+            "",
+        ),
         ("gateway / direct req/s, 1,000 conn., 20 ms", rps("c1000-20ms", "gateway", "direct"), ""),
         ("--workers 2 / 1 worker req/s, 1,000 conn., 20 ms", w2_1k, ""),
         ("soak: added p99 ms, 5,000 conn., 100 ms", soak_p99, "≤ 40"),
@@ -641,6 +688,8 @@ def ratios(results: Sequence[Result]) -> list[str]:
         ("soak: RSS slope over the 2nd half, MiB/min (flat)", soak_slope, "≤ 1"),
         ("no gateway, the soak's load on the upstream alone: added p99 ms", floor_p99, ""),
         ("no gateway, the soak's load on the upstream alone: errors", floor_errors, ""),
+        ("no gateway, the soak's load through the baseline: added p99 ms", base_p99, ""),
+        ("no gateway, the soak's load through the baseline: errors", base_errors, ""),
     ]
     lines = []
     for what, value, target in figures:
@@ -691,7 +740,9 @@ def report(
         "## Results",
         "",
         "`direct` is the upstream emulation alone; `baseline` is bench/baseline.py; `gateway` is "
-        "`cancel-gateway serve` with one worker, `gateway-w2` with `--workers 2`. Scenario "
+        "`cancel-gateway serve` with one worker, `gateway-w2` with `--workers 2`; "
+        "`gateway-no-ledger` has the memory store instead of SQLite and `gateway-no-logs` logs "
+        "warnings and errors only, without the access log, to tell what each costs. Scenario "
         "`cN` is N connections against an immediate upstream, `cN-20ms` against one that "
         "answers after 20 ms. RSS and CPU are of the server's whole process tree (upstream "
         "excluded, except for `direct`).",
