@@ -17,6 +17,7 @@ import datetime
 import http.client
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,6 +54,9 @@ class Scenario:
     delay_ms: int  # the upstream's answer delay
     targets: tuple[str, ...]  # direct | baseline | a name of GATEWAYS
     soak: bool = False  # measured for --soak-duration, RSS sampled every second
+    # The measured time split into this many rounds, the targets taking turns within each:
+    # a machine that slows down for a minute then slows every row alike.
+    rounds: int = 1
 
 
 SCENARIOS = (
@@ -60,7 +64,8 @@ SCENARIOS = (
         "c64",
         64,
         0,
-        ("direct", "baseline", "gateway", "gateway-w2", "gateway-no-ledger", "gateway-no-logs"),
+        ("direct", "baseline", "gateway", "gateway-w2", "gateway-no-logs"),
+        rounds=3,
     ),
     Scenario("c1", 1, 0, ("direct", "baseline", "gateway")),
     Scenario("c256-20ms", 256, 20, ("direct", "baseline", "gateway")),
@@ -75,18 +80,18 @@ PROFILED = ("c64", "gateway")  # the row --profile records
 
 @dataclass(frozen=True)
 class Gateway:
-    """``cancel-gateway serve`` as measured: its workers, and whether the ledger and the logs
-    are on (the defaults). The rows with one of them off say, in the same run, what it costs."""
+    """``cancel-gateway serve`` as measured: its workers, and whether the logs are on (the
+    default). The row without them says, in the same run, what they cost. (The ledger has no
+    such row: the memory store, the only other one without a server, keeps every entry, and
+    the garbage collector's passes over them cost more than SQLite's writes.)"""
 
     workers: int = 1
-    ledger: bool = True
     logs: bool = True
 
 
 GATEWAYS = {
     "gateway": Gateway(),
     "gateway-w2": Gateway(workers=2),
-    "gateway-no-ledger": Gateway(ledger=False),  # the memory store: nothing written to disk
     "gateway-no-logs": Gateway(logs=False),  # warnings and errors only, no access log
 }
 
@@ -96,6 +101,7 @@ class Result:
     scenario: Scenario
     target: str
     requests: int
+    seconds: float  # measured
     rps: float
     p50_ms: float
     p99_ms: float
@@ -110,6 +116,45 @@ class Result:
     note: str = ""
     rss_samples: tuple[tuple[float, float], ...] = ()  # soak: (seconds, MiB) every second
     profile: Path | None = None  # --profile: py-spy's raw output
+    rounds: int = 1
+
+
+def combined(rounds: Sequence[Result]) -> Result:
+    """One row from a target's rounds: requests, time and CPU added up, latency percentiles the
+    median of the rounds' (wrk's histograms are not kept), the peaks the highest."""
+    first = rounds[0]
+    requests, seconds = sum(r.requests for r in rounds), sum(r.seconds for r in rounds)
+    cpu = [r.cpu_ms_per_request * r.requests for r in rounds]
+    kinds = collections.Counter[str]()
+    for r in rounds:
+        for kind in filter(None, r.socket_error_kinds.split(", ")):
+            name, count = kind.rsplit(" ", 1)
+            kinds[name] += int(count)
+    return replace(
+        first,
+        requests=requests,
+        seconds=seconds,
+        rps=requests / seconds if seconds else 0.0,
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        mean_ms=sum(r.mean_ms * r.requests for r in rounds) / requests if requests else 0.0,
+        non_2xx=sum(r.non_2xx for r in rounds),
+        socket_errors=sum(r.socket_errors for r in rounds),
+        socket_error_kinds=", ".join(f"{k} {n}" for k, n in kinds.items()),
+        rss_mib=max(r.rss_mib for r in rounds),
+        cpu_ms_per_request=sum(cpu) / requests if requests else float("nan"),
+        system_share=sum(r.system_share * c for r, c in zip(rounds, cpu, strict=True)) / sum(cpu)
+        if sum(cpu)
+        else 0.0,
+        processes=max(r.processes for r in rounds),
+        note="; ".join(
+            f"round {n}: {r.note}" if len(rounds) > 1 else r.note
+            for n, r in enumerate(rounds, 1)
+            if r.note
+        ),
+        profile=next((r.profile for r in rounds if r.profile), None),
+        rounds=len(rounds),
+    )
 
 
 # Processes: each child leads its own process group, so a stop reaches its workers too.
@@ -343,10 +388,9 @@ def wrk(url: str, script: Path, connections: int, duration_s: float, children: C
 def gateway_config(
     folder: Path, upstream_port: int, gateway: Gateway = GATEWAYS["gateway"]
 ) -> Path:
-    """Every default on (SQLite ledger, JSON logs, access log) unless ``gateway`` turns one
-    off; limits no run reaches."""
+    """Every default on (SQLite ledger, JSON logs, access log) unless ``gateway`` turns the
+    logs off; limits no run reaches."""
     path = folder / "gateway.yaml"
-    store = "backend: sqlite\n  path: ledger.db" if gateway.ledger else "backend: memory"
     logging = (
         "level: info\n  access_log: true" if gateway.logs else "level: warning\n  access_log: false"
     )
@@ -355,7 +399,8 @@ def gateway_config(
 server:
   host: 127.0.0.1
 store:
-  {store}
+  backend: sqlite
+  path: ledger.db
 logging:
   {logging}
 callers:
@@ -452,9 +497,13 @@ class Bench:
 
 
 def measure(
-    bench: Bench, scenario: Scenario, target: str, upstream: tuple[subprocess.Popen[bytes], int]
+    bench: Bench,
+    scenario: Scenario,
+    target: str,
+    upstream: tuple[subprocess.Popen[bytes], int],
+    round_: int = 0,
 ) -> Result:
-    folder = bench.work / scenario.name / target
+    folder = bench.work / scenario.name / target / f"round-{round_ + 1}"
     folder.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
         if target == "direct":
@@ -464,7 +513,7 @@ def measure(
             log = folder / "server.log"
         try:
             summary, (user_ms, system_ms), rss_kib, processes, samples, profile = load(
-                bench, scenario, target, process, port, folder
+                bench, scenario, target, process, port, folder, round_
             )
         except (RuntimeError, OSError) as exc:
             tail = log.read_text(errors="replace")[-3000:]
@@ -475,6 +524,7 @@ def measure(
         scenario=scenario,
         target=target,
         requests=requests,
+        seconds=summary["duration_us"] / 1e6,
         rps=requests / (summary["duration_us"] / 1e6),
         p50_ms=summary["p50_us"] / 1000,
         p99_ms=summary["p99_us"] / 1000,
@@ -499,25 +549,31 @@ def load(
     process: subprocess.Popen[bytes],
     port: int,
     folder: Path,
+    round_: int = 0,
 ) -> tuple[Any, tuple[float, float], int, int, list[tuple[float, float]], Path | None]:
     """Probe, warm up, measure: wrk's summary of the measured run, the CPU ms the server's tree used
     (user, system) in the measured one, its peak RSS in KiB, its number of processes, its RSS
-    every second (soak only) and py-spy's profile of it (the profiled row with --profile)."""
+    every second (soak only) and py-spy's profile of it (the profiled row with --profile: each
+    round's samples added to one file, as py-spy's raw format allows)."""
     url, path, body, key = request_for(target, port)
     probe(port, path, body, key)
     script = write_script(folder, path, body, key)
     wrk(url, script, scenario.connections, bench.warmup_s, bench.children)
-    duration = bench.soak_s if scenario.soak else bench.duration_s
+    duration = bench.soak_s if scenario.soak else bench.duration_s / scenario.rounds
     profile = None
     if bench.profiles and (scenario.name, target) == PROFILED:
         profile = bench.profiles / f"{scenario.name}-{target}.raw"
+        this_round = profile.with_name(f"{profile.stem}-round-{round_ + 1}.raw")
     tree = process_tree(process.pid)
     user, system = cpu_ticks(tree)
     with contextlib.ExitStack() as during:
         samples = during.enter_context(rss_sampled(process.pid)) if scenario.soak else []
         if profile:
-            during.enter_context(profiled(bench.children, process.pid, duration, profile))
+            during.enter_context(profiled(bench.children, process.pid, duration, this_round))
         summary = wrk(url, script, scenario.connections, duration, bench.children)
+    if profile:
+        with profile.open("ab") as every_round:
+            every_round.write(this_round.read_bytes())
     tree = process_tree(process.pid)  # the same processes, unless one died
     user_after, system_after = cpu_ticks(tree)
     cpu = ((user_after - user) * 1000 / CLK_TCK, (system_after - system) * 1000 / CLK_TCK)
@@ -527,8 +583,9 @@ def load(
 
 
 def run_scenario(bench: Bench, scenario: Scenario) -> list[Result]:
-    """One upstream emulation with the scenario's delay, each target measured in front of it."""
-    results = []
+    """One upstream emulation with the scenario's delay, each target measured in front of it,
+    in turns when the scenario has rounds."""
+    rounds: dict[str, list[Result]] = {target: [] for target in scenario.targets}
     port = free_port()
     argv = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
     argv += ["--delay-ms", str(scenario.delay_ms)]
@@ -538,19 +595,20 @@ def run_scenario(bench: Bench, scenario: Scenario) -> list[Result]:
         upstream = bench.children.start(argv, env=environment(), out=out)
     try:
         wait_listening(upstream, port, 1, log)
-        for target in scenario.targets:
-            print(f"{scenario.name} {target} ...", end=" ", flush=True)
+        for round_, target in itertools.product(range(scenario.rounds), scenario.targets):
+            turn = f" (round {round_ + 1} of {scenario.rounds})" if scenario.rounds > 1 else ""
+            print(f"{scenario.name} {target}{turn} ...", end=" ", flush=True)
             try:
-                result = measure(bench, scenario, target, (upstream, port))
+                result = measure(bench, scenario, target, (upstream, port), round_)
             except (RuntimeError, OSError) as exc:  # the row is reported; the others go on
                 print(f"FAILED: {exc}", flush=True)
-                bench.failed.append(f"{scenario.name} {target}: {str(exc).splitlines()[0]}")
+                bench.failed.append(f"{scenario.name} {target}{turn}: {str(exc).splitlines()[0]}")
                 continue
-            results.append(result)
+            rounds[target].append(result)
             print(f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms", flush=True)
     finally:
         bench.children.stop(upstream)
-    return results
+    return [combined(measured) for measured in rounds.values() if measured]
 
 
 # Report.
@@ -666,7 +724,6 @@ def ratios(results: Sequence[Result]) -> list[str]:
         ("gateway / baseline req/s, 64 connections", rps("c64", "gateway", "baseline"), "≥ 1"),
         ("gateway CPU ms/request, 64 connections", cpu("gateway"), "≤ 0.17"),
         ("baseline CPU ms/request, 64 connections", cpu("baseline"), ""),
-        ("of the gateway's, the SQLite ledger's CPU ms/request", cost("gateway-no-ledger"), ""),
         ("of the gateway's, the logs' CPU ms/request", cost("gateway-no-logs"), ""),
         ("gateway added p50 ms, 1 connection", added_p50("gateway"), "≤ 0.5"),
         ("baseline added p50 ms, 1 connection", added_p50("baseline"), ""),
@@ -709,6 +766,19 @@ def ratios(results: Sequence[Result]) -> list[str]:
     return lines
 
 
+def interleaved(results: Sequence[Result]) -> str:
+    """What the report says of the scenarios measured in rounds."""
+    scenarios = {r.scenario.name: r.rounds for r in results if r.rounds > 1}
+    said = [f"{name} in {n} rounds" for name, n in scenarios.items()]
+    if not said:
+        return ""
+    return (
+        f"The rows of {', '.join(said)}: that time split into turns, the targets measured one "
+        "after the other in each, every turn after its own start and warm-up; a row adds its "
+        "turns' requests, seconds and CPU up, and its p50 and p99 are the medians of theirs. "
+    )
+
+
 def report(
     results: Sequence[Result], failed: Sequence[str], args: argparse.Namespace, load_before: str
 ) -> str:
@@ -727,7 +797,7 @@ def report(
         f"Written by `python -m bench.run` ({' '.join(sys.argv[1:]) or 'no options'}) on {when}: "
         f"{args.warmup:g} s of warm-up, then {args.duration:g} s measured per row"
         f"{f' ({args.soak_duration:g} s for the soak)' if soak else ''}. "
-        "See bench/README.md for how to read it.",
+        f"{interleaved(results)}See bench/README.md for how to read it.",
         "",
         "## Machine",
         "",
@@ -741,8 +811,8 @@ def report(
         "",
         "`direct` is the upstream emulation alone; `baseline` is bench/baseline.py; `gateway` is "
         "`cancel-gateway serve` with one worker, `gateway-w2` with `--workers 2`; "
-        "`gateway-no-ledger` has the memory store instead of SQLite and `gateway-no-logs` logs "
-        "warnings and errors only, without the access log, to tell what each costs. Scenario "
+        "`gateway-no-logs` logs warnings and errors only, without the access log, to tell what "
+        "the logs cost. Scenario "
         "`cN` is N connections against an immediate upstream, `cN-20ms` against one that "
         "answers after 20 ms. RSS and CPU are of the server's whole process tree (upstream "
         "excluded, except for `direct`).",
