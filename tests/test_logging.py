@@ -104,6 +104,34 @@ def test_level_filters_lower_levels(level: str, shown: list[str]):
     assert [line["level"] for line in logs.lines] == shown
 
 
+def test_every_way_of_logging_gives_the_same_line(logs: Captured):
+    """Each enabled level is one call of its own; what it writes is what structlog's way
+    writes: bound fields, a field given to the call winning over a bound one, printf-style
+    arguments, the aliases, ``log`` and ``exception``."""
+    bound = logs.log.bind(cancellation_id="cg_1", caller="bound")
+    bound.info("one", caller="given", n=1)
+    bound.warning("two %s of %d", "out", 3)
+    bound.warn("three")
+    bound.log(40, "four", n=4)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        bound.exception("five")
+    one, two, three, four, five = logs.lines
+    assert {k: one[k] for k in ("event", "level", "cancellation_id", "caller", "n")} == {
+        "event": "one",
+        "level": "info",
+        "cancellation_id": "cg_1",
+        "caller": "given",
+        "n": 1,
+    }
+    assert (two["event"], two["level"], two["caller"]) == ("two out of 3", "warning", "bound")
+    assert (three["event"], three["level"]) == ("three", "warning")
+    assert (four["event"], four["level"], four["n"]) == ("four", "error", 4)
+    assert (five["level"], five["cancellation_id"]) == ("error", "cg_1")
+    assert "ValueError: boom" in five["exception"]
+
+
 def test_default_stream_is_stdout(capsys: pytest.CaptureFixture[str]):
     make_logger().info("to.stdout")
     out, err = capsys.readouterr()
