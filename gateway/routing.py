@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from dataclasses import dataclass, field
+from fnmatch import translate
 
 from gateway.config import CallerConfig
 from gateway.errors import ErrorCode, GatewayError
@@ -17,14 +18,20 @@ from gateway.translate.build import Target
 class Caller:
     name: str
     digest: bytes
-    patterns: tuple[str, ...]
+    patterns: tuple[str, ...]  # globs, matched case-sensitively
     admin: bool = False
+    # The globs as one expression, matched in one call (no pattern matches nothing).
+    _allowed: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        expression = "|".join(map(translate, self.patterns)) or "(?!)"
+        object.__setattr__(self, "_allowed", re.compile(expression))
 
     def __repr__(self) -> str:
         return f"Caller({self.name!r})"
 
     def may_use(self, connection: str) -> bool:
-        return any(fnmatchcase(connection, pattern) for pattern in self.patterns)
+        return self._allowed.match(connection) is not None
 
 
 class Callers:

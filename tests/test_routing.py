@@ -129,6 +129,8 @@ def test_no_callers_means_nobody_is_authenticated():
         (["lab-[!ab]"], "lab-c", True),
         (["shop-*", "lab-*"], "lab-7", True),
         (["shop-*", "lab-*"], "stateset-main", False),
+        (["stateset-main"], "stateset-main\n", False),  # the end is the end of the name
+        (["stateset-main", "shop-*"], "stateset-mainshop-1", False),  # each glob on its own
     ],
 )
 def test_connection_globs_allow_and_deny(patterns: list[str], connection: str, allowed: bool):
