@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pydantic_core import PydanticSerializationError
+
 from gateway.errors import ErrorCode, GatewayError, Source, spec
 from gateway.logging import Redactor
 from gateway.models import Envelope, ErrorBody, FieldProblem
@@ -23,6 +25,16 @@ class Reply:
 
 
 def render_envelope(envelope: Envelope, redactor: Redactor) -> bytes:
+    """The envelope as JSON without a secret. Only ``provider_response`` can hold a key whose
+    value is masked; when it holds none, pydantic serializes the envelope in one call and the
+    bytes are searched for the secrets. Otherwise, or when one is found, it is cleaned first."""
+    if redactor.plain(envelope.provider_response):
+        try:
+            data = envelope.model_dump_json().encode()
+        except PydanticSerializationError:
+            data = b""
+        if data and not redactor.found_in(data):
+            return data
     return redactor.dumps(envelope.model_dump(mode="json"))
 
 

@@ -104,13 +104,18 @@ class Redactor:
                 data = orjson.dumps(value)
             except orjson.JSONEncodeError:  # a lone surrogate, an integer past 64 bits
                 data = b""
-            for secret in self._escaped:
-                if secret in data:
-                    break
-            else:
-                if data:
-                    return data
+            if data and not self.found_in(data):
+                return data
         return orjson.dumps(self.clean(value), default=str, option=orjson.OPT_NON_STR_KEYS)
+
+    def plain(self, value: Any) -> bool:
+        """Could ``value`` be written as it is: only JSON's own types, and no key whose value
+        is masked? (Its strings may still hold a secret: see ``found_in``.)"""
+        return self._plain(value)
+
+    def found_in(self, data: bytes) -> bool:
+        """Does this serialized JSON hold a secret?"""
+        return any(map(data.__contains__, self._escaped))
 
     def _plain(self, value: Any) -> bool:
         """Only JSON's own types, and no key whose value is masked?"""
