@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -167,6 +168,7 @@ async def serve_until_stopped(
 def run(main: Coroutine[Any, Any, None]) -> None:
     """``asyncio.run`` on uvloop when it is installed (it is a dependency on Linux and macOS),
     else on the standard loop."""
+    _collect_less_often()
     try:
         import uvloop
     except ImportError:
@@ -174,6 +176,21 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main)
+
+
+GC_THRESHOLDS = (50_000, 20, 100)  # the youngest generation; how often the two older ones
+
+
+def _collect_less_often() -> None:
+    """Python's cyclic garbage collector looks at its youngest objects every 700 allocations.
+    With thousands of cancellations in flight most of them are still alive, and each look
+    finds them again: with 5,000 connections against a 100 ms upstream, collections took a
+    third of the process's time. Every 50,000 allocations they took a twentieth, and the
+    gateway answered 45 to 80% more; at 1 and 64 connections nothing changed (a request's
+    objects are freed by reference counting before a collection sees them). What exists before
+    the server starts (modules, schemas) is frozen out of the collections altogether."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _urls(runner: web.AppRunner) -> list[str]:

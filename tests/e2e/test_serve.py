@@ -229,3 +229,19 @@ async def test_a_stdout_nobody_reads_never_stops_the_gateway(upstream: Upstream,
     queries = [line["query"] for line in lines if line["event"] == "http.request"]
     assert queries == [f"n={n}" for n in range(count)]
     assert lines[-1]["event"] == "gateway.stopped"
+
+
+def test_a_served_process_collects_garbage_less_often_and_freezes_what_it_loaded():
+    """``run`` (every command that serves) raises the collector's thresholds and freezes the
+    objects that exist before serving; checked in a process of its own, as both are global."""
+    code = (
+        "import gc\n"
+        "from gateway.serve import GC_THRESHOLDS, run\n"
+        "async def main():\n"
+        "    print(gc.get_threshold() == GC_THRESHOLDS, gc.get_freeze_count() > 1000)\n"
+        "run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.split() == ["True", "True"]
