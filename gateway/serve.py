@@ -182,13 +182,13 @@ GC_THRESHOLDS = (50_000, 20, 100)  # the youngest generation; how often the two 
 
 
 def _collect_less_often() -> None:
-    """Python's cyclic garbage collector looks at its youngest objects every 700 allocations.
-    With thousands of cancellations in flight most of them are still alive, and each look
-    finds them again: with 5,000 connections against a 100 ms upstream, collections took a
-    third of the process's time. Every 50,000 allocations they took a twentieth, and the
-    gateway answered 45 to 80% more; at 1 and 64 connections nothing changed (a request's
+    """Python's cyclic garbage collector looks at its youngest objects after every 700 new
+    ones. With thousands of cancellations in flight most of them are still alive, and each
+    look finds them again: with 5,000 connections against a 100 ms upstream, collections took
+    a third of the process's time. After every 50,000 they took a tenth or less, and the
+    gateway answered 40 to 80% more; at 1 and 64 connections nothing changed (a request's
     objects are freed by reference counting before a collection sees them). What exists before
-    the server starts (modules, schemas) is frozen out of the collections altogether."""
+    the loop starts (the modules and their schemas) is frozen out of the collections."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
