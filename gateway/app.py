@@ -32,8 +32,9 @@ from gateway.clock import Clock
 from gateway.errors import ErrorCode, GatewayError
 from gateway.live import LiveConfig
 from gateway.loader import Runtime
-from gateway.logging import Redactor, log_context, make_logger
+from gateway.logging import log_context, make_logger
 from gateway.metrics import Metrics
+from gateway.redact import Redactor
 from gateway.spans import NoSpans, OtelSpans, Spans, otel_provider
 from gateway.store import Store, StoreUnavailable, create_store
 from gateway.tracing import request_id_from, trace_from

@@ -21,7 +21,6 @@ from gateway.clock import Clock, SystemClock
 from gateway.envelope import Reply, error_body, gateway_outcome, render_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.loader import Runtime
-from gateway.logging import Redactor
 from gateway.metrics import Metrics
 from gateway.models import (
     CancelRequest,
@@ -31,6 +30,7 @@ from gateway.models import (
     UpstreamInfo,
     new_cancellation_id,
 )
+from gateway.redact import Redactor
 from gateway.resilience import GuardRegistry, full_jitter
 from gateway.routing import Caller, route
 from gateway.send import Attempting, Sender, ms

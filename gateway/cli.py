@@ -19,8 +19,9 @@ from gateway.cancel import Canceller, RequestInfo
 from gateway.envelope import gateway_envelope
 from gateway.errors import GatewayError
 from gateway.loader import Runtime, load
-from gateway.logging import Redactor, capture_library_logs, make_logger
+from gateway.logging import capture_library_logs, make_logger
 from gateway.problems import ConfigError
+from gateway.redact import Redactor
 from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_stopped
 from gateway.simulate import SIMULATED, create_simulator_app

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pydantic_core import PydanticSerializationError
 
 from gateway.errors import ErrorCode, GatewayError, Source, spec
-from gateway.logging import Redactor
 from gateway.models import Envelope, ErrorBody, FieldProblem
+from gateway.redact import Redactor
 from gateway.translate.classify import Outcome
 
 

@@ -17,9 +17,9 @@ from structlog.typing import FilteringBoundLogger
 from gateway.cancel import Canceller
 from gateway.clock import Clock, SystemClock
 from gateway.loader import Runtime
-from gateway.logging import Redactor
 from gateway.metrics import Metrics
 from gateway.problems import ConfigError, Problem
+from gateway.redact import Redactor
 from gateway.resilience import GuardRegistry
 from gateway.routing import Callers
 from gateway.spans import NoSpans, Spans

@@ -20,7 +20,8 @@ from aiohttp.test_utils import TestServer
 from gateway.app import create_app
 from gateway.clock import Clock
 from gateway.loader import load
-from gateway.logging import Redactor, make_logger
+from gateway.logging import make_logger
+from gateway.redact import Redactor
 from gateway.upstream import Transport
 
 pytest_plugins = ["tests.services"]

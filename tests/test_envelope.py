@@ -9,8 +9,8 @@ import pytest
 
 from gateway.envelope import render_envelope
 from gateway.errors import ErrorCode, Source
-from gateway.logging import REDACTED, Redactor
 from gateway.models import Envelope, ErrorBody, FieldProblem, Status, UpstreamInfo
+from gateway.redact import REDACTED, Redactor
 
 # Fake values only.
 SECRET = "CANARY-SECRET-1234567890"

@@ -13,7 +13,8 @@ import orjson
 import pytest
 from structlog.typing import FilteringBoundLogger
 
-from gateway.logging import REDACTED, Redactor, log_context, make_logger
+from gateway.logging import log_context, make_logger
+from gateway.redact import REDACTED, Redactor
 
 # Fake values only.
 SECRET = "CANARY-SECRET-1234567890"
