@@ -121,7 +121,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    trace = trace_from(request.headers.get("traceparent"))
+    trace = trace_from(request.headers.get("traceparent"), request.headers.get("tracestate"))
     with app[SPANS].server(request.method, route, trace) as span:
         info = RequestInfo(
             request_id=request_id_from(request.headers.get("X-Request-ID")),
@@ -132,7 +132,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         live = app[CONFIG].current
         request[CURRENT] = live
         with log_context(
-            request_id=info.request_id, trace_id=info.trace.trace_id, config_version=live.version
+            request_id=info.request_id,
+            trace_id=info.trace.trace_id,
+            span_id=info.trace.span_id,
+            config_version=live.version,
         ):
             response = await handler(request)
             span.finish(response.status)

@@ -159,6 +159,7 @@ class Canceller:
             idempotency_key=upstream_idempotency_key(caller.name, info, facts.cancellation_id),
             request_id=info.request_id,
             traceparent=info.trace.child_traceparent(),
+            tracestate=info.trace.state,
         )
         upstream = build_request(target, facts.resource, request, call)
         return Prepared(request, canonical, target, facts.resource, upstream)

@@ -89,7 +89,7 @@ class Metrics:
         )
         self._retries = Counter(
             "cancel_gateway_upstream_retries",
-            "Attempts repeated, by reason (not sent, no answer, answered 503, rate limited, ...).",
+            "Attempts repeated, by reason (not_sent, no_answer, answered_503, rate_limited, ...).",
             ["connection", "reason"],
             registry=registry,
         )

@@ -66,10 +66,10 @@ def retry_reason(
     """
     if status is None:
         if not sent:
-            return "not sent"  # refused, DNS, connect timeout: safe for every verb
-        return "no answer" if retry_safe and not answered else None
+            return "not_sent"  # refused, DNS, connect timeout: safe for every verb
+        return "no_answer" if retry_safe and not answered else None
     if status in TRANSIENT_STATUSES and retry_safe:
-        return f"answered {status}"
+        return f"answered_{status}"
     return None
 
 

@@ -272,7 +272,7 @@ class Sender:
         if attempts >= retry.max_attempts:
             return None
         if tried.status == 429:
-            reason = "rate limited"
+            reason = "rate_limited"
             given = tried.outcome.retry_after_s
             delay = given if given is not None else backoff_s(attempts, retry, self._rand)
         else:

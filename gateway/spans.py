@@ -109,7 +109,11 @@ class OtelSpans:
         )
         ids = span.get_span_context()
         continued = Trace(
-            f"{ids.trace_id:032x}", f"{ids.span_id:016x}", trace.parent_id, f"{ids.trace_flags:02x}"
+            f"{ids.trace_id:032x}",
+            f"{ids.span_id:016x}",
+            trace.parent_id,
+            f"{ids.trace_flags:02x}",
+            trace.state,
         )
         with api.use_span(span, end_on_exit=True):
             yield _OtelServerSpan(span, continued)

@@ -158,9 +158,9 @@ def test_retries_budget_refusals_and_unmapped_errors_are_counted_by_their_labels
     """retried (by reason), retry_budget_exhausted, refused (by reason) and unmapped_error (by
     provider status, '' without one) each count under their own labels."""
     metrics = Metrics()
-    metrics.retried("rx", "answered 503")
-    metrics.retried("rx", "answered 503")
-    metrics.retried("rx", "not sent")
+    metrics.retried("rx", "answered_503")
+    metrics.retried("rx", "answered_503")
+    metrics.retried("rx", "not_sent")
     metrics.retry_budget_exhausted("rx")
     metrics.refused("rx", "breaker_open")
     metrics.refused("rx", "rate_limit")
@@ -168,8 +168,8 @@ def test_retries_budget_refusals_and_unmapped_errors_are_counted_by_their_labels
     metrics.unmapped_error("rx", "rxuniverse", 418)
     metrics.unmapped_error("rx", "rxuniverse", None)
     retries = "cancel_gateway_upstream_retries_total"
-    assert value(metrics, retries, connection="rx", reason="answered 503") == 2
-    assert value(metrics, retries, connection="rx", reason="not sent") == 1
+    assert value(metrics, retries, connection="rx", reason="answered_503") == 2
+    assert value(metrics, retries, connection="rx", reason="not_sent") == 1
     assert value(metrics, "cancel_gateway_retry_budget_exhausted_total", connection="rx") == 1
     refusals = "cancel_gateway_upstream_refusals_total"
     assert value(metrics, refusals, connection="rx", reason="breaker_open") == 2

@@ -48,17 +48,17 @@ def clock() -> Hands:
 
 @pytest.mark.parametrize("retry_safe", [True, False])
 def test_what_was_never_sent_is_repeated_for_every_operation(retry_safe: bool):
-    assert retry_reason(status=None, sent=False, retry_safe=retry_safe) == "not sent"
+    assert retry_reason(status=None, sent=False, retry_safe=retry_safe) == "not_sent"
 
 
 @pytest.mark.parametrize("status", [408, 502, 503, 504])
 def test_transient_answers_are_repeated_only_where_safe(status: int):
-    assert retry_reason(status=status, sent=True, retry_safe=True) == f"answered {status}"
+    assert retry_reason(status=status, sent=True, retry_safe=True) == f"answered_{status}"
     assert retry_reason(status=status, sent=True, retry_safe=False) is None
 
 
 def test_reset_or_read_timeout_is_repeated_only_where_safe():
-    assert retry_reason(status=None, sent=True, retry_safe=True) == "no answer"
+    assert retry_reason(status=None, sent=True, retry_safe=True) == "no_answer"
     assert retry_reason(status=None, sent=True, retry_safe=False) is None
 
 

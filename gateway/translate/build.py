@@ -102,6 +102,7 @@ class Call:
     idempotency_key: str
     request_id: str
     traceparent: str
+    tracestate: str | None = None
 
 
 def resolve_resource(definition: ProviderDefinition, requested: str | None) -> str:
@@ -146,6 +147,8 @@ def build_request(
         url = f"{url}?{query}"
     headers.append(("X-Request-ID", call.request_id))
     headers.append(("traceparent", call.traceparent))
+    if call.tracestate is not None:
+        headers.append(("tracestate", call.tracestate))
 
     body: bytes | None = None
     if resource.body is not None:

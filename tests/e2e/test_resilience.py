@@ -86,8 +86,8 @@ async def test_patch_answered_503_twice_succeeds_on_the_third_attempt(
     assert len({r.body for r in upstream.received}) == 1  # the same request each time
     retries = gateway.events("upstream.retry")
     assert [(r["attempt"], r["reason"]) for r in retries] == [
-        (1, "answered 503"),
-        (2, "answered 503"),
+        (1, "answered_503"),
+        (2, "answered_503"),
     ]
 
 
@@ -140,7 +140,7 @@ async def test_post_without_idempotency_is_repeated_when_never_sent(
     assert result.status == 502
     assert result.body["error"]["code"] == "provider_error"
     assert result.body["upstream"]["attempts"] == 3
-    assert [e["reason"] for e in gateway.events("upstream.retry")] == ["not sent", "not sent"]
+    assert [e["reason"] for e in gateway.events("upstream.retry")] == ["not_sent", "not_sent"]
 
 
 async def test_slow_upstream_is_504_within_the_budget(
@@ -173,7 +173,7 @@ async def test_attempt_timeout_leaves_room_for_another_attempt(
     assert result.body["upstream"]["latency_ms"] >= 300
     assert time.monotonic() - started < 1.5
     [retry] = gateway.events("upstream.retry")
-    assert retry["reason"] == "no answer"
+    assert retry["reason"] == "no_answer"
 
 
 async def test_429_is_repeated_after_its_retry_after(
@@ -188,7 +188,7 @@ async def test_429_is_repeated_after_its_retry_after(
     assert result.body["status"] == "cancelled"
     assert result.body["upstream"]["attempts"] == 2
     [retry] = gateway.events("upstream.retry")
-    assert (retry["reason"], retry["delay_ms"]) == ("rate limited", 1000.0)
+    assert (retry["reason"], retry["delay_ms"]) == ("rate_limited", 1000.0)
 
 
 async def test_429_beyond_the_budget_is_answered_at_once(
