@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from gateway.clock import Clock, SystemClock
-from gateway.envelope import Reply, error_body, gateway_outcome, render_envelope, reply_headers
+from gateway.envelope import (
+    Reply,
+    gateway_outcome,
+    provider_error,
+    render_envelope,
+    reply_headers,
+)
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.loader import Runtime
 from gateway.metrics import Metrics
@@ -90,6 +96,7 @@ class _Facts:
     resource_id: str | None = None
     upstream: UpstreamInfo | None = None
     claim: KeyClaim | None = None
+    sent: tuple[str, ...] = ()  # the caller's own strings: see Redactor.answer
     token: str = ""
     begun: bool = False  # recorded as running in the store: complete() must follow
 
@@ -150,6 +157,7 @@ class Canceller:
         check_idempotency_key(info.idempotency_key)
         request, canonical = parse_request(body)
         facts.connection, facts.resource_id = request.connection, request.id
+        facts.sent = callers_text(request, info)
         target = route(self._runtime.targets, caller, request.connection)
         facts.provider = target.definition.name
         facts.resource = resolve_resource(target.definition, request.resource)
@@ -169,10 +177,11 @@ class Canceller:
         return _Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
 
     def preview(self, caller: Caller, body: bytes, info: RequestInfo) -> Preview:
-        """What ``cancel`` would send, after the same checks; nothing is sent or recorded."""
+        """What ``cancel`` would send, after the same checks; nothing is sent or recorded.
+        The caller's values are shown as sent and the credential headers masked by name:
+        nothing in a preview depends on whether a value equals a secret."""
         prepared = self.prepare(caller, body, info, self._new_facts(caller))
         upstream = prepared.upstream
-        shown = self._redactor.clean(upstream.shown_headers())
         return Preview(
             connection=prepared.target.name,
             provider=prepared.target.definition.name,
@@ -180,11 +189,9 @@ class Canceller:
             resource_id=prepared.request.id,
             upstream_request=PreviewRequest(
                 method=upstream.method,
-                url=self._redactor.text(upstream.url),
-                headers=shown,
-                body=None
-                if upstream.body is None
-                else self._redactor.clean(orjson.loads(upstream.body)),
+                url=upstream.url,
+                headers=upstream.shown_headers(),
+                body=None if upstream.body is None else orjson.loads(upstream.body),
             ),
             request_id=info.request_id,
             trace_id=info.trace.trace_id,
@@ -357,17 +364,12 @@ class Canceller:
 
     def _reply(self, facts: _Facts, outcome: Outcome, info: RequestInfo) -> Reply:
         succeeded = outcome.status in (Status.CANCELLED, Status.ALREADY_CANCELLED)
-        error = None
-        if outcome.code is not None:
-            error = error_body(
-                outcome.code,
-                outcome.message,
-                outcome.source,
-                provider_code=outcome.provider_code,
-                provider_status=outcome.provider_status,
-                retry_after_s=outcome.retry_after_s,
-                fields=outcome.fields,
-            )
+        answer = self._redactor.answer(facts.sent)
+        cancelled_at = outcome.cancelled_at
+        # The gateway's time stands in for the provider's only for a cancellation it saw
+        # happen: when an already cancelled object was cancelled is unknown, and stays null.
+        if cancelled_at is None and outcome.status is Status.CANCELLED:
+            cancelled_at = format_time(self._clock.now())
         envelope = Envelope(
             cancellation_id=facts.cancellation_id,
             status=outcome.status,
@@ -375,11 +377,9 @@ class Canceller:
             provider=facts.provider,
             resource=facts.resource,
             resource_id=facts.resource_id,
-            cancelled_at=(outcome.cancelled_at or format_time(self._clock.now()))
-            if succeeded
-            else None,
-            provider_response=outcome.provider_response if succeeded else None,
-            error=error,
+            cancelled_at=cancelled_at if succeeded else None,
+            provider_response=answer.clean(outcome.provider_response) if succeeded else None,
+            error=provider_error(outcome, answer),
             upstream=facts.upstream,
             request_id=info.request_id,
             trace_id=info.trace.trace_id,
@@ -387,7 +387,7 @@ class Canceller:
         http_status = 200 if outcome.code is None else spec(outcome.code).http_status
         return Reply(
             http_status,
-            render_envelope(envelope, self._redactor),
+            render_envelope(envelope),
             reply_headers(info.request_id, outcome.retry_after_s),
         )
 
@@ -423,6 +423,19 @@ def parse_request(body: bytes) -> tuple[CancelRequest, bytes]:
         ]
         raise invalid_request(*problems) from None
     return request, orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+
+def callers_text(request: CancelRequest, info: RequestInfo) -> tuple[str, ...]:
+    """Every string of the request that the caller chose, as sent: a provider may echo any
+    of them, and the answer must not change when one equals a secret (Redactor.answer)."""
+    texts = [request.connection, request.id, info.request_id]
+    texts.extend(
+        t for t in (request.resource, request.reason, request.requested_by, request.notes) if t
+    )
+    texts.extend(v for v in request.params.values() if isinstance(v, str))
+    if info.idempotency_key is not None:
+        texts.append(info.idempotency_key)
+    return tuple(texts)
 
 
 def check_idempotency_key(value: str | None) -> str | None:

@@ -1,7 +1,9 @@
 """Answers: the envelope of the contract (§5) as bytes, with its headers.
 
-Providers may echo what they were sent, credentials included, in their messages: every string
-of an envelope passes the same redaction as the logs before it leaves.
+Providers may echo what they were sent, credentials included: what came from the provider (its
+message, its code, the values of ``provider_response``) is redacted, then cut to its length,
+before it goes into an envelope (``provider_error``, ``AnswerRedactor``). The gateway's own
+fields (ids, status, codes, timestamps, the URL it built) are never rewritten.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import orjson
 from pydantic_core import PydanticSerializationError
 
 from gateway.errors import ErrorCode, GatewayError, Source, spec
 from gateway.models import Envelope, ErrorBody, FieldProblem
-from gateway.redact import Redactor
-from gateway.translate.classify import Outcome
+from gateway.redact import AnswerRedactor, cut
+from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
 
 
 @dataclass(slots=True)
@@ -24,18 +27,35 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def render_envelope(envelope: Envelope, redactor: Redactor) -> bytes:
-    """The envelope as JSON without a secret. Only ``provider_response`` can hold a key whose
-    value is masked; when it holds none, pydantic serializes the envelope in one call and the
-    bytes are searched for the secrets. Otherwise, or when one is found, it is cleaned first."""
-    if redactor.plain(envelope.provider_response):
-        try:
-            data = envelope.model_dump_json().encode()
-        except PydanticSerializationError:
-            data = b""
-        if data and not redactor.found_in(data):
-            return data
-    return redactor.dumps(envelope.model_dump(mode="json"))
+def render_envelope(envelope: Envelope) -> bytes:
+    """The envelope as JSON, in one call of pydantic's serializer. Its provider text was
+    redacted when it was made (``provider_error``, ``AnswerRedactor.clean``)."""
+    try:
+        return envelope.model_dump_json().encode()
+    except PydanticSerializationError:  # a value JSON cannot hold: written as its text
+        return orjson.dumps(envelope.model_dump(mode="json"), default=str)
+
+
+def provider_error(outcome: Outcome, answer: AnswerRedactor) -> ErrorBody | None:
+    """The envelope's ``error`` for an outcome: the gateway's message, then the provider's
+    text and code, each redacted before it is cut, so a cut never leaves part of a secret."""
+    if outcome.code is None:
+        return None
+    message = outcome.message
+    if outcome.detail:
+        message = f"{message}: {cut(answer.text(outcome.detail), MAX_PROVIDER_MESSAGE)}"
+    if outcome.note:
+        message = f"{message} ({outcome.note})"
+    code = outcome.provider_code
+    return error_body(
+        outcome.code,
+        message,
+        outcome.source,
+        provider_code=None if code is None else cut(answer.text(code), MAX_PROVIDER_MESSAGE),
+        provider_status=outcome.provider_status,
+        retry_after_s=outcome.retry_after_s,
+        fields=outcome.fields,
+    )
 
 
 def gateway_outcome(exc: GatewayError) -> Outcome:

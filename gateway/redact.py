@@ -1,14 +1,22 @@
-"""Redaction: secret values out of log events and envelopes.
+"""Redaction: secret values out of log events and out of what providers answer.
 
-Every configured secret value (provider credentials, caller keys) is replaced wherever it
-appears, and values under sensitive header-like keys are masked whatever they hold.
+Every configured secret value (provider credentials, caller keys), and its base64 and
+percent-encoded forms, is replaced wherever it appears in a log line; values under sensitive
+header-like keys are masked whatever they hold.
+
+Answers are redacted differently (``Redactor.answer``): only text that came from the provider
+is searched, never the gateway's own fields, and a secret the caller's own request contained is
+left as the provider echoed it. Otherwise a caller could send a guess and learn from a
+``[REDACTED]`` coming back that the guess was right.
 """
 
 from __future__ import annotations
 
+import base64
 import re
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 
@@ -38,6 +46,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets: frozenset[str] = frozenset()
+        self._origin: dict[str, str] = {}  # each form searched for -> the secret it encodes
         self._pattern: re.Pattern[str] | None = None
         self._sensitive: dict[Any, bool] = {}  # key -> is its value masked?
         self._safe: set[str] = set()  # JSON keys whose values are not masked
@@ -48,8 +57,10 @@ class Redactor:
         """Also remove these from now on (a reloaded configuration's new credentials); the
         old ones stay, as earlier events may still be written."""
         self._secrets = self._secrets | {s for s in secrets if s}
+        origin = {form: secret for secret in self._secrets for form in encoded_forms(secret)}
+        origin.update((secret, secret) for secret in self._secrets)
         # Longest first, so a secret that contains another is removed whole.
-        values = sorted(self._secrets, key=len, reverse=True)
+        values = sorted(origin, key=len, reverse=True)
         pattern = re.compile("|".join(map(re.escape, values))) if values else None
         # As each appears inside a JSON string: escaping is character by character, so a
         # secret inside a string value is, serialized, its escaped form inside the line. (A
@@ -58,6 +69,19 @@ class Redactor:
         escaped = tuple(orjson.dumps(v)[1:-1] for v in values if _encodable(v))
         # Replaced together: a line written meanwhile sees the old secrets or the new ones.
         self._ordered, self._pattern, self._escaped = tuple(values), pattern, escaped
+        self._origin = origin
+
+    def answer(self, sent: Sequence[str]) -> AnswerRedactor:
+        """The redaction of a provider's answer to a request whose caller sent ``sent`` (the
+        request's own strings): every secret goes, except one the caller's text contained."""
+        return AnswerRedactor(self, sent)
+
+    def found(self, value: str) -> list[str]:
+        """The secrets' forms that occur in ``value``, longest first."""
+        return [form for form in self._ordered if form in value]
+
+    def origin(self, form: str) -> str:
+        return self._origin[form]
 
     def text(self, value: str) -> str:
         # Substring tests are several times faster than the regular expression, and almost
@@ -155,6 +179,78 @@ class Redactor:
         if isinstance(value, int | float):  # bool and int subclasses (enums)
             return value
         return self.text(str(value))
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """How a provider might echo a credential it was sent: base64 (standard and URL-safe,
+    with and without padding) and percent-encoded, besides the value itself."""
+    raw = secret.encode("utf-8", "surrogatepass")
+    forms = {quote(secret, safe=""), quote_plus(secret)}
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = encoded.decode("ascii")
+        forms.update((text, text.rstrip("=")))
+    forms.discard(secret)
+    return forms
+
+
+class AnswerRedactor:
+    """Redaction of one provider answer (see the module's docstring): a secret is left as it is
+    when the caller's own request contained it, in any of its forms."""
+
+    __slots__ = ("_redactor", "_sent")
+
+    def __init__(self, redactor: Redactor, sent: Sequence[str]) -> None:
+        self._redactor = redactor
+        self._sent = sent
+
+    def _known(self, form: str) -> bool:
+        secret = self._redactor.origin(form)
+        return any(form in text or secret in text for text in self._sent)
+
+    def text(self, value: str) -> str:
+        found = self._redactor.found(value)
+        if not found:
+            return value
+        kept = {form for form in found if self._known(form)}
+        if not kept:
+            return self._redactor.text(value)
+        # One expression over every form found, longest first, so that a secret the caller
+        # sent is kept whole even when another secret is a part of it.
+        pattern = re.compile("|".join(map(re.escape, found)))
+        return pattern.sub(lambda m: m.group(0) if m.group(0) in kept else REDACTED, value)
+
+    def clean(self, value: Any) -> Any:
+        """``value`` (decoded JSON) with each string redacted as ``text`` does and the values
+        under sensitive keys masked, whatever they hold."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {
+                self.text(str(key)): REDACTED
+                if str(key).lower() in SENSITIVE_KEYS
+                else self.clean(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.clean(item) for item in value]
+        return value
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` at most ``limit`` characters long (then ending in "…"), never ending in part of
+    a ``[REDACTED]`` marker, and with any character UTF-8 cannot hold (a lone surrogate from a
+    header) replaced. Cut after redaction, so that no fragment of a secret can be left."""
+    if len(text) > limit:
+        head = text[: limit - 1]
+        start = head.rfind(REDACTED[0])
+        if start != -1 and REDACTED.startswith(head[start:]) and len(head) - start < len(REDACTED):
+            head = head[:start]
+        text = head + "…"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _encodable(text: str) -> bool:

@@ -229,13 +229,16 @@ class Sender:
             log.warning(
                 "upstream.error",
                 code=failure.code.value,
-                message=failure.message,
+                message=str(failure),
                 sent=failure.sent,
                 latency_ms=ms(latency),
                 attempt=attempt,
             )
             outcome = Outcome(
-                spec(failure.code).status, failure.code, f"{going.title}: {failure.message}"
+                spec(failure.code).status,
+                failure.code,
+                f"{going.title}: {failure.message}",
+                detail=failure.detail or None,
             )
             timed_out = failure.code is ErrorCode.PROVIDER_TIMEOUT
             self._metrics.attempt_finished(

@@ -30,13 +30,16 @@ class Transport(Protocol):
 
 
 class UpstreamFailure(Exception):
-    """No usable answer. ``sent`` is False only when the request certainly never left."""
+    """No usable answer. ``sent`` is False only when the request certainly never left.
+    ``message`` is the gateway's words; ``detail`` the library's, which may quote what the
+    provider sent (so it is redacted like the provider's own text)."""
 
-    def __init__(self, code: ErrorCode, message: str, sent: bool) -> None:
-        super().__init__(message)
+    def __init__(self, code: ErrorCode, message: str, sent: bool, detail: str = "") -> None:
+        super().__init__(f"{message}: {detail}" if detail else message)
         self.code = code
         self.message = message
         self.sent = sent
+        self.detail = detail
 
 
 _T, _E, _B = ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_ERROR, ErrorCode.PROVIDER_BAD_RESPONSE
@@ -61,8 +64,7 @@ _FAILURES: tuple[tuple[type[BaseException], ErrorCode, bool, str], ...] = (
 def map_failure(exc: BaseException) -> UpstreamFailure:
     for kind, code, sent, what in _FAILURES:
         if isinstance(exc, kind):
-            detail = str(exc).strip()
-            return UpstreamFailure(code, f"{what}: {detail}" if detail else what, sent)
+            return UpstreamFailure(code, what, sent, str(exc).strip())
     raise exc
 
 

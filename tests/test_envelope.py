@@ -1,4 +1,4 @@
-"""render_envelope: the answer's bytes, with every secret removed, whichever way they are made."""
+"""The envelope: the gateway's own fields as they are, the provider's text redacted, then cut."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.envelope import render_envelope
-from gateway.errors import ErrorCode, Source
-from gateway.models import Envelope, ErrorBody, FieldProblem, Status, UpstreamInfo
+from gateway.envelope import provider_error, render_envelope
+from gateway.errors import ErrorCode, Source, Status
+from gateway.models import Envelope, UpstreamInfo
 from gateway.redact import REDACTED, Redactor
+from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
 
 # Fake values only.
 SECRET = "CANARY-SECRET-1234567890"
-OTHER_SECRET = 'sk_test_"quoted"\\CANARY'
+COMMON = "cancelled"  # a credential that is also a word the gateway writes
 
 UPSTREAM = UpstreamInfo(
-    method="POST", url="https://api.example/v1/x", status=200, attempts=1, latency_ms=12.3
+    method="POST", url="https://api.example/v1/cancelled", status=200, attempts=1, latency_ms=1
 )
 
 
@@ -37,58 +38,108 @@ def envelope(**fields: Any) -> Envelope:
     return Envelope(**{**base, **fields})
 
 
-ENVELOPES = {
-    "plain success": envelope(provider_response={"id": "asn_1", "n": 3, "x": 1.5, "ok": True}),
-    "no provider response": envelope(provider_response=None),
-    "unicode and control characters": envelope(
-        provider_response={"note": "annulé ✓ \u2028 tab\t nul\u0000 <\\/>", "list": [None, 2**63]}
-    ),
-    "a secret in a value": envelope(provider_response={"echo": f"key={SECRET}"}),
-    "a secret that JSON escapes": envelope(provider_response={"echo": OTHER_SECRET}),
-    "a masked key": envelope(
-        provider_response={"id": "a", "headers": {"Authorization": "Bearer x"}}
-    ),
-    "a masked key in a list": envelope(provider_response={"items": [{"token": "t"}]}),
-    "an error with a secret in its message": envelope(
-        status=Status.FAILED,
-        cancelled_at=None,
-        error=ErrorBody(
-            code=ErrorCode.PROVIDER_ERROR,
-            message=f"the provider said: bad key {SECRET}",
-            source=Source.PROVIDER,
-            provider_code="E1",
-            provider_status=502,
-            retryable=True,
-            retry_after_s=2.5,
-            fields=[FieldProblem(loc="id", message="too long")],
-        ),
-    ),
-}
+def failure(detail: str | None = None, code: str | None = None) -> Outcome:
+    return Outcome(
+        Status.FAILED,
+        ErrorCode.PROVIDER_ERROR,
+        "StateSet answered 502",
+        provider_code=code,
+        provider_status=502,
+        detail=detail,
+    )
 
 
-@pytest.mark.parametrize("name", list(ENVELOPES))
-def test_the_bytes_are_what_cleaning_then_serializing_writes(name: str) -> None:
-    redactor = Redactor([SECRET, OTHER_SECRET])
-    given = ENVELOPES[name]
-    expected = orjson.dumps(redactor.clean(given.model_dump(mode="json")))
-    written = render_envelope(given, redactor)
-    assert orjson.loads(written) == orjson.loads(expected)
-    assert SECRET.encode() not in written
-    assert orjson.dumps(OTHER_SECRET)[1:-1] not in written
+def test_the_gateways_own_fields_are_never_rewritten() -> None:
+    """With a credential equal to a word the gateway writes ("cancelled"), the envelope keeps
+    its status, field names, URL and ids: only provider text is redacted."""
+    given = envelope(provider_response={"state": COMMON})
+    redactor = Redactor([COMMON, SECRET])
+    answer = redactor.answer(())
+    written = orjson.loads(
+        render_envelope(given.model_copy(update={"provider_response": answer.clean({"a": 1})}))
+    )
+    assert written["status"] == "cancelled"
+    assert "cancelled_at" in written
+    assert written["upstream"]["url"].endswith("/v1/cancelled")
+    assert answer.clean({"state": COMMON}) == {"state": REDACTED}
 
 
-def test_secrets_and_masked_values_are_gone() -> None:
-    redactor = Redactor([SECRET, OTHER_SECRET])
-    echo = orjson.loads(render_envelope(ENVELOPES["a secret in a value"], redactor))
-    assert echo["provider_response"] == {"echo": f"key={REDACTED}"}
-    escaped = orjson.loads(render_envelope(ENVELOPES["a secret that JSON escapes"], redactor))
-    assert escaped["provider_response"] == {"echo": REDACTED}
-    masked = orjson.loads(render_envelope(ENVELOPES["a masked key"], redactor))
-    assert masked["provider_response"]["headers"] == {"Authorization": REDACTED}
-    listed = orjson.loads(render_envelope(ENVELOPES["a masked key in a list"], redactor))
-    assert listed["provider_response"]["items"] == [{"token": REDACTED}]
+def test_render_is_pydantics_serialization() -> None:
+    given = envelope(provider_response={"id": "asn_1", "n": 3, "big": 2**70})
+    assert render_envelope(given) == given.model_dump_json().encode()
 
 
-def test_without_secrets_the_plain_envelope_is_written_as_pydantic_serializes_it() -> None:
-    given = ENVELOPES["plain success"]
-    assert render_envelope(given, Redactor([])) == given.model_dump_json().encode()
+def test_provider_text_is_redacted_then_cut_without_a_fragment() -> None:
+    """A secret echoed across the cut is removed whole before the cut: no prefix of it is
+    left, and the cut does not end inside a [REDACTED] marker."""
+    redactor = Redactor([SECRET])
+    for offset in range(-30, 5):
+        text = "x" * (MAX_PROVIDER_MESSAGE + offset) + SECRET + "tail"
+        error = provider_error(failure(text, code=text), redactor.answer(()))
+        assert error is not None
+        for shown in (error.message, error.provider_code or ""):
+            assert SECRET[:4] not in shown
+            assert not shown.rstrip("…").endswith(("[", "[R", "[RED", "[REDACTED"[:-1]))
+        assert len(error.provider_code or "") <= MAX_PROVIDER_MESSAGE
+
+
+def test_the_message_is_the_gateways_words_then_the_providers() -> None:
+    error = provider_error(failure("bad key " + SECRET, code="E1"), Redactor([SECRET]).answer(()))
+    assert error is not None
+    assert error.message == f"StateSet answered 502: bad key {REDACTED}"
+    assert error.provider_code == "E1"
+    assert error.source is Source.PROVIDER
+
+
+@pytest.mark.parametrize("form", ["base64", "base64url", "percent"])
+def test_encoded_forms_of_a_credential_are_redacted(form: str) -> None:
+    import base64
+    from urllib.parse import quote
+
+    secret = "s3cr3t/key+with=chars?"
+    encoded = {
+        "base64": base64.b64encode(secret.encode()).decode(),
+        "base64url": base64.urlsafe_b64encode(secret.encode()).decode().rstrip("="),
+        "percent": quote(secret, safe=""),
+    }[form]
+    error = provider_error(failure(f"you sent {encoded}"), Redactor([secret]).answer(()))
+    assert error is not None
+    assert encoded not in error.message
+    assert REDACTED in error.message
+
+
+def test_no_oracle_a_secret_the_caller_sent_comes_back_as_sent() -> None:
+    """A provider that echoes the caller's notes: a right guess and a wrong guess come back the
+    same way, as sent, so the answer says nothing of whether the guess was a credential."""
+    redactor = Redactor([SECRET])
+    for guess in (SECRET, SECRET[:-1] + "?", "x" + SECRET + "y"):
+        error = provider_error(failure(f"notes: {guess}"), redactor.answer(("asn_1", guess)))
+        assert error is not None
+        assert error.message.endswith(f"notes: {guess}")
+
+
+def test_a_credential_the_caller_did_not_send_is_redacted_beside_one_it_did() -> None:
+    other = "OTHER-SECRET-abcdefgh"
+    redactor = Redactor([SECRET, other])
+    error = provider_error(failure(f"{SECRET} {other}"), redactor.answer((SECRET,)))
+    assert error is not None
+    assert error.message.endswith(f"{SECRET} {REDACTED}")
+
+
+def test_masked_keys_in_provider_response_hide_whatever_they_hold() -> None:
+    answer = Redactor([SECRET]).answer(())
+    cleaned = answer.clean(
+        {"id": "a", "headers": {"Authorization": "Bearer x"}, "l": [{"token": 1}]}
+    )
+    assert cleaned == {
+        "id": "a",
+        "headers": {"Authorization": REDACTED},
+        "l": [{"token": REDACTED}],
+    }
+
+
+def test_a_lone_surrogate_in_provider_text_is_replaced_not_fatal() -> None:
+    error = provider_error(failure("Location https://x/\udcff"), Redactor([]).answer(()))
+    assert error is not None
+    written = render_envelope(envelope(status=Status.FAILED, error=error, cancelled_at=None))
+    assert orjson.loads(written)["error"]["message"].startswith("StateSet answered 502")

@@ -21,7 +21,10 @@ from gateway.definition import Errors, ProviderDefinition, Rule
 from gateway.errors import ErrorCode, Source, Status, spec
 from gateway.translate.wire import UpstreamResponse
 
-MAX_PROVIDER_MESSAGE = 300
+MAX_PROVIDER_MESSAGE = 300  # characters of the provider's own text in an envelope
+# What classification keeps of a provider's text: enough to redact before the envelope cuts it
+# to MAX_PROVIDER_MESSAGE (a secret echoed near the cut must be seen whole to be removed).
+MAX_PROVIDER_TEXT = 4096
 RETRY_AFTER_CLAMP_S = (1.0, 3600.0)
 _NO_JSON = object()
 
@@ -30,8 +33,8 @@ _NO_JSON = object()
 class Outcome:
     status: Status
     code: ErrorCode | None = None
-    message: str = ""
-    provider_code: str | None = None
+    message: str = ""  # the gateway's own words
+    provider_code: str | None = None  # the provider's text: redacted and cut in the envelope
     provider_status: int | None = None
     retry_after_s: float | None = None
     cancelled_at: str | None = None  # the provider's time, RFC 3339 UTC, when it gave one
@@ -39,6 +42,8 @@ class Outcome:
     unmapped: bool = False  # decided by the generic table: the definition may need a rule
     source: Source = Source.PROVIDER
     fields: tuple[tuple[str, str], ...] = ()  # validation problems, for gateway decisions
+    detail: str | None = None  # the provider's (or the network's) text, after the message
+    note: str | None = None  # the gateway's word on the attempts (why no more were made)
 
     @property
     def retryable(self) -> bool:
@@ -57,11 +62,12 @@ def classify(
     title = definition.title or definition.name
 
     if 300 <= status < 400:
-        location = response.headers.get("location", "")
+        location = response.headers.get("location", "")[:MAX_PROVIDER_TEXT]
         return _failure(
             ErrorCode.PROVIDER_BAD_RESPONSE,
-            f"{title} answered {status} (redirect to {location[:200]!r}), which is not followed",
+            f"{title} answered {status}, a redirect, which is not followed",
             status,
+            detail=f"Location {location}" if location else None,
         )
 
     if 200 <= status < 300:
@@ -96,7 +102,7 @@ def classify(
     details = _details(errors, body)
     provider_code = details["code"] or details["message"]
     retry_after = _retry_after(response.headers.get("retry-after"), now)
-    described = f": {details['message']}" if details["message"] else ""
+    described = details["message"]
 
     rule = _first_rule(errors.rules, status, details)
     if rule is not None:
@@ -106,7 +112,7 @@ def classify(
             )
         code = ErrorCode(rule.outcome)
         return _failure(
-            code, f"{title} answered {status}{described}", status, provider_code, retry_after
+            code, f"{title} answered {status}", status, provider_code, retry_after, described
         )
 
     if 200 <= status < 300:
@@ -120,12 +126,7 @@ def classify(
         )
     code = generic_code(status)
     return _failure(
-        code,
-        f"{title} answered {status}{described}",
-        status,
-        provider_code,
-        retry_after,
-        unmapped=True,
+        code, f"{title} answered {status}", status, provider_code, retry_after, described, True
     )
 
 
@@ -152,7 +153,7 @@ def _failure(
     provider_status: int | None,
     provider_code: str | None = None,
     retry_after_s: float | None = None,
-    *,
+    detail: str | None = None,
     unmapped: bool = False,
 ) -> Outcome:
     return Outcome(
@@ -163,6 +164,7 @@ def _failure(
         provider_status,
         retry_after_s,
         unmapped=unmapped,
+        detail=detail,
     )
 
 
@@ -206,7 +208,7 @@ def _scalar(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     text = str(value).strip()
-    return text[:MAX_PROVIDER_MESSAGE] or None
+    return text[:MAX_PROVIDER_TEXT] or None
 
 
 def _first_rule(rules: list[Rule], status: int, details: dict[str, str | None]) -> Rule | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from gateway.redact import REDACTED
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
@@ -29,7 +31,7 @@ class UpstreamRequest:
 
     def shown_headers(self) -> dict[str, str]:
         return {
-            name: ("***" if name.lower() in self.secret_headers else value)
+            name: (REDACTED if name.lower() in self.secret_headers else value)
             for name, value in self.headers
         }
 

@@ -201,14 +201,21 @@ async def test_dry_run_false_cancels(gateway: Gateway, upstream: Upstream):
     assert len(upstream.received) == 1
 
 
-async def test_preview_body_passes_the_same_redaction_as_envelopes(
-    gateway: Gateway, upstream: Upstream
+@pytest.mark.parametrize("field", ["reason", "notes", "requested_by"])
+async def test_a_preview_is_no_oracle_for_credentials(
+    gateway: Gateway, upstream: Upstream, field: str
 ):
-    """A configured secret in the previewed body is shown as [REDACTED], as in an envelope."""
-    canary = CANARIES["STATESET_API_KEY"]
-    result = await preview(gateway, {**STATESET, "reason": canary})
-    assert result.status == 200
-    assert canary not in result.raw.decode()
+    """The caller's own values come back as sent, whether or not one equals a credential (of
+    this connection or another caller's key): a right guess and a wrong one look alike."""
+    guesses = [CANARIES["STATESET_API_KEY"], CALLER_KEY, CANARIES["STATESET_API_KEY"][:-1] + "?"]
+    for guess in guesses:
+        result = await preview(gateway, {**STATESET, field: guess})
+        assert result.status == 200, result.body
+        shown = result.body["upstream_request"]
+        assert guess in result.raw.decode()
+        assert "[REDACTED]" not in orjson.dumps(shown["body"]).decode()
+        assert shown["headers"]["Authorization"] == MASKED
+    assert upstream.received == []
 
 
 # --- cancel-gateway preview ------------------------------------------------------------------

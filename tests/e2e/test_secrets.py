@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+from urllib.parse import quote
+
 import pytest
 
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
-from tests.conftest import CALLER_KEY, CANARIES, GatewayFactory, Upstream
+from tests.conftest import CALLER_KEY, CANARIES, Gateway, GatewayFactory, Upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -85,3 +88,70 @@ async def test_wrong_caller_key_is_not_logged(make_gateway: GatewayFactory, upst
     await gateway.cancel({"connection": "shoplazza-main", "id": "a"})
     assert wrong not in gateway.log_text
     assert CALLER_KEY not in gateway.log_text
+
+
+async def test_a_credential_that_is_a_common_word_never_rewrites_the_envelope(
+    make_gateway: GatewayFactory, upstream: Upstream
+):
+    """A StateSet key that is a word the gateway writes ("cancelled"): the envelope keeps its
+    status, field names and ids; only the provider's echo of it is redacted."""
+    gateway = await make_gateway(upstream_url=upstream.url, env={"STATESET_API_KEY": "cancelled"})
+    upstream.answer(200, {"status": "cancelled", "asn_number": "cancelled", "cancelled_at": None})
+    result = await gateway.cancel({"connection": "stateset-main", "id": "asn_1", "reason": "r"})
+    assert result.status == 200, result.body
+    assert result.body["status"] == "cancelled"
+    assert result.body["cancellation_id"].startswith("cxl_")
+    assert result.body["cancelled_at"] is not None
+    assert result.body["provider_response"] == {"asn_number": "[REDACTED]"}
+    assert result.body["upstream"]["url"].endswith("/v1/asns/asn_1/cancel")
+    stored = await gateway.request("GET", f"/v1/cancellations/{result.body['cancellation_id']}")
+    assert stored.raw == result.raw
+
+
+async def test_a_secret_echoed_across_the_cut_leaves_no_prefix(
+    gateway: Gateway, upstream: Upstream
+):
+    """The provider's message is redacted before it is cut to 300 characters: a credential
+    that straddles the cut leaves no part of itself, whatever its position."""
+    secret = CANARIES["RXUNIVERSE_API_KEY"]
+    for offset in (-12, -5, -1, 0):
+        upstream.answer(400, {"error": "x" * (300 + offset) + secret + " more"})
+        result = await gateway.cancel({"connection": "rxuniverse-lab", "id": "72544"})
+        error = result.body["error"]
+        for shown in (error["message"], error["provider_code"]):
+            assert secret[:6] not in shown
+            assert not shown.rstrip("…").endswith(("[", "[RE", "[REDACTE"))
+
+
+async def test_a_real_cancellation_is_no_oracle_for_the_callers_guess(
+    gateway: Gateway, upstream: Upstream
+):
+    """A provider that echoes the caller's notes: a right guess of the key (this connection's,
+    another's, or a caller key) and a wrong one come back alike, as sent."""
+    guesses = [
+        CANARIES["STATESET_API_KEY"],
+        CANARIES["SHIPPER_API_KEY"],
+        "limited-caller-key-0123456789",
+        "sk_test_CANARY_stateset_7f3b",
+    ]
+    for guess in guesses:
+        upstream.answer(422, {"error": {"code": "INVALID", "message": f"bad notes: {guess}"}})
+        body = {"connection": "stateset-main", "id": "asn_1", "reason": "r", "notes": guess}
+        result = await gateway.cancel(body)
+        assert result.body["error"]["message"].endswith(f"bad notes: {guess}")
+    assert CANARIES["STATESET_API_KEY"] not in "".join(
+        line for line in gateway.log_text.splitlines() if '"upstream.' in line
+    )
+
+
+async def test_an_encoded_echo_of_the_credential_is_redacted(gateway: Gateway, upstream: Upstream):
+    """A provider that echoes the header it was sent base64- or percent-encoded."""
+    secret = CANARIES["SHOPLAZZA_ACCESS_TOKEN"]
+    encoded = [base64.b64encode(secret.encode()).decode(), quote(f"{secret}/x", safe="")]
+    upstream.answer(401, {"errors": [f"token {encoded[0]} refused"]})
+    upstream.answer(401, {"errors": [f"token {encoded[1]} refused"]})
+    for _ in encoded:
+        result = await gateway.cancel({"connection": "shoplazza-main", "id": "1"})
+        assert "[REDACTED]" in result.body["error"]["message"]
+        assert encoded[0] not in result.raw.decode()
+        assert quote(secret, safe="") not in result.raw.decode()

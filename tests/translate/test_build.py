@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from gateway.definition import ProviderDefinition
 from gateway.errors import ErrorCode, GatewayError
 from gateway.models import CancelRequest
+from gateway.redact import REDACTED
 from gateway.translate.build import Call, Target, build_request, resolve_resource
 from gateway.translate.wire import UpstreamRequest
 
@@ -386,7 +387,7 @@ def test_rxuniverse_api_key_header_is_configurable(
     assert headers["X-Lab-Key"] == FAKE_KEY
     assert "x-api-key" not in headers
     assert request.secret_headers == frozenset({"x-lab-key"})
-    assert request.shown_headers()["X-Lab-Key"] == "***"
+    assert request.shown_headers()["X-Lab-Key"] == REDACTED
 
 
 @pytest.mark.parametrize("credentials", [{"api_key": ""}, {}], ids=["empty", "absent"])
@@ -643,7 +644,7 @@ def test_repr_and_shown_headers_mask_the_credential(
     request = build(make_target, make_request, call, provider, target)
     name, _ = AUTH_HEADERS[provider]
     shown = request.shown_headers()
-    assert shown[name] == "***"
+    assert shown[name] == REDACTED
     assert shown["X-Request-ID"] == call.request_id
     assert FAKE_KEY not in repr(request)
     assert FAKE_KEY not in str(request)

@@ -11,7 +11,12 @@ import pytest
 
 from gateway.definition import ProviderDefinition
 from gateway.errors import SPECS, ErrorCode, Source, Status
-from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, classify
+from gateway.translate.classify import (
+    MAX_PROVIDER_MESSAGE,
+    MAX_PROVIDER_TEXT,
+    Outcome,
+    classify,
+)
 from gateway.translate.wire import UpstreamResponse
 
 from .conftest import DEFAULT_RESOURCE, FIXED_NOW
@@ -207,7 +212,7 @@ def test_stateset_asn_already_received(
     assert outcome.status is Status.REJECTED
     assert outcome.provider_code == "ASN_ALREADY_RECEIVED"
     assert outcome.provider_status == status
-    assert "Cannot cancel ASN that has already been received" in outcome.message
+    assert outcome.detail == "Cannot cancel ASN that has already been received"
 
 
 STATESET_CODES = [
@@ -357,7 +362,8 @@ def test_shipper_documented_errors(
     assert_failure(outcome, expected, unmapped=False)
     assert outcome.provider_code == provider_code
     assert outcome.provider_status == status
-    assert message in outcome.message
+    assert outcome.detail is not None
+    assert message in outcome.detail
 
 
 def test_shipper_810_is_a_provider_invalid_request(
@@ -572,7 +578,8 @@ def test_rxuniverse_documented_errors(
     assert_failure(outcome, expected, unmapped=False)
     assert outcome.provider_code == message
     assert outcome.provider_status == status
-    assert message in outcome.message
+    assert outcome.detail is not None
+    assert message in outcome.detail
 
 
 def test_rxuniverse_order_already_completed_is_already_cancelled(
@@ -655,7 +662,7 @@ def test_redirect_is_a_bad_response(
     outcome = run(providers, provider, status, body, headers=headers)
     assert_failure(outcome, ErrorCode.PROVIDER_BAD_RESPONSE, unmapped=False)
     assert outcome.provider_status == status
-    assert "elsewhere.example" in outcome.message
+    assert outcome.detail == "Location https://elsewhere.example/login"
 
 
 # --- strange bodies ------------------------------------------------------------------------------
@@ -739,12 +746,16 @@ def test_strange_error_bodies_fall_to_the_status(
         assert isinstance(outcome.provider_code, str)
 
 
-def test_provider_code_is_truncated(providers: dict[str, ProviderDefinition]) -> None:
-    """A huge provider message is cut to MAX_PROVIDER_MESSAGE characters."""
+def test_provider_text_is_kept_long_enough_to_redact(
+    providers: dict[str, ProviderDefinition],
+) -> None:
+    """A huge provider message is kept to MAX_PROVIDER_TEXT characters, well past the
+    envelope's MAX_PROVIDER_MESSAGE: the envelope redacts it before it cuts it."""
     outcome = run(providers, "rxuniverse", 400, {"error": "x" * 5000})
     assert outcome.provider_code is not None
-    assert len(outcome.provider_code) == MAX_PROVIDER_MESSAGE
-    assert len(outcome.message) < 1000
+    assert len(outcome.provider_code) == MAX_PROVIDER_TEXT > MAX_PROVIDER_MESSAGE
+    assert outcome.detail == outcome.provider_code
+    assert outcome.message == "RxUniverse answered 400"
 
 
 # --- cancelled_at --------------------------------------------------------------------------------
