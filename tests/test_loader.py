@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -372,6 +373,118 @@ def test_missing_configuration_file_is_reported(tmp_path: Path):
     (problem,) = caught.value.problems
     assert problem.file == str(tmp_path / "absent.yaml")
     assert problem.message.startswith("cannot read")
+
+
+def laughs(levels: int, width: int, indent: str) -> str:
+    """YAML "billion laughs": each level an anchored list of ``width`` aliases of the one
+    before, so the last one stands for ``width ** levels`` strings."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * width)}]" for n in range(1, levels)]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+def last_line_of(text: str, start: str) -> int:
+    """The 1-based number of the last line of ``text`` that starts with ``start`` (stripped)."""
+    return max(n for n, line in enumerate(text.splitlines(), 1) if line.strip().startswith(start))
+
+
+def test_alias_bomb_in_the_configuration_is_refused_where_it_expands(tmp_path: Path):
+    """Aliases that would multiply a file past the bound are refused at the alias that does it."""
+    text = connection(
+        "main", "provider: stateset\ncredentials: {api_key: fake-key-0123}\nparams:\n"
+    ) + laughs(6, 9, " " * 6)
+    (problem,) = problems_of(tmp_path, text)
+    assert problem.file == str(tmp_path / "gateway.yaml")
+    assert problem.loc.startswith("line ")
+    assert "aliases" in problem.message
+    line = int(problem.loc.removeprefix("line ").split(",")[0])
+    assert line < last_line_of(text, "l5:"), "refused before the last level is expanded"
+
+
+def test_billion_laughs_is_refused_at_once(tmp_path: Path):
+    """515 bytes that stand for 10 billion strings are refused in well under a second or two."""
+    text = CALLERS + "connections:\n  main:\n    params:\n" + laughs(10, 10, " " * 6)
+    started = time.monotonic()
+    (problem,) = problems_of(tmp_path, text)
+    assert time.monotonic() - started < 2
+    assert "aliases" in problem.message
+    line = int(problem.loc.removeprefix("line ").split(",")[0])
+    assert line < last_line_of(text, "l9:")
+
+
+def test_alias_bomb_in_a_provider_body_is_refused(tmp_path: Path):
+    """Every file the loader reads is bounded: a definition's body is not rendered from a bomb."""
+    bomb = TINY_PROVIDER.replace("    method: DELETE", "    method: POST") + (
+        "    body:\n" + laughs(6, 9, " " * 6)
+    )
+    definition = write(tmp_path, bomb, "tiny.yaml")
+    problems = problems_of(
+        tmp_path,
+        "providers: [tiny.yaml]\n"
+        + connection("t", "provider: tiny\ncredentials: {token: fake-token}\n"),
+    )
+    (problem,) = [p for p in problems if p.file == str(definition)]
+    assert "aliases" in problem.message
+    assert problem.loc.startswith("line ")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("&a [*a]", id="list"),
+        pytest.param("&a {k: [1, *a]}", id="mapping"),
+        pytest.param("&a [&b [*a], *b]", id="through-another-anchor"),
+    ],
+)
+def test_recursive_alias_is_refused(tmp_path: Path, value: str):
+    """An alias inside the node it names would be endless: a problem, not a crash."""
+    (problem,) = problems_of(tmp_path, f"x: {value}\n" + CALLERS)
+    assert problem.loc.startswith("line 1, column ")
+    assert "inside the node it names" in problem.message
+
+
+def test_deeply_nested_yaml_is_refused(tmp_path: Path):
+    """A few kilobytes of brackets are a problem, not a crash of the reader."""
+    (problem,) = problems_of(tmp_path, "x: " + "[" * 3000 + "]" * 3000 + "\n" + CALLERS)
+    assert problem.loc.startswith("line 1, column ")
+    assert "nested deeper than" in problem.message
+
+
+def test_aliases_nested_deep_through_each_other_are_refused(tmp_path: Path):
+    """Depth made of aliases counts too: each level one alias of the one before."""
+    chain = "".join(f"l{n}: &l{n} [*l{n - 1}]\n" for n in range(1, 400))
+    (problem,) = problems_of(tmp_path, "l0: &l0 [x]\n" + chain + CALLERS)
+    assert problem.loc.startswith("line ")
+    assert "nested deeper than" in problem.message
+
+
+def test_anchored_blocks_reused_a_few_times_still_work(tmp_path: Path):
+    """Sharing a block between connections is what anchors are for: it loads as if written out."""
+    runtime = load_text(
+        tmp_path,
+        CALLERS
+        + """
+connections:
+  a: &common
+    provider: stateset
+    credentials: {api_key: fake-key-0123}
+    retry: &retry {max_attempts: 5, backoff_base_s: 0.2}
+    limits: &limits {concurrency: 10}
+  b:
+    <<: *common
+    timeout_s: 5
+  c:
+    provider: stateset
+    credentials: {api_key: fake-key-4567}
+    retry: *retry
+    limits: *limits
+""",
+    )
+    assert sorted(runtime.targets) == ["a", "b", "c"]
+    settings = runtime.config.connections
+    assert settings["b"].retry.max_attempts == settings["c"].retry.max_attempts == 5
+    assert settings["b"].timeout_s == 5
+    assert settings["c"].limits.concurrency == 10
 
 
 # --- connections -----------------------------------------------------------------------------
