@@ -23,6 +23,7 @@ from gateway.translate.templates import (
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MIN_CREDENTIAL_LENGTH = 8
 
 
 def resolve_target(
@@ -57,6 +58,16 @@ def resolve_target(
         elif _CONTROL.search(value):
             problems.append(
                 Problem(file, f"{loc}.credentials.{cname}", "contains control characters")
+            )
+        elif 0 < len(value) < MIN_CREDENTIAL_LENGTH:
+            # Too short to be real (a typo, a placeholder), and every answer and log line is
+            # searched for it: a short value would match ordinary text.
+            problems.append(
+                Problem(
+                    file,
+                    f"{loc}.credentials.{cname}",
+                    f"must be at least {MIN_CREDENTIAL_LENGTH} characters (or empty when optional)",
+                )
             )
         credentials[cname] = value
     for cname, cspec in definition.credentials.items():

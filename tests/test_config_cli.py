@@ -151,6 +151,24 @@ def test_broken_config_output_shows_no_secret(
     assert "CANARY" not in out + err
 
 
+def test_short_credential_is_refused_by_name_never_by_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """A non-empty credential under 8 characters fails the check; the line names its place."""
+    path = write(tmp_path, GOOD)
+    set_env(monkeypatch, {"OMS_API_KEY": CALLER_KEY, "STATESET_API_KEY": "CANARY7"})
+
+    code = main(["check-config", "--config", str(path)])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err == (
+        f"{path}: connections.stateset-main.credentials.api_key: "
+        "must be at least 8 characters (or empty when optional)\n"
+    )
+    assert "CANARY" not in out + err
+
+
 def test_missing_config_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     path = tmp_path / "absent.yaml"
 
@@ -185,7 +203,7 @@ def test_config_flag_wins_over_gateway_config_variable(
     broken = write(tmp_path, BROKEN, "broken.yaml")
     set_env(
         monkeypatch,
-        {"GATEWAY_CONFIG": str(broken), "OMS_API_KEY": CALLER_KEY, "STATESET_API_KEY": "sk_x"},
+        {"GATEWAY_CONFIG": str(broken), "OMS_API_KEY": CALLER_KEY, "STATESET_API_KEY": "sk_test_x"},
     )
 
     code = main(["check-config", "--config", str(good)])

@@ -216,7 +216,8 @@ def test_unset_base_url_is_reported_once(tmp_path: Path):
     problems = problems_of(
         tmp_path,
         connection(
-            "main", "provider: stateset\nbase_url: ${NO_SUCH_URL}\ncredentials: {api_key: k}\n"
+            "main",
+            "provider: stateset\nbase_url: ${NO_SUCH_URL}\ncredentials: {api_key: fake-key-0123}\n",
         ),
     )
     assert [p.loc for p in problems] == ["connections.main.base_url"]
@@ -320,7 +321,9 @@ def test_set_but_empty_variable_takes_the_default(tmp_path: Path):
             id="caller",
         ),
         pytest.param(
-            connection("main", "provider: stateset\ncredentials: {api_key: k}\ncolour: blue\n"),
+            connection(
+                "main", "provider: stateset\ncredentials: {api_key: fake-key-0123}\ncolour: blue\n"
+            ),
             "connections.main.colour",
             id="connection",
         ),
@@ -552,7 +555,7 @@ def test_unknown_provider_is_refused_listing_the_known_ones(tmp_path: Path):
 @pytest.mark.parametrize(
     ("provider", "extra"),
     [
-        ("shipper", "credentials: {api_key: k}\nparams: {warehouse_id: WH-1}\n"),
+        ("shipper", "credentials: {api_key: fake-key-0123}\nparams: {warehouse_id: WH-1}\n"),
         ("rxuniverse", ""),
     ],
 )
@@ -586,7 +589,7 @@ def test_bad_base_url_is_refused(tmp_path: Path, base_url: str, fragment: str):
                 f"""
                 provider: stateset
                 base_url: "{base_url}"
-                credentials: {{api_key: k}}
+                credentials: {{api_key: fake-key-0123}}
                 """,
             ),
         ),
@@ -603,7 +606,7 @@ def test_plain_http_base_url_with_port_and_path_is_accepted(tmp_path: Path):
             """
             provider: stateset
             base_url: http://127.0.0.1:9/stateset
-            credentials: {api_key: k}
+            credentials: {api_key: fake-key-0123}
             """,
         ),
     )
@@ -623,7 +626,7 @@ def test_base_url_problem_never_shows_its_user_information(tmp_path: Path):
             f"""
             provider: stateset
             base_url: "ftp://user:{CANARY}@api.example"
-            credentials: {{api_key: k}}
+            credentials: {{api_key: fake-key-0123}}
             """,
         ),
     )
@@ -635,7 +638,10 @@ def test_undeclared_credential_is_refused(tmp_path: Path):
     problem = only(
         problems_of(
             tmp_path,
-            connection("main", "provider: stateset\ncredentials: {api_key: k, password: p}\n"),
+            connection(
+                "main",
+                "provider: stateset\ncredentials: {api_key: fake-key-0123, password: fake-password}\n",
+            ),
         ),
         "connections.main.credentials.password",
     )
@@ -646,7 +652,10 @@ def test_undeclared_param_is_refused(tmp_path: Path):
     problem = only(
         problems_of(
             tmp_path,
-            connection("main", "provider: stateset\ncredentials: {api_key: k}\nparams: {x: 1}\n"),
+            connection(
+                "main",
+                "provider: stateset\ncredentials: {api_key: fake-key-0123}\nparams: {x: 1}\n",
+            ),
         ),
         "connections.main.params.x",
     )
@@ -686,10 +695,47 @@ def test_credential_with_a_control_character_is_refused_without_its_value(
     assert CANARY not in str(caught.value)
 
 
+@pytest.mark.parametrize("value", ["C", "CANARY7"])
+def test_credential_shorter_than_8_characters_is_refused_without_its_value(
+    tmp_path: Path, value: str
+):
+    """A credential that short is a typo or a placeholder; the problem never shows it."""
+    with pytest.raises(ConfigError) as caught:
+        load_text(
+            tmp_path,
+            connection("main", "provider: stateset\ncredentials: {api_key: '${KEY}'}\n"),
+            {"KEY": value},
+        )
+    problem = only(caught.value.problems, "connections.main.credentials.api_key")
+    assert problem.message == "must be at least 8 characters (or empty when optional)"
+    assert value not in "\n".join([str(caught.value), repr(caught.value.problems)])
+
+
+def test_credential_of_8_characters_is_accepted(tmp_path: Path):
+    runtime = load_text(
+        tmp_path, connection("main", "provider: stateset\ncredentials: {api_key: '12345678'}\n")
+    )
+    assert runtime.targets["main"].credentials["api_key"] == "12345678"
+
+
+def test_short_optional_credential_is_refused_but_an_empty_one_sends_nothing(tmp_path: Path):
+    """RxUniverse's optional api_key may be empty (no header), not short."""
+    text = connection(
+        "lab",
+        "provider: rxuniverse\nbase_url: http://lab-host:4567\ncredentials: {api_key: '${K}'}\n",
+    )
+    assert load_text(tmp_path, text, {"K": ""}).targets["lab"].credentials["api_key"] == ""
+    problem = only(
+        problems_of(tmp_path, text, {"K": "short"}), "connections.lab.credentials.api_key"
+    )
+    assert problem.message == "must be at least 8 characters (or empty when optional)"
+
+
 def test_required_param_missing_is_refused(tmp_path: Path):
     problem = only(
         problems_of(
-            tmp_path, connection("shop", "provider: shoplazza\ncredentials: {access_token: t}\n")
+            tmp_path,
+            connection("shop", "provider: shoplazza\ncredentials: {access_token: fake-token}\n"),
         ),
         "connections.shop.params.shop_domain",
     )
@@ -798,7 +844,7 @@ LEAK_CASES = {
     "caller key of the wrong type": f"callers:\n  - name: oms\n    key: [{CANARY}]\n",
     "caller with an unknown key beside its key": f"callers:\n  - name: oms\n    key: {CANARY}\n    colour: blue\n",
     "undeclared credential": connection(
-        "main", f"provider: stateset\ncredentials: {{api_key: k, other: {CANARY}}}\n"
+        "main", f"provider: stateset\ncredentials: {{api_key: fake-key-0123, other: {CANARY}}}\n"
     ),
     "credential of an unknown provider": connection(
         "main", f"provider: nope\ncredentials: {{api_key: {CANARY}}}\n"
