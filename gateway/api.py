@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import RequestInfo, check_idempotency_key, json_body
+from gateway.cancel import Decoded, RequestInfo, check_idempotency_key, json_body
 from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
@@ -94,8 +94,9 @@ async def create_batch(request: web.Request) -> web.Response:
     async def one(index: int, item: object) -> bytes:
         key = None if info.idempotency_key is None else f"{info.idempotency_key}#{index}"
         async with slots:
+            # Each item as it was decoded: checked on its own, whatever its shape or depth.
             reply = await canceller.cancel(
-                caller, orjson.dumps(item), replace(info, idempotency_key=key)
+                caller, Decoded(item), replace(info, idempotency_key=key)
             )
         return reply.body
 

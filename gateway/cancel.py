@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from structlog.typing import FilteringBoundLogger
 
 from gateway.clock import Clock, SystemClock
@@ -36,7 +37,7 @@ from gateway.models import (
     UpstreamInfo,
     new_cancellation_id,
 )
-from gateway.redact import Redactor
+from gateway.redact import Redactor, cut
 from gateway.resilience import GuardRegistry, full_jitter
 from gateway.routing import Caller, route
 from gateway.send import Attempting, Sender, ms
@@ -54,7 +55,7 @@ from gateway.store import (
 from gateway.store.memory import MemoryStore
 from gateway.tracing import Trace
 from gateway.translate.build import Call, Target, build_request, resolve_resource
-from gateway.translate.classify import Outcome, format_time
+from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import Transport
 
@@ -77,7 +78,6 @@ class Prepared:
     """A valid, routed request and exactly what would be sent for it."""
 
     request: CancelRequest
-    canonical: bytes  # the body's canonical JSON: the idempotency fingerprint's input
     target: Target
     resource: str
     upstream: UpstreamRequest
@@ -112,6 +112,13 @@ class _Facts:
             self.created_at,
             **more,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A request body that is already JSON (an item of a batch)."""
+
+    value: Any
 
 
 class _Replayed(Exception):
@@ -151,13 +158,33 @@ class Canceller:
             spans or NoSpans(),
         )
 
-    def prepare(self, caller: Caller, body: bytes, info: RequestInfo, facts: _Facts) -> Prepared:
+    def prepare(self, caller: Caller, data: Any, info: RequestInfo, facts: _Facts) -> Prepared:
         """Parse, route and build: everything short of sending. What is learnt on the way goes
-        into ``facts``, so that a refusal's envelope says as much as is known."""
+        into ``facts``, so that a refusal's envelope says as much as is known. Every problem
+        the caller can fix is reported at once, the provider's limits with the request's own."""
         check_idempotency_key(info.idempotency_key)
-        request, canonical = parse_request(body)
+        request, problems = parse_request(data)
         facts.connection, facts.resource_id = request.connection, request.id
         facts.sent = callers_text(request, info)
+        try:
+            prepared = self._build(caller, request, info, facts)
+        except GatewayError as exc:
+            if not problems:
+                raise
+            if exc.code is ErrorCode.INVALID_REQUEST:
+                # What the provider's checks found about fields that were valid themselves.
+                reported = {loc.split(".")[0] for loc, _ in problems}
+                problems.extend(f for f in exc.fields if f[0].split(".")[0] not in reported)
+            raise invalid_request(*problems) from None
+        if problems:
+            raise invalid_request(*problems)
+        return prepared
+
+    def _build(
+        self, caller: Caller, request: CancelRequest, info: RequestInfo, facts: _Facts
+    ) -> Prepared:
+        if request.connection is None or request.id is None:
+            raise invalid_request()  # nothing to route or build: the parse said why
         target = route(self._runtime.targets, caller, request.connection)
         facts.provider = target.definition.name
         facts.resource = resolve_resource(target.definition, request.resource)
@@ -170,7 +197,7 @@ class Canceller:
             tracestate=info.trace.state,
         )
         upstream = build_request(target, facts.resource, request, call)
-        return Prepared(request, canonical, target, facts.resource, upstream)
+        return Prepared(request, target, facts.resource, upstream)
 
     def _new_facts(self, caller: Caller) -> _Facts:
         """A new cancellation: its id and when it was asked for."""
@@ -180,7 +207,7 @@ class Canceller:
         """What ``cancel`` would send, after the same checks; nothing is sent or recorded.
         The caller's values are shown as sent and the credential headers masked by name:
         nothing in a preview depends on whether a value equals a secret."""
-        prepared = self.prepare(caller, body, info, self._new_facts(caller))
+        prepared = self.prepare(caller, json_body(body), info, self._new_facts(caller))
         upstream = prepared.upstream
         return Preview(
             connection=prepared.target.name,
@@ -197,7 +224,9 @@ class Canceller:
             trace_id=info.trace.trace_id,
         )
 
-    async def cancel(self, caller: Caller, body: bytes, info: RequestInfo) -> Reply:
+    async def cancel(self, caller: Caller, body: bytes | Decoded, info: RequestInfo) -> Reply:
+        """One cancellation from its request body (``Decoded`` when it is already JSON: an
+        item of a batch), answered with its envelope whatever happens."""
         started = self._clock.monotonic()
         facts = self._new_facts(caller)
         log = self._log.bind(cancellation_id=facts.cancellation_id, caller=caller.name)
@@ -232,23 +261,30 @@ class Canceller:
             connection=facts.connection,
             provider=facts.provider,
             resource_id=facts.resource_id,
+            provider_code=self._logged_code(outcome.provider_code),
             duration_ms=ms(self._clock.monotonic() - started),
         )
         return reply
 
+    def _logged_code(self, code: str | None) -> str | None:
+        """The provider's code as a log line shows it: redacted of every secret, then cut."""
+        return None if code is None else cut(self._redactor.text(code), MAX_PROVIDER_MESSAGE)
+
     async def _run(
         self,
         caller: Caller,
-        body: bytes,
+        body: bytes | Decoded,
         info: RequestInfo,
         facts: _Facts,
         log: FilteringBoundLogger,
     ) -> Outcome:
         try:
-            prepared = self.prepare(caller, body, info, facts)
+            data = body.value if isinstance(body, Decoded) else json_body(body)
+            prepared = self.prepare(caller, data, info, facts)
         finally:
             if facts.resource_id is None:
-                log.info("cancellation.received", body_bytes=len(body))
+                size = None if isinstance(body, Decoded) else len(body)
+                log.info("cancellation.received", body_bytes=size)
             else:
                 log.info(
                     "cancellation.received",
@@ -262,7 +298,7 @@ class Canceller:
             facts.claim = KeyClaim(
                 caller.name,
                 info.idempotency_key,
-                hashlib.sha256(prepared.canonical).hexdigest(),
+                fingerprint(data),
                 # Longer than the request can run, so a live claim is never taken over.
                 lease_s=policy.timeout_s + LEASE_MARGIN_S,
                 ttl_s=self._key_ttl_s,
@@ -404,34 +440,52 @@ def json_body(body: bytes) -> Any:
         ) from None
 
 
-def parse_request(body: bytes) -> tuple[CancelRequest, bytes]:
-    """The canonical request, strictly: JSON only (no NaN/Infinity), no unknown fields; and
-    the body's canonical JSON (keys sorted), the idempotency fingerprint's input."""
-    data = json_body(body)
+def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:
+    """The canonical request, strictly: a JSON object, no unknown fields. With problems, the
+    request holds the fields that are valid (the others are None or empty), so that the
+    provider's own checks can still run on those."""
     if not isinstance(data, dict):
-        raise GatewayError(
-            ErrorCode.INVALID_REQUEST,
-            "the body must be a JSON object",
-            fields=[("body", "must be a JSON object")],
-        )
+        raise invalid_request(("body", "must be a JSON object"))
     try:
-        request = CancelRequest.model_validate(data)
+        return CancelRequest.model_validate(data), []
     except ValidationError as exc:
-        problems = [
-            (".".join(str(p) for p in e["loc"]) or "body", e["msg"].removeprefix("Value error, "))
-            for e in exc.errors(include_input=False, include_url=False)
-        ]
-        raise invalid_request(*problems) from None
-    return request, orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+        errors = exc.errors(include_input=False, include_url=False)
+    problems = [(".".join(str(p) for p in e["loc"]) or "body", _message(e)) for e in errors]
+    bad = {str(e["loc"][0]) for e in errors if e["loc"]}
+    valid = {k: v for k, v in data.items() if k in CancelRequest.model_fields and k not in bad}
+    partial = CancelRequest.model_construct(**{"connection": None, "id": None, **valid})
+    return partial, problems
+
+
+_LENGTHS = {
+    "too_long": "at most {max_length}",
+    "string_too_long": "at most {max_length}",
+    "too_short": "at least {min_length}",
+    "string_too_short": "at least {min_length}",
+}
+
+
+def _message(error: ErrorDetails) -> str:
+    """Pydantic's message, said as the request's fields are: lengths in characters (every
+    field of the request with a length is text; pydantic says "items" after a validator)."""
+    length = _LENGTHS.get(error["type"])
+    if length is not None and "ctx" in error:
+        return f"must be {length.format(**error['ctx'])} characters"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def fingerprint(data: Any) -> str:
+    """The idempotency fingerprint of a valid request: SHA-256 of its canonical JSON (keys
+    sorted), so the same request written in another order is the same request."""
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def callers_text(request: CancelRequest, info: RequestInfo) -> tuple[str, ...]:
     """Every string of the request that the caller chose, as sent: a provider may echo any
     of them, and the answer must not change when one equals a secret (Redactor.answer)."""
-    texts = [request.connection, request.id, info.request_id]
-    texts.extend(
-        t for t in (request.resource, request.reason, request.requested_by, request.notes) if t
-    )
+    fields = (request.connection, request.id, request.resource, request.reason)
+    texts = [t for t in (*fields, request.requested_by, request.notes) if t]
+    texts.append(info.request_id)
     texts.extend(v for v in request.params.values() if isinstance(v, str))
     if info.idempotency_key is not None:
         texts.append(info.idempotency_key)

@@ -127,6 +127,7 @@ async def test_no_key_or_credential_reaches_the_access_log(
             "timestamp",
             "request_id",
             "trace_id",
+            "span_id",
             "config_version",
             "method",
             "path",

@@ -312,3 +312,38 @@ async def test_batch_with_dry_run_sends_nothing(make_gateway: GatewayFactory, la
     assert result.status == 422
     assert result.body["error"]["fields"][0]["loc"] == "query.dry_run"
     assert lab.received == []
+
+
+def nested(depth: int) -> str:
+    """JSON text of an object ``depth`` levels deep (too deep for orjson to write)."""
+    return '{"x":' * depth + '"deep"' + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [254, 255, 300, 1000])
+async def test_a_deeply_nested_item_gets_its_own_422_and_stops_nothing(
+    make_gateway: GatewayFactory, lab: Lab, depth: int
+):
+    """An item nested hundreds of levels (in an unknown field, in params, or as the item
+    itself) is answered with its own invalid_request; the items around it are cancelled."""
+    gateway = await make_gateway(CONFIG, upstream_url=lab.url)
+    items = [
+        '{"connection": "rxuniverse-lab", "id": "ok-1"}',
+        f'{{"connection": "rxuniverse-lab", "id": "ok-2", "extra": {nested(depth)}}}',
+        f'{{"connection": "rxuniverse-lab", "id": "ok-3", "params": {{"d": {nested(depth)}}}}}',
+        nested(depth),
+        '{"connection": "rxuniverse-lab", "id": "ok-4"}',
+    ]
+    body = ('{"items": [' + ", ".join(items) + "]}").encode()
+    result = await gateway.request("POST", "/v1/cancellations/batch", data=body)
+    assert result.status == 200, result.body
+    statuses = [(i["status"], (i["error"] or {}).get("code")) for i in result.body["items"]]
+    assert statuses == [
+        ("cancelled", None),
+        ("rejected", "invalid_request"),
+        ("rejected", "invalid_request"),
+        ("rejected", "invalid_request"),
+        ("cancelled", None),
+    ]
+    assert sorted(lab.received) == ["ok-1", "ok-4"]
+    assert not gateway.events("cancellation.crashed")
+    assert not gateway.events("request.crashed")

@@ -301,7 +301,7 @@ async def test_rxuniverse_already_marked_is_already_cancelled(gateway: Gateway, 
     assert result.status == 200
     assert result.body["status"] == "already_cancelled"
     assert result.body["error"] is None
-    assert result.body["cancelled_at"].endswith("Z")
+    assert result.body["cancelled_at"] is None  # when it was cancelled is not known
 
 
 async def test_rate_limited_carries_retry_after(gateway: Gateway, upstream: Upstream):

@@ -87,6 +87,26 @@ async def test_several_problems_are_reported_together(gateway: Gateway, upstream
     assert {"id", "reason", "params.colour"} <= locs
 
 
+async def test_field_and_provider_problems_come_in_one_answer(gateway: Gateway, upstream: Upstream):
+    """A reason too long for the canonical request and an undeclared param: both in one 422,
+    with the provider's own limit on the id beside them, not in rounds."""
+    result = await gateway.cancel(
+        {
+            "connection": "shipper-main",
+            "id": "S" * 51,
+            "reason": "r" * 600,
+            "params": {"colour": "red"},
+        }
+    )
+    assert result.status == 422
+    problems = {f["loc"]: f["message"] for f in result.body["error"]["fields"]}
+    assert set(problems) == {"reason", "params.colour", "id"}
+    assert "500 characters" in problems["reason"]
+    assert "50 characters" in problems["id"]
+    assert result.body["connection"] == "shipper-main"
+    assert upstream.received == []
+
+
 async def test_bad_idempotency_key_is_refused(gateway: Gateway, upstream: Upstream):
     """Idempotency-Key must be 1 to 255 printable ASCII characters."""
     result = await gateway.cancel(OK, headers={"Idempotency-Key": "k" * 256})
@@ -200,6 +220,38 @@ async def test_traceparent_is_continued_with_new_span(gateway: Gateway, upstream
         assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
+async def test_tracestate_travels_with_the_trace(gateway: Gateway, upstream: Upstream):
+    """A valid traceparent's tracestate reaches the upstream unchanged; without a valid
+    traceparent it means nothing and is dropped."""
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    state = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+    upstream.always(200, {"orderNumber": "1"})
+    body = {"connection": "rxuniverse-lab", "id": "1"}
+    await gateway.cancel(body, headers={"traceparent": parent, "tracestate": state})
+    await gateway.cancel(body, headers={"traceparent": "00-zz-yy-01", "tracestate": state})
+    await gateway.cancel(body, headers={"traceparent": parent, "tracestate": "bad\x7f"[:3] * 200})
+    assert upstream.received[0].headers["tracestate"] == state
+    assert "tracestate" not in upstream.received[1].headers
+    assert "tracestate" not in upstream.received[2].headers  # longer than 512: not passed on
+
+
+async def test_log_lines_inside_a_request_carry_its_span(gateway: Gateway, upstream: Upstream):
+    """Every line of a request names the request's span, beside its trace."""
+    upstream.answer(200, {"orderNumber": "1"})
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await gateway.cancel(
+        {"connection": "rxuniverse-lab", "id": "1"}, headers={"traceparent": parent}
+    )
+    lines = [line for line in gateway.logs if line.get("trace_id")]
+    spans = {line.get("span_id") for line in lines}
+    assert len(lines) >= 5
+    assert len(spans) == 1
+    [span] = spans
+    assert span is not None
+    assert len(span) == 16
+    assert span != "00f067aa0ba902b7"
+
+
 async def test_invalid_traceparent_starts_a_new_trace(gateway: Gateway, upstream: Upstream):
     upstream.answer(200, {"orderNumber": "1"})
     result = await gateway.cancel(
@@ -234,6 +286,13 @@ async def test_every_cancellation_logs_the_contract_events(gateway: Gateway, ups
     assert completed["status"] == "cancelled"
     assert completed["error_code"] is None
     assert completed["duration_ms"] >= 0
+
+
+async def test_completed_line_carries_the_providers_code(gateway: Gateway, upstream: Upstream):
+    upstream.answer(404, {"error": "No record found"})
+    await gateway.cancel({"connection": "rxuniverse-lab", "id": "1"})
+    [completed] = gateway.events("cancellation.completed")
+    assert (completed["error_code"], completed["provider_code"]) == ("not_found", "No record found")
 
 
 async def test_refused_input_still_logs_received_and_completed(gateway: Gateway):
