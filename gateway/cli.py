@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from structlog.typing import FilteringBoundLogger
+
 from gateway.api import CONFIG
 from gateway.app import create_app
 from gateway.cancel import Canceller, RequestInfo
@@ -29,7 +31,8 @@ from gateway.tracing import request_id_from, trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 
 DEFAULT_CONFIG = "config/gateway.yaml"
-DEMO_CONFIG = "config/demo.yaml"
+# Package data, so the demo runs from an installed wheel as from a checkout.
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 DEMO_CALLER_KEY = "demo-caller-key-0123456789"  # printed by the demo: not a secret
 DEMO_REQUESTS = [
@@ -74,13 +77,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate.set_defaults(run=cmd_simulate)
 
     demo = commands.add_parser("demo", help="the gateway in front of the simulators, on loopback")
-    demo.add_argument("--port", type=int, default=8080, help="the gateway's port")
+    demo.add_argument("--port", type=port_number, default=8080, help="the gateway's port")
+    demo.add_argument(
+        "--simulators-port",
+        type=port_number,
+        default=0,
+        help="the simulators' port (default: a free one)",
+    )
     demo.add_argument("--config", help=f"default: {DEMO_CONFIG}")
     demo.set_defaults(run=cmd_demo)
 
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535: the event loop would quietly listen on 70000
+    modulo 65536."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return port
 
 
 def config_path(arg: str | None) -> Path:
@@ -247,11 +268,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The simulators on a free port, the gateway in front of them on ``--port``; the logs go
-    to stderr so the printed instructions stay readable on stdout."""
-    path = Path(args.config) if args.config else _shipped(DEMO_CONFIG)
+    """The simulators on ``--simulators-port`` (default: a free one), the gateway in front of
+    them on ``--port``; the logs go to stderr so the printed instructions stay readable on
+    stdout."""
+    path = Path(args.config) if args.config else DEMO_CONFIG
     environ = {"DEMO_CALLER_KEY": DEMO_CALLER_KEY, **os.environ}
     errors: list[str] = []
+    # The gateway is built once the simulators listen (their URL is in its configuration).
+    built: list[tuple[Runtime, FilteringBoundLogger, int]] = []
 
     def gateway(urls: Sequence[str]) -> Listener:
         try:
@@ -261,20 +285,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise
         log = make_logger(runtime.secrets, level=runtime.config.logging.level, stream=sys.stderr)
         capture_library_logs(log)
+        built.append((runtime, log, len(urls)))
         return Listener(create_app(runtime, log=log), "127.0.0.1", args.port, 5.0, envelopes=True)
 
     def started(urls: Sequence[str]) -> None:
+        runtime, log, first = built[0]
+        log.info(
+            "gateway.started",
+            urls=list(urls[first:]),
+            config=str(path),
+            config_version=runtime.version,
+            connections=sorted(runtime.targets),
+            pid=os.getpid(),
+        )
         print(demo_banner(urls[-1], urls[0], environ["DEMO_CALLER_KEY"]), flush=True)
 
-    simulator = Listener(create_simulator_app(), "127.0.0.1", 0, drain_timeout_s=1.0)
+    simulators = Listener(
+        create_simulator_app(), "127.0.0.1", args.simulators_port, drain_timeout_s=1.0
+    )
     try:
-        run(serve_until_stopped([simulator, gateway], started))
+        run(serve_until_stopped([simulators, gateway], started))
     except ConfigError:
         print("\n".join(errors), file=sys.stderr)
         return 1
     except CannotListen as exc:
-        print(f"{exc} (choose another with --port)", file=sys.stderr)
+        flag = "--port" if built else "--simulators-port"  # the simulators listen first
+        print(f"{exc} (choose another with {flag})", file=sys.stderr)
         return 1
+    runtime, log, _ = built[0]
+    log.info("gateway.stopped", pid=os.getpid(), config_version=runtime.version)
     print("demo stopped", flush=True)
     return 0
 
@@ -301,15 +340,6 @@ def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
-
-
-def _shipped(relative: str) -> Path:
-    """A file of the repository's config/ folder, found from the working directory or from
-    the checkout the package runs from."""
-    here = Path(relative)
-    if here.exists():
-        return here
-    return Path(__file__).resolve().parent.parent / relative
 
 
 if __name__ == "__main__":

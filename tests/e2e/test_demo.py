@@ -8,6 +8,7 @@ import shlex
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,13 @@ class Curl:
         return cls(method, url, headers, body)
 
 
-async def _start(*args: str, until: str) -> tuple[asyncio.subprocess.Process, list[str]]:
-    """Start the command and collect its stdout lines up to and including ``until``."""
+async def start(
+    *args: str, until: str, command: Sequence[str] = (), cwd: Path = REPO
+) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """Start the command (by default the console script of this environment) in ``cwd`` and
+    collect its stdout lines up to and including ``until``."""
     process = await asyncio.create_subprocess_exec(
-        *_command(), *args, cwd=REPO,
+        *(command or _command()), *args, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stdout is not None
@@ -76,7 +80,7 @@ async def _start(*args: str, until: str) -> tuple[asyncio.subprocess.Process, li
     return process, lines
 
 
-async def _stop(process: asyncio.subprocess.Process, sig: int) -> tuple[str, str]:
+async def stop(process: asyncio.subprocess.Process, sig: int) -> tuple[str, str]:
     process.send_signal(sig)
     async with asyncio.timeout(20):
         stdout, stderr = await process.communicate()
@@ -89,7 +93,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
     port = free_port()
-    process, banner = await _start("demo", "--port", str(port), until=BANNER_END)
+    process, banner = await start("demo", "--port", str(port), until=BANNER_END)
     try:
         gateway_url = f"http://127.0.0.1:{port}"
         assert f"  gateway     {gateway_url}" in banner
@@ -114,7 +118,7 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
             ) as resp:
                 again = await resp.json()
     finally:
-        stdout, stderr = await _stop(process, signal.SIGINT)
+        stdout, stderr = await stop(process, signal.SIGINT)
 
     assert process.returncode == 0, stderr
     assert [e["provider"] for e in envelopes] == ["stateset", "shipper", "shoplazza", "rxuniverse"]
@@ -137,22 +141,86 @@ async def test_demo_on_a_taken_port_says_so_and_exits_1() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        process = await asyncio.create_subprocess_exec(
-            *_command(), "demo", "--port", str(port), cwd=REPO,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        async with asyncio.timeout(20):
-            _, stderr = await process.communicate()
-    assert process.returncode == 1
-    message = stderr.decode().strip()
+        code, _, stderr = await _run("demo", "--port", str(port))
+    assert code == 1
+    message = stderr.strip()
     assert message == (
         f"cannot listen on 127.0.0.1:{port}: address already in use (choose another with --port)"
     )
 
 
+async def test_demo_serves_the_simulators_on_the_given_port_and_logs_start_and_stop() -> None:
+    port, simulators_port = free_port(), free_port()
+    process, banner = await start(
+        "demo", "--port", str(port), "--simulators-port", str(simulators_port), until=BANNER_END
+    )
+    try:
+        assert f"  simulators  http://127.0.0.1:{simulators_port}" in banner
+        url = f"http://127.0.0.1:{simulators_port}/rxuniverse/api/v2/orders/72544"
+        headers = {"x-api-key": "sim-rxuniverse-key"}
+        async with aiohttp.ClientSession() as session, session.delete(url, headers=headers) as resp:
+            assert resp.status == 200
+    finally:
+        _, stderr = await stop(process, signal.SIGTERM)
+    assert process.returncode == 0, stderr
+
+    # The same two lines as `serve` logs, so a reader of either log finds the gateway's start.
+    events = {e["event"]: e for e in _json_lines(stderr)}
+    started, stopped = events["gateway.started"], events["gateway.stopped"]
+    assert started["urls"] == [f"http://127.0.0.1:{port}"]
+    assert started["connections"] == [
+        "rxuniverse-demo", "shipper-demo", "shoplazza-demo", "stateset-demo"
+    ]  # fmt: skip
+    assert started["config"].endswith("demo.yaml")
+    assert started["pid"] == stopped["pid"] == process.pid
+    assert started["config_version"]
+    assert stopped["config_version"] == started["config_version"]
+
+
+async def test_demo_on_a_taken_simulators_port_names_that_flag() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, stderr = await _run(
+            "demo", "--port", str(free_port()), "--simulators-port", str(port)
+        )
+    assert code == 1
+    assert stderr.strip() == (
+        f"cannot listen on 127.0.0.1:{port}: address already in use "
+        "(choose another with --simulators-port)"
+    )
+
+
+@pytest.mark.parametrize("flag", ["--port", "--simulators-port"])
+@pytest.mark.parametrize("value", ["70000", "http"])
+async def test_demo_refuses_a_port_out_of_range(flag: str, value: str) -> None:
+    code, stdout, stderr = await _run("demo", flag, value)
+    assert (code, stdout) == (2, "")
+    assert f"argument {flag}: {value!r} is not a port (0 to 65535)" in stderr
+    assert "Traceback" not in stderr
+
+
+async def _run(*args: str) -> tuple[int, str, str]:
+    """Run the command to its end: its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *_command(), *args, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(20):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:  # still serving: it did not refuse what it was given
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
 async def test_simulate_serves_the_providers_until_sigterm() -> None:
     port = free_port()
-    process, lines = await _start(
+    process, lines = await start(
         "simulate", "--port", str(port), until='"event":"simulator.started"'
     )
     try:
@@ -168,6 +236,6 @@ async def test_simulate_serves_the_providers_until_sigterm() -> None:
                 assert resp.status == 400
                 assert (await resp.json())["error"] == "Order already completed"
     finally:
-        stdout, stderr = await _stop(process, signal.SIGTERM)
+        stdout, stderr = await stop(process, signal.SIGTERM)
     assert process.returncode == 0, stderr
     assert _json_lines(stdout)[-1]["event"] == "simulator.stopped"
