@@ -27,6 +27,7 @@ check: $(VENV)/.installed-dev
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest
