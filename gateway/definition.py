@@ -17,9 +17,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from gateway.errors import ErrorCode
 from gateway.translate.templates import (
+    CONTEXT_NAMES,
+    REQUEST_NAMES,
     Body,
     Template,
     TemplateError,
+    authority_of,
     compile_structure,
     compile_template,
     structure_templates,
@@ -282,8 +285,8 @@ class ProviderDefinition(_Strict):
 
     def template_problems(self) -> list[tuple[str, str]]:
         """(location, problem) for every template naming something the context cannot hold,
-        and every credential used outside the auth header (credentials never go in a URL,
-        a body or a log)."""
+        every credential used outside the auth header (credentials never go in a URL, a body
+        or a log), and every value a request gives placed in the base URL's host or port."""
         found: list[tuple[str, str]] = []
 
         def check(where: str, template: Template, credentials_allowed: bool = False) -> None:
@@ -296,6 +299,8 @@ class ProviderDefinition(_Strict):
 
         if self.base_url is not None:
             check("base_url", self.base_url)
+            authority = compile_template(authority_of(self.base_url.source))
+            found += [("base_url", problem) for problem in self.host_problems(authority)]
         if self.auth is not None:
             check("auth.header", self.auth.header)
             check("auth.value", self.auth.value, credentials_allowed=True)
@@ -310,6 +315,25 @@ class ProviderDefinition(_Strict):
             for fname, rule in res.fields.items():
                 for tpl in structure_templates(rule.default):
                     check(f"resources.{rname}.fields.{fname}.default", tpl)
+        return found
+
+    def host_problems(self, authority: Template) -> list[str]:
+        """What is wrong with each reference in a URL's host and port: only params the
+        connection fixes may be there, so that no request chooses where credentials go."""
+        found: list[str] = []
+        for name in authority.names:
+            prefix, _, rest = name.partition(".")
+            spec = self.params.get(rest) if prefix == "params" else None
+            if spec is not None and not spec.per_request:
+                continue
+            if spec is not None or name in REQUEST_NAMES:
+                found.append(
+                    f"{{{name}}} is given per request: only params the connection fixes may "
+                    "make the host or port, so that no caller chooses where credentials go"
+                )
+            elif name in CONTEXT_NAMES:
+                found.append(f"{{{name}}} cannot be placed in a host name")
+            # Anything else names nothing known, and is reported as such.
         return found
 
     def errors_for(self, resource: str) -> Errors:

@@ -129,12 +129,16 @@ def _base_url(
     for template in (base.authority, base.path):
         for ref in unknown_names(template, definition.params, {}):
             problems.append(Problem(file, loc, f"{{{ref}}} references nothing known"))
+    refused = definition.host_problems(base.authority)
+    problems.extend(Problem(file, loc, problem) for problem in refused)
+    if refused:
+        return None
     reported = {p.loc for p in problems}
     for ref in base.authority.names:
         value = params.get(ref.removeprefix("params."))
-        if f"{loc.rsplit('.', 1)[0]}.{ref}" in reported:
-            continue  # the parameter's own check has already said what is wrong
-        if ref.startswith("params.") and (value is None or not HOST_LABEL.fullmatch(str(value))):
+        if f"{loc.rsplit('.', 1)[0]}.{ref}" in reported or not ref.startswith("params."):
+            continue  # already said what is wrong
+        if value is None or not HOST_LABEL.fullmatch(str(value)):
             problems.append(
                 Problem(
                     file,
@@ -142,8 +146,6 @@ def _base_url(
                     "must be a host name label matching ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
                 )
             )
-        elif not ref.startswith("params."):
-            problems.append(Problem(file, loc, f"{{{ref}}} cannot be placed in a host name"))
     return base
 
 

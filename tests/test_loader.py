@@ -742,6 +742,90 @@ def test_required_param_missing_is_refused(tmp_path: Path):
     assert problem.message == "is required"
 
 
+# --- who chooses the host ---------------------------------------------------------------------
+
+HOSTED_PROVIDER = """
+name: hosted
+base_url: "https://{params.host}:{params.port}/api"
+credentials:
+  token: {description: "API token"}
+auth:
+  header: X-Token
+  value: "{credentials.token}"
+params:
+  host: {}
+  port: {type: integer, default: 443}
+  tenant: {per_request: true}
+resources:
+  thing:
+    method: DELETE
+    path: /things/{id}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        pytest.param("  host: {}\n", "params.host", id="host"),
+        pytest.param("  port: {type: integer, default: 443}\n", "params.port", id="port"),
+    ],
+)
+def test_definition_whose_host_or_port_is_given_per_request_is_refused(
+    tmp_path: Path, change: str, named: str
+):
+    """A caller must never choose where a connection's credentials go: refused at load time."""
+    per_request = change.replace("{}", "{per_request: true}").replace(
+        "default:", "per_request: true, default:"
+    )
+    definition = write(tmp_path, HOSTED_PROVIDER.replace(change, per_request), "hosted.yaml")
+    problems = problems_of(tmp_path, "providers: [hosted.yaml]\n" + CALLERS)
+    (problem,) = problems
+    assert problem.file == str(definition)
+    assert problem.message.startswith(f"base_url: {{{named}}} is given per request")
+
+
+def test_definition_whose_host_takes_a_request_field_is_refused(tmp_path: Path):
+    """The canonical fields come from the caller too: ``{id}`` cannot choose the host."""
+    text = TINY_PROVIDER.replace("https://tiny.example", "https://{id}.tiny.example")
+    definition = write(tmp_path, text, "tiny.yaml")
+    (problem,) = problems_of(tmp_path, "providers: [tiny.yaml]\n" + CALLERS)
+    assert problem.file == str(definition)
+    assert problem.message.startswith("base_url: {id} is given per request")
+
+
+def test_definition_whose_host_uses_connection_params_loads(tmp_path: Path):
+    """Params the connection fixes may make the host and port; per-request ones the path."""
+    write(tmp_path, HOSTED_PROVIDER.replace("/api", "/api/{params.tenant}"), "hosted.yaml")
+    runtime = load_text(
+        tmp_path,
+        "providers: [hosted.yaml]\n"
+        + connection(
+            "h", "provider: hosted\ncredentials: {token: fake-token}\nparams: {host: api}\n"
+        ),
+    )
+    assert runtime.targets["h"].base_url.authority.source == "{params.host}:{params.port}"
+
+
+def test_connection_base_url_whose_host_is_given_per_request_is_refused(tmp_path: Path):
+    """Shipper's warehouse_id comes with each request: it may not pick a connection's host."""
+    problem = only(
+        problems_of(
+            tmp_path,
+            connection(
+                "c",
+                """
+                provider: shipper
+                base_url: "https://{params.warehouse_id}.shipper.example"
+                credentials: {api_key: fake-key-0123}
+                params: {warehouse_id: wh1}
+                """,
+            ),
+        ),
+        "connections.c.base_url",
+    )
+    assert problem.message.startswith("{params.warehouse_id} is given per request")
+
+
 # --- callers ---------------------------------------------------------------------------------
 
 

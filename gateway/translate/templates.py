@@ -38,6 +38,10 @@ CONTEXT_NAMES = frozenset(
     }
 )
 PREFIXED_NAMES = ("params.", "credentials.")
+# The names whose values come with each request, chosen by the caller.
+REQUEST_NAMES = frozenset(
+    {"id", "resource", "reason", "requested_by", "notify", "notes", "idempotency_key"}
+)
 
 _REF = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-zA-Z_][a-zA-Z0-9_-]*)?$")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -203,6 +207,11 @@ def render_structure(value: Body, ctx: Context) -> Any:
 # --- URL pieces ----------------------------------------------------------------------------
 
 HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def authority_of(url: str) -> str:
+    """The host and port of a URL (template): what lies between ``://`` and the path."""
+    return url.partition("://")[2].partition("/")[0]
 
 
 def encode_segment(value: str) -> str:

@@ -9,6 +9,7 @@ import pytest
 from gateway.translate.templates import (
     Ref,
     TemplateError,
+    authority_of,
     compile_structure,
     compile_template,
     encode_host_label,
@@ -225,6 +226,20 @@ def test_encode_segment_refuses_dot_segments(value: str) -> None:
 def test_encode_query_value_encodes_separators() -> None:
     """A query value cannot add parameters or a fragment."""
     assert encode_query_value("a&b=c#d e") == "a%26b%3Dc%23d%20e"
+
+
+@pytest.mark.parametrize(
+    ("url", "authority"),
+    [
+        ("https://{params.host}:{params.port}/api/{params.tenant}", "{params.host}:{params.port}"),
+        ("https://{params.shop}.example", "{params.shop}.example"),
+        ("http://127.0.0.1:9", "127.0.0.1:9"),
+        ("https:///v1", ""),
+    ],
+)
+def test_authority_of_is_the_host_and_port_without_the_path(url: str, authority: str) -> None:
+    """What decides where a request goes: the references checked as host and port."""
+    assert authority_of(url) == authority
 
 
 @pytest.mark.parametrize(
