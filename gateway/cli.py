@@ -77,11 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate.set_defaults(run=cmd_simulate)
 
     demo = commands.add_parser("demo", help="the gateway in front of the simulators, on loopback")
-    demo.add_argument("--port", type=port_number, default=8080, help="the gateway's port")
+    demo.add_argument(
+        "--port", type=port_number, default=8080, help="the gateway's port (default: 8080)"
+    )
     demo.add_argument(
         "--simulators-port",
         type=port_number,
         default=0,
+        metavar="PORT",
         help="the simulators' port (default: a free one)",
     )
     demo.add_argument("--config", help=f"default: {DEMO_CONFIG}")
