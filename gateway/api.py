@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
@@ -131,6 +133,11 @@ def parse_batch(body: bytes, idempotency_key: str | None) -> list[object]:
     return items
 
 
+# How a request body can fail on the wire: not valid for its Content-Encoding or its chunked
+# framing (RequestPayloadError, HttpProcessingError), or a client gone before its end.
+_UNREADABLE = (RequestPayloadError, HttpProcessingError, ConnectionError)
+
+
 async def _read_body(request: web.Request) -> bytes:
     server = request.app[SERVER]
     limit = server.max_body_bytes
@@ -138,11 +145,21 @@ async def _read_body(request: web.Request) -> bytes:
         raise GatewayError(
             ErrorCode.PAYLOAD_TOO_LARGE, f"the request body is larger than {limit} bytes"
         )
-    if request.content.is_eof():  # it all came with the headers: nothing to wait for, no timer
-        return await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
     try:
+        if request.content.is_eof():  # it all came with the headers: no waiting, no timer
+            return await request.read()  # past client_max_size: HTTPRequestEntityTooLarge
         async with asyncio.timeout(server.body_timeout_s):
-            return await request.read()  # past client_max_size: HTTPRequestEntityTooLarge (413)
+            return await request.read()  # past client_max_size: HTTPRequestEntityTooLarge
+    except _UNREADABLE as exc:
+        # The client's fault, not a bug: one warning line, no traceback, and an answer (which
+        # a client that left never reads).
+        reason = _first_line(exc)
+        request.app[LOG].warning("request.body_unreadable", reason=reason)
+        raise GatewayError(
+            ErrorCode.INVALID_REQUEST,
+            f"the request body could not be read: {reason}",
+            fields=[("body", "could not be read")],
+        ) from None
     except TimeoutError:
         request.app[LOG].warning("request.body_timeout", timeout_s=server.body_timeout_s)
         raise GatewayError(
@@ -152,11 +169,19 @@ async def _read_body(request: web.Request) -> bytes:
         ) from None
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) or type(exc).__name__
+    return text[:200]
+
+
 def _flag(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "false")
-    if value not in ("true", "false"):
+    given = request.query.getall(name, ["false"])
+    if len(given) > 1:  # which one counts would be a guess: a dry run must never cancel
+        raise invalid_request((f"query.{name}", "is given more than once"))
+    if given[0] not in ("true", "false"):
         raise invalid_request((f"query.{name}", "must be true or false"))
-    return value == "true"
+    return given[0] == "true"
 
 
 async def get_cancellation(request: web.Request) -> web.Response:

@@ -191,6 +191,18 @@ async def test_dry_run_must_be_true_or_false(gateway: Gateway, upstream: Upstrea
     assert gateway.events("cancellation.completed") == []
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["dry_run=false&dry_run=true", "dry_run=true&dry_run=false", "dry_run=true&dry_run=true"],
+)
+async def test_dry_run_given_twice_is_refused(gateway: Gateway, upstream: Upstream, query: str):
+    """A query parameter the API reads, given twice, is a 422: never a real cancellation."""
+    result = await preview(gateway, RX, query=query)
+    assert result.status == 422, result.body
+    assert [f["loc"] for f in result.body["error"]["fields"]] == ["query.dry_run"]
+    assert upstream.received == []
+
+
 async def test_dry_run_false_cancels(gateway: Gateway, upstream: Upstream):
     """dry_run=false is an ordinary cancellation: sent, answered with an envelope."""
     upstream.answer(200, RX_OK)
