@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from structlog.typing import FilteringBoundLogger
 
@@ -106,7 +106,10 @@ class Sender:
             tried = await self._attempt(going, guards, deadline, attempts + 1, log)
             if tried.refused is not None:
                 # A retry refused by the breaker or the limits keeps the provider's last answer.
-                outcome = outcome or tried.refused
+                if outcome is None:
+                    outcome = tried.refused
+                else:
+                    outcome = replace(outcome, note=f"not repeated: {tried.refused.message}")
                 break
             attempts += 1
             outcome = tried.outcome
@@ -119,8 +122,12 @@ class Sender:
                     latency_ms=ms(self._clock.monotonic() - first),
                 )
             )
-            delay = self._retry_delay(going, tried, attempts, retry_safe, deadline, guards, log)
+            delay, note = self._retry_delay(
+                going, tried, attempts, retry_safe, deadline, guards, log
+            )
             if delay is None:
+                if note is not None:
+                    outcome = replace(outcome, note=note)
                 break
             await self._clock.sleep(delay)
         return outcome
@@ -269,31 +276,38 @@ class Sender:
         deadline: float,
         guards: Guards,
         log: FilteringBoundLogger,
-    ) -> float | None:
-        """Seconds to wait before the next attempt, or None when this outcome is final."""
-        retry = going.policy.retry
-        if attempts >= retry.max_attempts:
-            return None
+    ) -> tuple[float | None, str | None]:
+        """Seconds to wait before the next attempt, or None when this outcome is final; and,
+        when a repeat the rules allow is not made, why (for the envelope's message)."""
         if tried.status == 429:
             reason = "rate_limited"
-            given = tried.outcome.retry_after_s
-            delay = given if given is not None else backoff_s(attempts, retry, self._rand)
         else:
             found = retry_reason(
                 status=tried.status, sent=tried.sent, retry_safe=retry_safe, answered=tried.answered
             )
             if found is None:  # the usual end: an answer that is final
-                return None
-            reason, delay = found, backoff_s(attempts, retry, self._rand)
+                return None, None
+            reason = found
+        retry = going.policy.retry
+        if attempts >= retry.max_attempts:
+            return None, f"not repeated: retry.max_attempts ({attempts}) reached"
+        # A provider's Retry-After (a 429's, a 503's) is its word on when to come back.
+        given = tried.outcome.retry_after_s
+        delay = given if given is not None else backoff_s(attempts, retry, self._rand)
         if delay >= deadline - self._clock.monotonic():
-            return None
+            if given is not None:
+                return (
+                    None,
+                    f"not repeated: the provider asked to wait {given:g} s, past the budget",
+                )
+            return None, None
         if not guards.budget.try_retry():
             self._metrics.retry_budget_exhausted(going.target.name)
             log.warning("upstream.retry_budget_exhausted", attempt=attempts)
-            return None
+            return None, "not repeated: the connection's retry budget is spent"
         self._metrics.retried(going.target.name, reason)
         log.info("upstream.retry", attempt=attempts, reason=reason, delay_ms=ms(delay))
-        return delay
+        return delay, None
 
 
 def ms(seconds: float) -> float:

@@ -276,6 +276,58 @@ async def test_retry_budget_exhaustion_is_counted(make_gateway: GatewayFactory, 
     assert len(upstream.received) == 3
     exhausted = gateway.events("upstream.retry_budget_exhausted")
     assert [e["attempt"] for e in exhausted] == [2, 1]
+    for answer in (first, second):  # the envelope says why there were no more attempts
+        assert answer.body["error"]["message"].endswith(
+            "(not repeated: the connection's retry budget is spent)"
+        )
+
+
+@pytest.mark.parametrize("status", [502, 503])
+async def test_a_5xx_with_retry_after_is_repeated_after_it(
+    make_gateway: GatewayFactory, upstream: Upstream, status: int
+):
+    """A 502/503 that says when to come back is repeated then (1 s), not after a backoff."""
+    gateway = await make_gateway(upstream_url=upstream.url)
+    upstream.answer(status, {"error": "busy", "details": []}, headers={"Retry-After": "1"})
+    upstream.answer(200, RX_OK)
+    started = time.monotonic()
+    result = await gateway.cancel({"connection": "rxuniverse-lab", "id": "72544"})
+    assert time.monotonic() - started >= 1.0
+    assert result.body["status"] == "cancelled"
+    assert result.body["upstream"]["attempts"] == 2
+    [retry] = gateway.events("upstream.retry")
+    assert (retry["reason"], retry["delay_ms"]) == (f"answered_{status}", 1000.0)
+
+
+async def test_a_5xx_whose_retry_after_is_past_the_budget_says_so(
+    make_gateway: GatewayFactory, upstream: Upstream
+):
+    gateway = await make_gateway(upstream_url=upstream.url)
+    upstream.answer(503, {"error": "busy", "details": []}, headers={"Retry-After": "30"})
+    started = time.monotonic()
+    result = await gateway.cancel({"connection": "rxuniverse-lab", "id": "72544"})
+    assert time.monotonic() - started < 0.5
+    error = result.body["error"]
+    assert (error["code"], error["retry_after_s"]) == ("provider_error", 30)
+    assert result.headers["Retry-After"] == "30"
+    assert error["message"].endswith(
+        "(not repeated: the provider asked to wait 30 s, past the budget)"
+    )
+    assert result.body["upstream"]["attempts"] == 1
+
+
+async def test_the_last_attempt_says_it_was_the_last(
+    make_gateway: GatewayFactory, upstream: Upstream
+):
+    gateway = await make_gateway(
+        config("retry: {backoff_base_s: 0.01, max_attempts: 2}"), upstream_url=upstream.url
+    )
+    upstream.always(503, {"error": "Service Unavailable", "details": []})
+    result = await gateway.cancel({"connection": "rxuniverse-lab", "id": "72544"})
+    assert result.body["upstream"]["attempts"] == 2
+    assert result.body["error"]["message"].endswith(
+        "(not repeated: retry.max_attempts (2) reached)"
+    )
 
 
 async def test_full_bulkhead_answers_503_without_sending(
