@@ -354,6 +354,44 @@ async def test_server_closing_without_answer_is_provider_error_sent():
     assert failure.sent is True
 
 
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "GET", "PATCH"])
+async def test_a_pooled_connection_reset_after_the_request_is_one_request(method: str):
+    """A kept-alive connection that the server closes after reading the second request: the
+    server sees exactly that one request, never a silent second send of it by the client
+    (aiohttp re-sends idempotent methods on a reused connection unless told not to)."""
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            requests.append(head.split(b"\r\n", 1)[0])
+            if len(requests) == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                continue
+            break  # read it, then reset: the request may have been acted on
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/orders/1"
+    try:
+        async with new_session() as session:
+            transport = AiohttpTransport(session)
+            first = await transport(request(url, method), timeout_s=2)
+            assert first.status == 200
+            failure = await failure_of(transport, request(url, method))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert failure.sent is True
+    assert failure.code is ErrorCode.PROVIDER_ERROR
+    assert requests == [f"{method} /orders/1 HTTP/1.1".encode()] * 2
+
+
 async def test_read_timeout_is_provider_timeout_sent(
     transport: AiohttpTransport, loopback: Loopback
 ):
