@@ -155,3 +155,5 @@ async def test_an_encoded_echo_of_the_credential_is_redacted(gateway: Gateway, u
         assert "[REDACTED]" in result.body["error"]["message"]
         assert encoded[0] not in result.raw.decode()
         assert quote(secret, safe="") not in result.raw.decode()
+    assert encoded[0] not in gateway.log_text
+    assert quote(secret, safe="") not in gateway.log_text
