@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help=f"default: $GATEWAY_CONFIG, else {DEFAULT_CONFIG}")
     serve.add_argument("--host", help="overrides server.host")
-    serve.add_argument("--port", type=int, help="overrides server.port")
+    serve.add_argument("--port", type=port_number, help="overrides server.port")
     serve.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
     serve.set_defaults(run=cmd_serve)
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     simulate = commands.add_parser("simulate", help="serve emulations of the built-in providers")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8081)
+    simulate.add_argument("--port", type=port_number, default=8081)
     simulate.set_defaults(run=cmd_simulate)
 
     demo = commands.add_parser("demo", help="the gateway in front of the simulators, on loopback")
@@ -232,14 +232,7 @@ def serve_gateway(
     capture_library_logs(log)
 
     def started(urls: Sequence[str]) -> None:
-        log.info(
-            "gateway.started",
-            urls=list(urls),
-            config=str(path),
-            config_version=runtime.version,
-            connections=sorted(runtime.targets),
-            pid=os.getpid(),
-        )
+        log_started(log, urls, path, runtime)
 
     async def reload() -> None:
         with contextlib.suppress(ConfigError):  # logged; the old configuration keeps serving
@@ -252,6 +245,19 @@ def serve_gateway(
         return 1
     log.info("gateway.stopped", pid=os.getpid(), config_version=app[CONFIG].current.version)
     return 0
+
+
+def log_started(
+    log: FilteringBoundLogger, urls: Sequence[str], path: Path, runtime: Runtime
+) -> None:
+    log.info(
+        "gateway.started",
+        urls=list(urls),
+        config=str(path),
+        config_version=runtime.version,
+        connections=sorted(runtime.targets),
+        pid=os.getpid(),
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -293,14 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def started(urls: Sequence[str]) -> None:
         runtime, log, first = built[0]
-        log.info(
-            "gateway.started",
-            urls=list(urls[first:]),
-            config=str(path),
-            config_version=runtime.version,
-            connections=sorted(runtime.targets),
-            pid=os.getpid(),
-        )
+        log_started(log, urls[first:], path, runtime)
         print(demo_banner(urls[-1], urls[0], environ["DEMO_CALLER_KEY"]), flush=True)
 
     simulators = Listener(

@@ -192,10 +192,19 @@ async def test_demo_on_a_taken_simulators_port_names_that_flag() -> None:
     )
 
 
-@pytest.mark.parametrize("flag", ["--port", "--simulators-port"])
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("demo", "--port"),
+        ("demo", "--simulators-port"),
+        ("serve", "--port"),
+        ("simulate", "--port"),
+    ],
+)
 @pytest.mark.parametrize("value", ["70000", "http"])
-async def test_demo_refuses_a_port_out_of_range(flag: str, value: str) -> None:
-    code, stdout, stderr = await _run("demo", flag, value)
+async def test_a_port_out_of_range_is_refused(command: str, flag: str, value: str) -> None:
+    """A port past 65535 is refused, not quietly taken modulo 65536."""
+    code, stdout, stderr = await _run(command, flag, value)
     assert (code, stdout) == (2, "")
     assert f"argument {flag}: {value!r} is not a port (0 to 65535)" in stderr
     assert "Traceback" not in stderr
