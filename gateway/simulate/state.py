@@ -28,7 +28,7 @@ MASKED_HEADERS = frozenset(
 class SimulatorKeys:
     """The credential each simulated provider accepts.
 
-    The defaults are demo values printed in config/demo.yaml, not secrets. An empty or
+    The defaults are demo values printed in gateway/demo.yaml, not secrets. An empty or
     ``None`` RxUniverse key means the simulated lab asks for none (its auth is optional).
     """
 
