@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -18,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+Name = Annotated[str, Field(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
 class _Strict(BaseModel):
@@ -94,7 +95,14 @@ class CallerConfig(_Strict):
         return bytes.fromhex(self.key_sha256)
 
 
-ParamValue = str | StrictBool | StrictInt | StrictFloat
+def _scalar(value: object) -> object:
+    # One problem for a value that is no scalar, rather than one for each member of the union.
+    if isinstance(value, str | bool | int | float):
+        return value
+    raise ValueError("must be a string, a number or a boolean")
+
+
+ParamValue = Annotated[str | StrictBool | StrictInt | StrictFloat, BeforeValidator(_scalar)]
 
 
 class RetrySettings(_Strict):

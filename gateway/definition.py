@@ -27,6 +27,7 @@ from gateway.translate.templates import (
     compile_template,
     structure_templates,
     unknown_names,
+    unknown_reference,
 )
 
 
@@ -266,7 +267,7 @@ class RateLimit(_Strict):
 
 
 class ProviderDefinition(_Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+    name: Annotated[str, Field(max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")]
     title: str = ""
     rate_limit: RateLimit | None = None  # per connection; a connection's limits override it
     base_url: TemplateField | None = None
@@ -291,7 +292,7 @@ class ProviderDefinition(_Strict):
 
         def check(where: str, template: Template, credentials_allowed: bool = False) -> None:
             for name in unknown_names(template, self.params, self.credentials):
-                found.append((where, f"{{{name}}} references nothing known"))
+                found.append((where, unknown_reference(name, self.params, self.credentials)))
             if not credentials_allowed and any(
                 n.startswith("credentials.") for n in template.names
             ):

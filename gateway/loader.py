@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
-from gateway.problems import ConfigError, Problem
+from gateway.problems import ConfigError, Problem, validation_problems
 from gateway.providers import builtin_files
 from gateway.resilience import Policy
 from gateway.targets import check_callers, resolve_target
@@ -77,14 +77,15 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
     raw = _substitute(raw, environ, (), str(path), problems, unresolved, secrets)
     config = _validate(GatewayConfig, raw, str(path), problems, skip=unresolved)
     files, sources = _provider_files(path.parent, raw, config, problems)
-    providers = load_providers(path.parent, files, problems)
+    failed: set[str] = set()
+    providers = load_providers(path.parent, files, problems, failed)
 
     found: list[Problem] = []
     connections = config.connections if config else _parsable_connections(raw)
     targets = {
         name: target
         for name, conn in connections.items()
-        if (target := resolve_target(name, conn, providers, str(path), found)) is not None
+        if (target := resolve_target(name, conn, providers, str(path), found, failed)) is not None
     }
     if config is not None:
         check_callers(config, str(path), found)
@@ -147,9 +148,14 @@ def _within(loc: str, prefixes: Set[tuple[str, ...]]) -> bool:
 
 
 def load_providers(
-    base: Path, extra: Iterable[str], problems: list[Problem]
+    base: Path, extra: Iterable[str], problems: list[Problem], failed: set[str] | None = None
 ) -> dict[str, ProviderDefinition]:
-    """The built-in definitions, then the config's own files, which may replace them by name."""
+    """The built-in definitions, then the config's own files, which may replace them by name.
+
+    ``failed`` receives the names of the definitions that did not load (the name they give
+    and their file's), so that what uses them is not also reported as unknown; a built-in
+    one of those names was meant to be replaced, and is not used instead.
+    """
     found: dict[str, ProviderDefinition] = {}
     sources: list[tuple[str, str]] = [
         (f"gateway/providers/{f.name}", f.read_text("utf-8")) for f in builtin_files()
@@ -166,13 +172,21 @@ def load_providers(
                 sources.append((str(file), file.read_text("utf-8")))
             except (OSError, UnicodeDecodeError) as exc:
                 problems.append(Problem(str(file), "", f"cannot read: {_reason(exc)}"))
+    refused: set[str] = set()
     for name, text in sources:
         raw = _parse_yaml(text, name, problems)
-        if raw is None:
-            continue
-        definition = _validate(ProviderDefinition, raw, name, problems)
+        definition = None if raw is None else _validate(ProviderDefinition, raw, name, problems)
         if definition is not None:
             found[definition.name] = definition
+            refused.discard(definition.name)
+            continue
+        refused.add(Path(name).stem)
+        if raw is not None and isinstance(raw.get("name"), str):
+            refused.add(raw["name"])
+    for name in refused:
+        found.pop(name, None)
+    if failed is not None:
+        failed.update(refused)
     return found
 
 
@@ -365,12 +379,7 @@ def _validate(
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        for error in exc.errors(include_input=False, include_url=False):
-            loc = tuple(str(p) for p in error["loc"])
-            if loc in skip:
-                continue  # already reported as an unset variable
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(Problem(file, ".".join(loc), message))
+        problems.extend(validation_problems(model, exc, file, skip))
         return None
 
 

@@ -7,12 +7,12 @@ for encoding, the credentials and the merged parameters.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
-from gateway.problems import Problem
+from gateway.problems import Problem, suggest
 from gateway.translate.build import BaseUrl, Target, param_problem
 from gateway.translate.templates import (
     HOST_LABEL,
@@ -20,6 +20,7 @@ from gateway.translate.templates import (
     TemplateError,
     compile_template,
     unknown_names,
+    unknown_reference,
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -32,14 +33,22 @@ def resolve_target(
     providers: Mapping[str, ProviderDefinition],
     file: str,
     problems: list[Problem],
+    failed: Set[str] = frozenset(),
 ) -> Target | None:
+    """The connection resolved against its definition, or None with the problems found.
+
+    A definition named in ``failed`` did not load: its own problems are reported, and
+    calling it unknown here would send the reader looking for the wrong mistake.
+    """
     loc = f"connections.{name}"
     definition = providers.get(conn.provider)
+    if conn.provider in failed:
+        message = f"provider {conn.provider!r} failed to load (see above)"
+        problems.append(Problem(file, f"{loc}.provider", message))
+        return None
     if definition is None:
-        known = ", ".join(sorted(providers))
-        problems.append(
-            Problem(file, f"{loc}.provider", f"unknown provider {conn.provider!r} (known: {known})")
-        )
+        message = f"unknown provider {conn.provider!r} ({suggest(conn.provider, providers)})"
+        problems.append(Problem(file, f"{loc}.provider", message))
         return None
     before = len(problems)
 
@@ -47,12 +56,12 @@ def resolve_target(
     for cname, secret in conn.credentials.items():
         value = secret.get_secret_value()
         if cname not in definition.credentials:
-            declared = ", ".join(definition.credentials) or "none"
+            declared = suggest(cname, definition.credentials, "declared")
             problems.append(
                 Problem(
                     file,
                     f"{loc}.credentials.{cname}",
-                    f"not a credential of {definition.name} (declared: {declared})",
+                    f"not a credential of {definition.name} ({declared})",
                 )
             )
         elif _CONTROL.search(value):
@@ -81,12 +90,12 @@ def resolve_target(
     }
     for pname, given in conn.params.items():
         if pname not in definition.params:
-            declared = ", ".join(definition.params) or "none"
+            declared = suggest(pname, definition.params, "declared")
             problems.append(
                 Problem(
                     file,
                     f"{loc}.params.{pname}",
-                    f"not a parameter of {definition.name} (declared: {declared})",
+                    f"not a parameter of {definition.name} ({declared})",
                 )
             )
         params[pname] = given
@@ -128,7 +137,7 @@ def _base_url(
         return None
     for template in (base.authority, base.path):
         for ref in unknown_names(template, definition.params, {}):
-            problems.append(Problem(file, loc, f"{{{ref}}} references nothing known"))
+            problems.append(Problem(file, loc, unknown_reference(ref, definition.params, {})))
     refused = definition.host_problems(base.authority)
     problems.extend(Problem(file, loc, problem) for problem in refused)
     if refused:

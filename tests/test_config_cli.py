@@ -228,6 +228,173 @@ def test_default_path_is_config_gateway_yaml_in_the_working_directory(
     assert out.startswith("ok: config/gateway.yaml: ")
 
 
+# --- what the problems say ---------------------------------------------------------------------
+
+TINY = """
+name: tiny
+base_url: https://tiny.example
+credentials:
+  token: {description: "API token"}
+auth:
+  header: X-Token
+  value: "{credentials.token}"
+params:
+  warehouse_id: {}
+resources:
+  thing:
+    method: DELETE
+    path: /things/{id}
+"""
+
+USES_TINY = """
+providers: [tiny.yaml]
+callers:
+  - name: oms
+    key: test-caller-key-0123456789
+    connections: ["*"]
+connections:
+  t:
+    provider: tiny
+    credentials: {token: fake-token}
+"""
+
+
+def check(path: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """check-config's problem lines for ``path``, which must fail."""
+    assert main(["check-config", "--config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    return err.splitlines()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param(TINY + "colour: blue\n", id="schema"),
+        pytest.param(TINY.replace("/things/{id}", "/things/{params.warehous_id}"), id="template"),
+        pytest.param(TINY + "  other: [unclosed\n", id="yaml"),
+        pytest.param(TINY.replace("name: tiny", "name: Tiny"), id="bad-name"),
+    ],
+)
+def test_a_definition_that_failed_is_not_also_an_unknown_provider(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], broken: str
+):
+    """The definition's own problem, then one line pointing at it: no misleading second error."""
+    write(tmp_path, broken, "tiny.yaml")
+    lines = check(write(tmp_path, USES_TINY), capsys)
+    assert not any("unknown provider" in line for line in lines), lines
+    assert (
+        lines[-1]
+        == f"{tmp_path / 'gateway.yaml'}: connections.t.provider: provider 'tiny' failed to load (see above)"
+    )
+    assert lines[0].startswith(f"{tmp_path / 'tiny.yaml'}: ")
+
+
+def test_a_builtin_replaced_by_a_definition_that_failed_is_not_used_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """A file meant to replace stateset that fails leaves no stateset to check against."""
+    write(tmp_path, TINY.replace("name: tiny", "name: stateset") + "colour: blue\n", "tiny.yaml")
+    lines = check(
+        write(tmp_path, USES_TINY.replace("provider: tiny", "provider: stateset")), capsys
+    )
+    assert lines[1:] == [
+        f"{tmp_path / 'gateway.yaml'}: connections.t.provider: provider 'stateset' failed to load (see above)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "loc", "expected"),
+    [
+        pytest.param(
+            "timeout: 3",
+            "connections.t.timeout",
+            "unknown key (did you mean timeout_s? known: attempt_timeout_s, base_url, breaker, "
+            "connect_timeout_s, credentials, limits, params, provider, retry, timeout_s)",
+            id="connection",
+        ),
+        pytest.param(
+            "retry: {max_attempt: 3}",
+            "connections.t.retry.max_attempt",
+            "unknown key (did you mean max_attempts? known: backoff_base_s, backoff_max_s, "
+            "budget_min_retries, budget_ratio, budget_window_s, max_attempts)",
+            id="nested",
+        ),
+        pytest.param(
+            "colour: blue",
+            "connections.t.colour",
+            "unknown key (known: attempt_timeout_s, base_url, breaker, connect_timeout_s, "
+            "credentials, limits, params, provider, retry, timeout_s)",
+            id="nothing-close",
+        ),
+    ],
+)
+def test_an_unknown_key_suggests_the_closest_known_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, loc: str, expected: str
+):
+    write(tmp_path, TINY, "tiny.yaml")
+    lines = check(write(tmp_path, USES_TINY + f"    {key}\n"), capsys)
+    assert lines == [f"{tmp_path / 'gateway.yaml'}: {loc}: {expected}"]
+
+
+def test_an_unknown_key_in_a_definition_suggests_the_closest_known_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    write(tmp_path, TINY.replace("    method: DELETE", "    methd: DELETE"), "tiny.yaml")
+    lines = check(write(tmp_path, USES_TINY), capsys)
+    where = f"{tmp_path / 'tiny.yaml'}: resources.thing.methd: "
+    (line,) = [line for line in lines if line.startswith(where)]
+    assert line.startswith(f"{where}unknown key (did you mean method? known: already_cancelled, ")
+
+
+def test_an_unknown_placeholder_suggests_the_closest_known_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    write(tmp_path, TINY.replace("/things/{id}", "/things/{params.warehous_id}"), "tiny.yaml")
+    lines = check(write(tmp_path, USES_TINY), capsys)
+    assert lines[0] == (
+        f"{tmp_path / 'tiny.yaml'}: resources.thing.path: {{params.warehous_id}} references "
+        "nothing known (did you mean params.warehouse_id? known: params.warehouse_id)"
+    )
+
+
+def test_an_unknown_provider_suggests_the_closest_known_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    set_env(monkeypatch, {"OMS_API_KEY": CALLER_KEY, "STATESET_API_KEY": "sk_test_fake"})
+    lines = check(write(tmp_path, GOOD.replace("provider: stateset", "provider: statset")), capsys)
+    assert lines == [
+        f"{tmp_path / 'gateway.yaml'}: connections.stateset-main.provider: unknown provider "
+        "'statset' (did you mean stateset? known: rxuniverse, shipper, shoplazza, stateset)"
+    ]
+
+
+def test_a_name_too_long_says_its_length_in_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """A name's limit is said in characters, not hidden in a regular expression."""
+    write(tmp_path, TINY.replace("name: tiny", "name: t" + "x" * 64), "tiny.yaml")
+    text = USES_TINY.replace("name: oms", "name: " + "o" * 101)
+    lines = check(write(tmp_path, text), capsys)
+    assert f"{tmp_path / 'tiny.yaml'}: name: String should have at most 64 characters" in lines
+    assert (
+        f"{tmp_path / 'gateway.yaml'}: callers.0.name: String should have at most 100 characters"
+        in lines
+    )
+
+
+def test_a_param_of_the_wrong_type_is_one_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """A param is a string, a number or a boolean: a list is one line saying so."""
+    write(tmp_path, TINY, "tiny.yaml")
+    lines = check(write(tmp_path, USES_TINY + "    params: {warehouse_id: [1, 2]}\n"), capsys)
+    assert lines == [
+        f"{tmp_path / 'gateway.yaml'}: connections.t.params.warehouse_id: "
+        "must be a string, a number or a boolean"
+    ]
+
+
 # --- the installed console script, in a process of its own ------------------------------------
 
 

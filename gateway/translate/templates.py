@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from gateway.problems import suggest
+
 # The names a template may reference. ``params.*`` and ``credentials.*`` are further checked
 # against what the provider declares.
 CONTEXT_NAMES = frozenset(
@@ -159,6 +161,20 @@ def unknown_names(
         if declared is None or rest not in declared:
             unknown.append(name)
     return unknown
+
+
+def unknown_reference(
+    name: str, params: Mapping[str, object], credentials: Mapping[str, object]
+) -> str:
+    """Why ``{name}`` cannot be used, naming what it was likely meant to be: the known
+    names of its kind are listed, the closest of all is suggested."""
+    declared = {
+        "params": [f"params.{n}" for n in params],
+        "credentials": [f"credentials.{n}" for n in credentials],
+    }
+    known = declared.get(name.partition(".")[0], CONTEXT_NAMES)
+    everything = [*CONTEXT_NAMES, *declared["params"], *declared["credentials"]]
+    return f"{{{name}}} references nothing known ({suggest(name, known, among=everything)})"
 
 
 # --- structured templates (bodies, query strings, headers) ---------------------------------
