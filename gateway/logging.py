@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from gateway.log_output import BatchedLines
@@ -34,26 +35,71 @@ from gateway.redact import REDACTED, Redactor
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 _LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level
-# A header quoted in a library's message (a request it could not parse): keep the name only.
+
+# aiohttp's parse errors quote the raw bytes of the request as Python literals (b'...', '...').
+# A caller configured by ``key_sha256`` has no plaintext the redactor could look for, so every
+# quoted header value and request target is masked, whatever header it came in.
+_LITERAL = re.compile(r"""(?<!\w)b?('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+_HEADER_LINE = re.compile(r"([!#$%&*+.^_`|~0-9A-Za-z-]+)[ \t]*:")
+_REQUEST_LINE = re.compile(
+    r"(?:(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS|CONNECT|TRACE) )?.*?( HTTP/\d\.\d)?", re.DOTALL
+)
+# A bare literal that names one of these is aiohttp's own word, never the request's bytes.
+_HEADER_NAMES = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "expect"}
+)
+_POINTER = re.compile(r"\n[ \t]*\^[ \t]*(?=\n|$)")  # a caret under the unmasked text
+# Any other record of the library (an error outside the app) that names a credential header.
 _QUOTED_HEADER = re.compile(
     r"(?i)\b(authorization|proxy-authorization|x-api-key|access-token|cookie)(\s*:\s*)[^\r\n'\"]*"
 )
 
 
+def unparsed_reason(exc: BaseException) -> str:
+    """Why aiohttp could not parse a request, on one line, with every header value and the
+    request target masked: ``Invalid header value char: b'X-Note: [REDACTED]'``."""
+    message = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    if isinstance(exc, InvalidURLError) and "\n" not in message:
+        message = REDACTED  # the raw target itself, unquoted
+    masked = _LITERAL.sub(_mask_literal, _POINTER.sub("", str(message)))
+    return " ".join(masked.split())
+
+
+def _mask_literal(match: re.Match[str]) -> str:
+    quoted = match.group(1)
+    prefix, quote, body = match.group(0)[: -len(quoted)], quoted[0], quoted[1:-1]
+    if body.lower() in _HEADER_NAMES:
+        return match.group(0)
+    header = _HEADER_LINE.match(body)
+    if header is not None:
+        kept = f"{header.group(1)}: {REDACTED}"
+    else:
+        request = _REQUEST_LINE.fullmatch(body)
+        assert request is not None  # every text matches
+        method, version = request.group(1), request.group(2)
+        kept = f"{method + ' ' if method else ''}{REDACTED}{version or ''}"
+    return f"{prefix}{quote}{kept}{quote}"
+
+
 class _Forward(logging.Handler):
     """Log records of aiohttp (a request it could not parse, an error outside the app) as
-    JSON lines through the same pipeline, with the headers they quote masked."""
+    JSON lines through the same pipeline. A request it could not parse is the client's
+    mistake, not the server's: a warning without a traceback, its quoted bytes masked."""
 
     def __init__(self, log: FilteringBoundLogger) -> None:
         super().__init__(logging.WARNING)
         self._log = log
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            text += "\n" + "".join(traceback.format_exception(record.exc_info[1]))
-        masked = _QUOTED_HEADER.sub(rf"\1\2{REDACTED}", text)
-        self._log.log(record.levelno, "server.error", logger=record.name, message=masked)
+        text, level = record.getMessage(), record.levelno
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            text, level = f"{text}: {unparsed_reason(exc)}", logging.WARNING
+        else:
+            if exc is not None:
+                text += "\n" + "".join(traceback.format_exception(exc))
+            text = _QUOTED_HEADER.sub(rf"\1\2{REDACTED}", text)
+        self._log.log(level, "server.error", logger=record.name, message=text)
 
 
 def capture_library_logs(log: FilteringBoundLogger) -> None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import enum
 import io
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp._http_parser import HttpRequestParser as HttpRequestParserC
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParserPy
 from structlog.typing import FilteringBoundLogger
 
-from gateway.logging import log_context, make_logger
+from gateway.logging import capture_library_logs, log_context, make_logger
 from gateway.redact import REDACTED, Redactor
 
 # Fake values only.
@@ -391,3 +395,98 @@ def test_a_str_enum_key_does_not_teach_the_redactor_that_its_value_is_safe():
     assert orjson.loads(redactor.dumps({"authorization": "Bearer two"})) == {
         "authorization": REDACTED
     }
+
+
+# --- aiohttp's own records -------------------------------------------------------------------
+
+# A caller configured by key_sha256: the redactor has no plaintext to look for.
+PLAIN_KEY = "sha-only-caller-key-7Qm2xV9pL4"
+PARSERS = {"c_parser": HttpRequestParserC, "python_parser": HttpRequestParserPy}
+UNPARSABLE = {
+    "value_with_control_character": (
+        f"POST /v1/cancellations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PLAIN_KEY}\x01\r\n",
+        "Authorization: [REDACTED]",
+    ),
+    "header_without_colon": (
+        f"POST /v1/cancellations HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {PLAIN_KEY}\r\n",
+        "[REDACTED]",
+    ),
+    "custom_header_with_control_character": (
+        f"POST /v1/cancellations HTTP/1.1\r\nHost: x\r\nX-Caller: {PLAIN_KEY}\x01\r\n",
+        "[REDACTED]",
+    ),
+    "header_too_long": (
+        f"GET / HTTP/1.1\r\nHost: x\r\nX-Caller: {PLAIN_KEY}{'b' * 9000}\r\n",
+        "[REDACTED]",
+    ),
+    "broken_request_line": (
+        f"GET /v1/connections?key={PLAIN_KEY} HTTP/1.1 x\r\nHost: x\r\n",
+        "GET [REDACTED]",
+    ),
+    "target_with_control_character": (
+        f"GET /v1/connections?key={PLAIN_KEY}\x7f HTTP/1.1\r\nHost: x\r\n",
+        "[REDACTED]",
+    ),
+    "absolute_target_without_host": (
+        f"GET http://[{PLAIN_KEY} HTTP/1.1\r\nHost: x\r\n",
+        "[REDACTED]",
+    ),
+}
+
+
+def parse_error(parser: Any, request: str) -> HttpProcessingError:
+    """What aiohttp's parser raises for these bytes (no socket: the parser alone)."""
+    with pytest.raises(HttpProcessingError) as raised:
+        parser(None, None, 2**16, max_line_size=8190, max_field_size=8190).feed_data(
+            request.encode("latin-1") + b"\r\n"
+        )
+    return raised.value
+
+
+@pytest.fixture
+def library_logs() -> Iterator[Captured]:
+    """aiohttp's records captured as `serve` captures them; the library's logger restored."""
+    library = logging.getLogger("aiohttp")
+    saved = library.handlers[:], library.level, library.propagate
+    logs = Captured(level="debug")
+    capture_library_logs(logs.log)
+    yield logs
+    library.handlers, library.level, library.propagate = saved[0], saved[1], saved[2]
+
+
+@pytest.mark.parametrize("parser", PARSERS.values(), ids=PARSERS.keys())
+@pytest.mark.parametrize(("request_text", "kept"), UNPARSABLE.values(), ids=UNPARSABLE.keys())
+def test_a_request_aiohttp_cannot_parse_is_one_warning_that_quotes_no_value(
+    library_logs: Captured, parser: Any, request_text: str, kept: str
+):
+    """aiohttp logs a request it could not parse at error level with a traceback and the raw
+    bytes it choked on: forwarded, it is one warning without traceback, every header value
+    and the request target masked (header names and a standard method are kept)."""
+    exc = parse_error(parser, request_text)
+    logging.getLogger("aiohttp.server").exception(
+        "Error handling request from %s", "127.0.0.1", exc_info=exc
+    )
+    [line] = library_logs.lines
+    assert (line["event"], line["level"], line["logger"]) == (
+        "server.error",
+        "warning",
+        "aiohttp.server",
+    )
+    assert line["message"].startswith("Error handling request from 127.0.0.1: ")
+    assert "Traceback" not in line["message"]
+    assert PLAIN_KEY not in library_logs.text
+    assert PLAIN_KEY[:12] not in library_logs.text
+    if parser is HttpRequestParserC:  # the Python parser quotes less: a value without its name
+        assert kept in line["message"]
+
+
+def test_any_other_library_error_keeps_its_level_and_traceback(library_logs: Captured):
+    """An error outside the app is the server's: logged as an error, with its traceback."""
+    try:
+        raise RuntimeError("outside the app")
+    except RuntimeError:
+        logging.getLogger("aiohttp.server").exception("Unhandled exception")
+    [line] = library_logs.lines
+    assert line["level"] == "error"
+    assert "Traceback" in line["message"]
+    assert "RuntimeError: outside the app" in line["message"]
