@@ -1,6 +1,6 @@
 """The application factory. Middleware order, outermost first:
 
-request context (request id, trace and server span, log context, access log and HTTP metric)
+request context (request id, trace and server span, log context, access log and HTTP metrics)
 → errors to envelope → authentication → handler.
 """
 
@@ -30,7 +30,7 @@ from gateway.api import (
 from gateway.cancel import RequestInfo
 from gateway.clock import Clock
 from gateway.errors import ErrorCode, GatewayError
-from gateway.live import LiveConfig
+from gateway.live import Live, LiveConfig
 from gateway.loader import Runtime
 from gateway.logging import log_context, make_logger
 from gateway.metrics import Metrics
@@ -83,7 +83,7 @@ def create_app(
         tracer_provider = owned_provider = otel_provider(tracing)
     spans: Spans = NoSpans() if tracer_provider is None else OtelSpans(tracer_provider)
     metrics = Metrics(metrics_dir)
-    config = LiveConfig(runtime, log, redactor, store, clock, loader, metrics=metrics, spans=spans)
+    config = _Reported(runtime, log, redactor, store, clock, loader, metrics=metrics, spans=spans)
     app[LOG] = log
     app[CONFIG] = config
     app[SERVER] = server
@@ -113,6 +113,20 @@ def create_app(
     return app
 
 
+class _Reported(LiveConfig):
+    """The served configuration's version goes to the metrics (``cancel_gateway_build_info``)
+    when it starts to be served: at start, and after each reload, whatever asked for it."""
+
+    def start(self, transport: Transport) -> None:
+        super().start(transport)
+        self.metrics.config_served(self.current.version)
+
+    async def reload(self) -> Live:
+        live = await super().reload()
+        self.metrics.config_served(live.version)
+        return live
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Ids, the server span, the configuration the request runs on and the log context, for
@@ -139,7 +153,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         ):
             response = await handler(request)
             span.finish(response.status)
-            app[CONFIG].metrics.http_answered(request.method, route, response.status)
+            duration_s = time.perf_counter() - started
+            app[CONFIG].metrics.http_answered(request.method, route, response.status, duration_s)
             if app[ACCESS_LOG]:
                 app[LOG].info(
                     "http.request",
@@ -148,7 +163,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                     query=request.query_string or None,
                     route=route,
                     status=response.status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    duration_ms=round(duration_s * 1000, 2),
                     remote=request.remote,
                     user_agent=request.headers.get("User-Agent"),
                 )
@@ -199,3 +214,4 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             request.headers.get("Authorization")
         )
     return await handler(request)
+

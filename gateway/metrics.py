@@ -6,12 +6,22 @@ multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR``, set by the CLI before the worke
 whichever worker answers a scrape adds up all of them, so a scrape sees the whole server.
 
 Labels are bounded by the configuration: a connection name is a label only once the request
-was routed to a configured connection, never as the caller typed it.
+was routed to a configured connection, never as the caller typed it. The gateway's own label
+values are snake_case words (``not_sent``, ``breaker_open``, ``other``), HTTP methods included
+(``post``, as Prometheus's own Go client writes them); names that come from elsewhere (routes,
+connections, providers, versions) are kept as they are.
+
+Besides the gateway's metrics a scrape has the process's (``process_*``: CPU, memory, file
+descriptors, start time) and Python's (``python_info``). With several workers, each worker's
+process metrics are read from ``/proc`` when a scrape comes, labelled with its ``pid``: one
+worker's figures under the server's name would change with whichever worker answered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -20,16 +30,26 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
+from gateway import __version__
 from gateway.resilience import BreakerState, Guards
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Upstream latency, seconds: loopback answers to a provider at the edge of its budget.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# The API's answers, seconds: a refusal in a millisecond to a cancellation at its budget's end.
+REQUEST_BUCKETS = (0.001, 0.0025, *LATENCY_BUCKETS)
+_METHODS = {m: m.lower() for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
+BUILD_INFO = "cancel_gateway_build_info"
+_PID = re.compile(r"_(\d+)\.db$")  # prometheus-client names a process's files <kind>_<pid>.db
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
@@ -52,13 +72,31 @@ class Metrics:
     """Every metric of the gateway. Methods are named after what happened."""
 
     def __init__(self, multiprocess_dir: str | None = None) -> None:
-        self._multiprocess_dir = multiprocess_dir
+        # A counter's creation time doubles every series and no query here needs it. The
+        # switch is the client's, for the whole process: every Metrics turns it off alike.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self._breaker_states: dict[str, BreakerState] = {}
+        self._served: tuple[str, str] | None = None
         self.registry = registry = CollectorRegistry()
         self._http = Counter(
             "cancel_gateway_http_requests",
             "Answers of the API, by method, route and HTTP status.",
             ["method", "route", "status"],
+            registry=registry,
+        )
+        self._http_duration = Histogram(
+            "cancel_gateway_http_request_duration_seconds",
+            "Time from a request's arrival to its answer, by method, route and HTTP status.",
+            ["method", "route", "status"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self._build = Gauge(
+            BUILD_INFO,
+            "Always 1: the gateway's version and the configuration version it serves (with "
+            "several workers, every version one of them serves).",
+            ["version", "config_version"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._cancellations = Counter(
@@ -122,14 +160,43 @@ class Metrics:
 
         # The children of the metrics every request touches.
         self._http_child = _Children(self._http)
+        self._http_duration_child = _Children(self._http_duration)
         self._cancellations_child = _Children(self._cancellations)
         self._attempts_child = _Children(self._attempts)
         self._latency_child = _Children(self._latency)
 
-    def http_answered(self, method: str, route: str, status: int) -> None:
+        if multiprocess_dir is None:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            self._exposed = registry
+        else:
+            self._exposed = CollectorRegistry()
+            _Served(self._exposed, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+            _WorkerProcesses(multiprocess_dir, self._exposed)
+            PlatformCollector(registry=self._exposed)
+
+    def http_answered(
+        self, method: str, route: str, status: int, duration_s: float | None = None
+    ) -> None:
+        """One answer of the API; ``duration_s`` when its arrival is known."""
         # Any token is a valid method: one a client made up must not become a series.
-        method = method if method in _METHODS else "other"
-        self._http_child(method, route, str(status)).inc()
+        labels = (_METHODS.get(method, "other"), route, str(status))
+        self._http_child(*labels).inc()
+        if duration_s is not None:
+            self._http_duration_child(*labels).observe(duration_s)
+
+    def config_served(self, config_version: str) -> None:
+        """The configuration this process serves from now on (at start, after a reload)."""
+        served = (__version__, config_version)
+        if served == self._served:
+            return
+        if self._served is not None:
+            # With several workers a removed series stays in this process's file with its
+            # last value: 0 there, and a scrape leaves out the versions nobody serves.
+            self._build.labels(*self._served).set(0)
+            self._build.remove(*self._served)
+        self._build.labels(*served).set(1)
+        self._served = served
 
     def cancellation_completed(
         self, connection: str | None, provider: str | None, status: str, error_code: str | None
@@ -176,8 +243,58 @@ class Metrics:
         whose wait is over is half open, though no request has come to notice it)."""
         for name, guard in guards:
             self.breaker_seen(name, guard.breaker.effective_state())
-        if self._multiprocess_dir is None:
-            return generate_latest(self.registry)
-        merged = CollectorRegistry()
-        MultiProcessCollector(merged, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(merged)
+        return generate_latest(self._exposed)
+
+
+class _Served(MultiProcessCollector):
+    """Every worker's samples, without the build information of versions no longer served."""
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in super().collect():  # type: ignore[no-untyped-call]
+            if metric.name == BUILD_INFO:
+                metric.samples = [sample for sample in metric.samples if sample.value]
+            yield metric
+
+
+class _WorkerProcesses(Collector):
+    """The process metrics of every worker alive, each labelled with its pid. The workers are
+    the processes that wrote samples to the folder and share this worker's parent; the
+    parent, which only starts them and passes signals on, is not among them."""
+
+    def __init__(self, folder: str, registry: CollectorRegistry) -> None:
+        self._folder = folder
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self._workers():
+            for found in _process(pid).collect():
+                family = families.setdefault(
+                    found.name, Metric(found.name, found.documentation, found.type)
+                )
+                for sample in found.samples:
+                    labels = {**sample.labels, "pid": str(pid)}
+                    family.add_sample(sample.name, labels, sample.value)
+        yield from families.values()
+
+    def _workers(self) -> list[int]:
+        pids = set()
+        for name in os.listdir(self._folder):
+            match = _PID.search(name)
+            if match is not None:
+                pids.add(int(match.group(1)))
+        parent = os.getppid()
+        return sorted(pid for pid in pids if _parent_of(pid) == parent)
+
+
+def _process(pid: int) -> ProcessCollector:
+    return ProcessCollector(pid=lambda: pid, registry=None)
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent's pid, from ``/proc/<pid>/stat``; None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

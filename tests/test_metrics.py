@@ -3,10 +3,17 @@ Prometheus text that ``exposition()`` renders, with no server."""
 
 from __future__ import annotations
 
+import os
+import platform
+import time
+from pathlib import Path
+
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import __version__
 from gateway.config import BreakerSettings, LimitSettings, RetrySettings
-from gateway.metrics import LATENCY_BUCKETS, Metrics
+from gateway.metrics import LATENCY_BUCKETS, REQUEST_BUCKETS, Metrics
 from gateway.resilience import BreakerState, CircuitBreaker, Guards, Policy
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -51,15 +58,102 @@ def policy(failures: int = 1, open_s: float = 5.0) -> Policy:
 
 
 def test_http_answers_are_counted_by_method_route_and_status():
-    """http_answered adds one to the sample with its method, route and status as labels."""
+    """http_answered adds one to the sample with its method (lower case, as every label value
+    of the gateway), route and status as labels."""
     metrics = Metrics()
     metrics.http_answered("POST", "/v1/cancellations", 200)
     metrics.http_answered("POST", "/v1/cancellations", 200)
     metrics.http_answered("GET", "unmatched", 404)
     name = "cancel_gateway_http_requests_total"
-    assert value(metrics, name, method="POST", route="/v1/cancellations", status="200") == 2
-    assert value(metrics, name, method="GET", route="unmatched", status="404") == 1
-    assert value(metrics, name, method="GET", route="/v1/cancellations", status="200") is None
+    assert value(metrics, name, method="post", route="/v1/cancellations", status="200") == 2
+    assert value(metrics, name, method="get", route="unmatched", status="404") == 1
+    assert value(metrics, name, method="get", route="/v1/cancellations", status="200") is None
+    assert names(metrics, name) == [
+        {"method": "post", "route": "/v1/cancellations", "status": "200"},
+        {"method": "get", "route": "unmatched", "status": "404"},
+    ]
+
+
+def test_answer_durations_fill_a_histogram_by_method_route_and_status():
+    """An answer's duration lands in cancel_gateway_http_request_duration_seconds, from 1 ms
+    to 30 s buckets; an answer without one (a request that was never parsed) is only
+    counted."""
+    metrics = Metrics()
+    metrics.http_answered("POST", "/v1/cancellations", 200, 0.0008)
+    metrics.http_answered("POST", "/v1/cancellations", 200, 0.3)
+    metrics.http_answered("POST", "/v1/cancellations", 200, 12.0)
+    metrics.http_answered("GET", "unparsed", 400)
+    name = "cancel_gateway_http_request_duration_seconds"
+    labels = {"method": "post", "route": "/v1/cancellations", "status": "200"}
+    buckets = {
+        found["le"]: value(metrics, name + "_bucket", **found)
+        for found in names(metrics, name + "_bucket")
+    }
+    assert len(buckets) == len(REQUEST_BUCKETS) + 1
+    assert (REQUEST_BUCKETS[0], REQUEST_BUCKETS[-1]) == (0.001, 30.0)
+    assert (buckets["0.001"], buckets["0.25"], buckets["0.5"], buckets["10.0"]) == (1, 1, 2, 2)
+    assert (buckets["30.0"], buckets["+Inf"]) == (3, 3)
+    assert value(metrics, name + "_count", **labels) == 3
+    assert abs((value(metrics, name + "_sum", **labels) or 0) - 12.3008) < 1e-9
+    assert [found["route"] for found in names(metrics, name + "_count")] == ["/v1/cancellations"]
+    http = "cancel_gateway_http_requests_total"
+    assert value(metrics, http, method="get", route="unparsed", status="400") == 1
+
+
+def test_no_created_series_is_exposed():
+    """Counters and histograms come without prometheus-client's `_created` series."""
+    metrics = Metrics()
+    metrics.http_answered("GET", "/healthz", 200, 0.001)
+    metrics.replayed()
+    metrics.attempt_finished("rx", "rxuniverse", 200, None, 0.01)
+    text = metrics.exposition().decode()
+    assert "cancel_gateway_http_requests_total{" in text
+    assert "_created" not in text
+
+
+def test_build_info_names_the_version_and_the_config_version_served():
+    """cancel_gateway_build_info is 1 for the gateway's version and the configuration served;
+    serving another replaces it, and there is none before a configuration is served."""
+    metrics = Metrics()
+    name = "cancel_gateway_build_info"
+    assert names(metrics, name) == []
+    metrics.config_served("aaaa11112222")
+    assert names(metrics, name) == [{"version": __version__, "config_version": "aaaa11112222"}]
+    assert value(metrics, name, version=__version__, config_version="aaaa11112222") == 1
+    metrics.config_served("bbbb33334444")
+    metrics.config_served("bbbb33334444")
+    assert names(metrics, name) == [{"version": __version__, "config_version": "bbbb33334444"}]
+    assert value(metrics, name, version=__version__, config_version="bbbb33334444") == 1
+
+
+def test_the_process_and_the_platform_are_described():
+    """A scrape has this process's CPU, memory, file descriptors and start time, and
+    python_info naming the interpreter."""
+    found = samples(Metrics().exposition())
+    own = {name: v for (name, labels), v in found.items() if not labels}
+    assert own["process_cpu_seconds_total"] > 0
+    assert own["process_resident_memory_bytes"] > 1_000_000
+    assert own["process_open_fds"] >= 3
+    assert own["process_max_fds"] >= own["process_open_fds"]
+    assert 0 < time.time() - own["process_start_time_seconds"] < 24 * 3600
+    [info] = [dict(labels) for (name, labels) in found if name == "python_info"]
+    assert info["version"] == platform.python_version()
+    assert info["implementation"] == platform.python_implementation()
+
+
+def test_with_workers_the_process_metrics_are_each_live_workers_own(tmp_path: Path):
+    """In multiprocess mode (a metrics folder), a scrape reports the process metrics of every
+    process that wrote samples there and shares this one's parent, labelled with its pid; a
+    process that is gone, or no sibling, is left out."""
+    # prometheus-client names a process's sample files <kind>_<pid>.db.
+    for pid in (os.getpid(), 1, 4_194_304):  # this process, init (no sibling), no process
+        MmapedDict(str(tmp_path / f"counter_{pid}.db")).close()
+    found = samples(Metrics(str(tmp_path)).exposition())
+    cpu = {dict(labels)["pid"] for (name, labels) in found if name == "process_cpu_seconds_total"}
+    assert cpu == {str(os.getpid())}
+    rss = found[("process_resident_memory_bytes", frozenset({("pid", str(os.getpid()))}))]
+    assert rss > 1_000_000
+    assert sum(1 for (name, _) in found if name == "python_info") == 1
 
 
 def test_cancellations_are_counted_with_empty_labels_for_what_is_unknown():
@@ -243,17 +337,19 @@ def test_two_instances_do_not_share_values():
     first.replayed()
     first.cancellation_completed("rx", "rxuniverse", "cancelled", None)
     first.breaker_seen("rx", BreakerState.OPEN)
+    first.config_served("aaaa11112222")
     assert value(first, "cancel_gateway_idempotent_replays_total") == 1
     assert value(second, "cancel_gateway_idempotent_replays_total") == 0
     assert names(second, "cancel_gateway_http_requests_total") == []
     assert names(second, "cancel_gateway_cancellations_total") == []
     assert names(second, "cancel_gateway_breaker_state") == []
+    assert names(second, "cancel_gateway_build_info") == []
     second.http_answered("GET", "/healthz", 200)
     assert (
         value(
             first,
             "cancel_gateway_http_requests_total",
-            method="GET",
+            method="get",
             route="/healthz",
             status="200",
         )
@@ -262,12 +358,14 @@ def test_two_instances_do_not_share_values():
 
 
 def test_exposition_declares_every_family_with_its_type():
-    """The scrape declares each metric of the gateway with the Prometheus type it has."""
+    """The scrape declares each metric of the gateway, the process's and the platform's with
+    the Prometheus type it has."""
     families = text_string_to_metric_families(Metrics().exposition().decode())
-    # prometheus-client adds a "<counter>_created" gauge per counter: not the gateway's own.
-    types = {f.name: f.type for f in families if not f.name.endswith("_created")}
+    types = {f.name: f.type for f in families}
     assert types == {
         "cancel_gateway_http_requests": "counter",
+        "cancel_gateway_http_request_duration_seconds": "histogram",
+        "cancel_gateway_build_info": "gauge",
         "cancel_gateway_cancellations": "counter",
         "cancel_gateway_idempotent_replays": "counter",
         "cancel_gateway_upstream_attempts": "counter",
@@ -277,16 +375,23 @@ def test_exposition_declares_every_family_with_its_type():
         "cancel_gateway_upstream_refusals": "counter",
         "cancel_gateway_breaker_state": "gauge",
         "cancel_gateway_unmapped_errors": "counter",
+        "process_cpu_seconds": "counter",
+        "process_virtual_memory_bytes": "gauge",
+        "process_resident_memory_bytes": "gauge",
+        "process_start_time_seconds": "gauge",
+        "process_open_fds": "gauge",
+        "process_max_fds": "gauge",
+        "python_info": "gauge",
     }
 
 
 def test_a_method_a_client_made_up_is_counted_as_other() -> None:
     """Any token is a valid HTTP method: made-up ones share one series, not one each."""
     metrics = Metrics()
-    for method in ("BREW", "FOO1", "FOO2"):
+    for method in ("BREW", "FOO1", "FOO2", "post"):
         metrics.http_answered(method, "unmatched", 405)
     metrics.http_answered("POST", "/v1/cancellations", 200)
     text = metrics.exposition().decode()
-    assert 'method="other",route="unmatched",status="405"} 3.0' in text
+    assert 'method="other",route="unmatched",status="405"} 4.0' in text
     assert "BREW" not in text
-    assert 'method="POST",route="/v1/cancellations",status="200"} 1.0' in text
+    assert 'method="post",route="/v1/cancellations",status="200"} 1.0' in text

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import __version__
 from tests.conftest import BASE_CONFIG, Gateway, GatewayFactory, Upstream
 from tests.services import free_port
 
@@ -292,10 +293,58 @@ async def test_http_answers_are_counted_by_route_not_by_path(gateway: Gateway, u
     def answered(method: str, route: str, status: str) -> Any:
         return metrics.value(http, method=method, route=route, status=status)
 
-    assert answered("POST", "/v1/cancellations", "200") == 1
-    assert answered("GET", "/v1/cancellations/{cancellation_id}", "200") == 1
-    assert answered("GET", "unmatched", "404") == 1
-    assert answered("GET", "/healthz", "200") == 1
-    assert answered("GET", "/metrics", "200") == 1  # the first scrape; this one is not done yet
+    assert answered("post", "/v1/cancellations", "200") == 1
+    assert answered("get", "/v1/cancellations/{cancellation_id}", "200") == 1
+    assert answered("get", "unmatched", "404") == 1
+    assert answered("get", "/healthz", "200") == 1
+    assert answered("get", "/metrics", "200") == 1  # the first scrape; this one is not done yet
     assert cancellation_id not in metrics.text
     assert "path-5e6f" not in metrics.text
+
+
+async def test_every_answer_is_timed_by_method_route_and_status(
+    gateway: Gateway, upstream: Upstream
+):
+    """cancel_gateway_http_request_duration_seconds times each answer from arrival to
+    answer: a provider that takes 150 ms shows in its cancellation's sum, a refusal is
+    timed under its own status."""
+    upstream.answer(200, RX_OK, delay_s=0.15)
+    assert (await gateway.cancel(RX)).status == 200
+    assert (await gateway.cancel(RX, key=None)).status == 401
+    metrics = await scrape(gateway)
+    name = "cancel_gateway_http_request_duration_seconds"
+    done = {"method": "post", "route": "/v1/cancellations", "status": "200"}
+    assert metrics.value(name + "_count", **done) == 1
+    assert 0.15 <= metrics.value(name + "_sum", **done) < 2
+    assert metrics.value(name + "_bucket", **done, le="0.1") == 0
+    assert metrics.value(name + "_bucket", **done, le="0.25") == 1
+    refused = {**done, "status": "401"}
+    assert metrics.value(name + "_count", **refused) == 1
+    assert metrics.value(name + "_sum", **refused) < 0.15
+
+
+async def test_build_info_follows_the_configuration_a_reload_serves(
+    make_gateway: GatewayFactory, upstream: Upstream
+):
+    """cancel_gateway_build_info names the gateway's version and the configuration version
+    served; after POST /admin/reload only the new one, and no `_created` series anywhere."""
+    admin = "ops-admin-key-0123456789"
+    config = BASE_CONFIG.replace(
+        "callers:\n", f"callers:\n  - name: ops\n    key: {admin}\n    admin: true\n", 1
+    )
+    gateway = await make_gateway(config, upstream_url=upstream.url)
+    first = await scrape(gateway)
+    served = (await gateway.request("GET", "/readyz", key=None)).headers["X-Config-Version"]
+    info = "cancel_gateway_build_info"
+    assert first.labelled(info) == [{"version": __version__, "config_version": served}]
+    assert first.value(info, version=__version__, config_version=served) == 1
+
+    gateway.rewrite(config.replace("timeout_s: 2", "timeout_s: 3", 1))
+    reloaded = await gateway.request("POST", "/admin/reload", key=admin)
+    assert reloaded.status == 200, reloaded.body
+    new = reloaded.body["config_version"]
+    assert new != served
+    after = await scrape(gateway)
+    assert after.labelled(info) == [{"version": __version__, "config_version": new}]
+    assert after.value(info, version=__version__, config_version=new) == 1
+    assert "_created" not in after.text

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import __version__
 from tests.conftest import CALLER_KEY, CANARIES, Upstream
 from tests.services import free_port
 
@@ -171,6 +173,80 @@ async def test_two_workers_scrape_the_sum_of_both(upstream: Upstream, tmp_path: 
     events = [orjson.loads(line)["event"] for line in stdout.splitlines() if line.strip()]
     assert events.count("gateway.stopped") == 2
     assert not folder.exists()  # the parent's temporary folder is removed
+
+
+def families(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Each sample of a scrape, by sample name: its labels and value."""
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+async def test_process_metrics_are_each_workers_and_build_info_follows_a_reload(
+    upstream: Upstream, tmp_path: Path
+):
+    """With --workers 2, whichever worker answers: process_* samples for each worker, by pid,
+    one python_info, and cancel_gateway_build_info naming the configuration served; after a
+    SIGHUP that both workers reload, only the new version."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+        "TMPDIR": str(tmp_path),
+        "OMS_API_KEY": CALLER_KEY,
+        "UPSTREAM": upstream.url,
+        **CANARIES,
+    }
+    process, pids, url = await serve_two_workers(config, env)
+    assert process.stdout is not None
+    try:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),  # either worker may answer
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as session:
+
+            async def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+                async with session.get(f"{url}/metrics") as resp:
+                    assert resp.status == 200
+                    return families(await resp.text())
+
+            async with session.get(f"{url}/readyz") as resp:
+                old = resp.headers["X-Config-Version"]
+            for _ in range(4):
+                found = await scrape()
+                cpu = found["process_cpu_seconds_total"]
+                assert {labels["pid"] for labels, _ in cpu} == {str(pid) for pid in pids}
+                assert all(v > 0 for _, v in cpu)
+                for labels, started in found["process_start_time_seconds"]:
+                    assert 0 < time.time() - started < 120, labels
+                assert all(v > 1_000_000 for _, v in found["process_resident_memory_bytes"])
+                assert len(found["python_info"]) == 1
+                info = found["cancel_gateway_build_info"]
+                assert info == [({"version": __version__, "config_version": old}, 1.0)]
+
+            config.write_text(CONFIG.replace("timeout_s: 5", "timeout_s: 6"))
+            process.send_signal(signal.SIGHUP)
+            reloaded: list[str] = []
+            async with asyncio.timeout(20):
+                while len(reloaded) < 2:
+                    event = orjson.loads(await process.stdout.readline())
+                    if event["event"] == "config.reloaded":
+                        reloaded.append(event["config_version"])
+            [new] = set(reloaded)
+            assert new != old
+            for _ in range(4):
+                info = (await scrape())["cancel_gateway_build_info"]
+                assert info == [({"version": __version__, "config_version": new}, 1.0)]
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await process.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+    assert process.returncode == 0
 
 
 async def test_a_given_metrics_folder_is_wiped_of_a_previous_run(
