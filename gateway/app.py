@@ -2,6 +2,9 @@
 
 request context (request id, trace and server span, log context, access log and HTTP metrics)
 → errors to envelope → authentication → handler.
+
+A request aiohttp cannot parse never reaches them: ``error_answer`` answers it (the listener
+finds it under ``ERROR_ANSWER``) with the same headers, one log line and the same metric.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
 from structlog.typing import FilteringBoundLogger
 
 from gateway import api
@@ -29,12 +34,14 @@ from gateway.api import (
 )
 from gateway.cancel import RequestInfo
 from gateway.clock import Clock
+from gateway.envelope import gateway_envelope
 from gateway.errors import ErrorCode, GatewayError
 from gateway.live import Live, LiveConfig
 from gateway.loader import Runtime
-from gateway.logging import log_context, make_logger
+from gateway.logging import log_context, make_logger, unparsed_reason
 from gateway.metrics import Metrics
 from gateway.redact import Redactor
+from gateway.serve import ERROR_ANSWER, ErrorAnswer
 from gateway.spans import NoSpans, OtelSpans, Spans, otel_provider
 from gateway.store import Store, StoreUnavailable, create_store
 from gateway.tracing import request_id_from, trace_from
@@ -89,6 +96,7 @@ def create_app(
     app[SERVER] = server
     app[SPANS] = spans
     app[ACCESS_LOG] = runtime.config.logging.access_log
+    app[ERROR_ANSWER] = error_answer(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         try:
@@ -215,3 +223,49 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         )
     return await handler(request)
 
+
+def error_answer(app: web.Application) -> ErrorAnswer:
+    """The answer to a request the middleware never saw, as every other answer is made: an
+    envelope with ``X-Request-ID`` and ``X-Config-Version``, one log line with the request
+    id and the status, and ``cancel_gateway_http_requests_total``. A request aiohttp could
+    not parse (route ``unparsed``) is the client's mistake: a warning that says why, with
+    every header value and the request target masked, and no traceback. Anything else failed
+    outside the middleware: a bug, logged as an error with its traceback (route
+    ``unhandled``)."""
+
+    def answer(request: BaseRequest, status: int, exc: BaseException | None) -> web.Response:
+        # An unparsed request has no headers; a parsed one keeps the caller's request id.
+        request_id = request_id_from(request.headers.get("X-Request-ID"))
+        trace_id = trace_from(None).trace_id
+        version = app[CONFIG].current.version
+        unparsed = isinstance(exc, HttpProcessingError)
+        if status == 413:
+            code, text = ErrorCode.PAYLOAD_TOO_LARGE, "the request is too large"
+        elif status >= 500:
+            code, text = ErrorCode.INTERNAL_ERROR, f"internal error (request {request_id})"
+        else:
+            code, text = ErrorCode.INVALID_REQUEST, f"the request is not valid HTTP ({status})"
+        fields = {
+            "status": status,
+            "remote": request.remote,
+            "request_id": request_id,
+            "trace_id": trace_id,
+            "config_version": version,
+        }
+        if unparsed:
+            assert exc is not None
+            app[LOG].warning("request.unparsed", reason=unparsed_reason(exc), **fields)
+        else:
+            app[LOG].error("request.crashed", exc_info=exc or True, **fields)
+        # The method of a request that could not be parsed is unknown: counted as "other".
+        method = "" if unparsed else request.method
+        app[CONFIG].metrics.http_answered(method, "unparsed" if unparsed else "unhandled", status)
+        envelope = gateway_envelope(GatewayError(code, text), request_id, trace_id)
+        return web.Response(
+            status=status,
+            body=envelope.model_dump_json(),
+            content_type="application/json",
+            headers={"X-Request-ID": request_id, "X-Config-Version": version},
+        )
+
+    return answer

@@ -16,17 +16,27 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from gateway.envelope import gateway_envelope
-from gateway.errors import ErrorCode, GatewayError
-from gateway.tracing import request_id_from, trace_from
-
 Started = Callable[[Sequence[str]], Awaitable[None] | None]
+
+
+class ErrorAnswer(Protocol):
+    """Answers a request the app never saw: one aiohttp could not parse (``exc`` is its
+    ``HttpProcessingError``), or one whose handling failed outside every middleware. It logs
+    and counts the request itself; the connection is closed after the answer."""
+
+    def __call__(
+        self, request: BaseRequest, status: int, exc: BaseException | None
+    ) -> web.StreamResponse: ...
+
+
+# An app that answers such requests itself carries its function here (the gateway's does).
+ERROR_ANSWER = web.AppKey("error_answer", ErrorAnswer)
 
 
 @dataclass(frozen=True)
@@ -37,16 +47,30 @@ class Listener:
     drain_timeout_s: float = 10.0
     reuse_port: bool = False
     keepalive_timeout_s: float = 15.0  # idle connections, and requests whose headers trickle
-    envelopes: bool = False  # answer malformed HTTP with an envelope (the gateway's listeners)
+    envelopes: bool = False  # answer malformed HTTP with the app's ERROR_ANSWER
     backlog: int = 4096  # aiohttp's 128 drops SYNs of a burst of connections: 1 s+ retries
+    error_answer: ErrorAnswer | None = None  # instead of the app's
+
+    def answer(self) -> ErrorAnswer | None:
+        """How this listener answers what aiohttp cannot parse; None: aiohttp's plain text."""
+        if self.error_answer is not None or not self.envelopes:
+            return self.error_answer
+        found = self.app.get(ERROR_ANSWER)
+        if found is None:
+            raise TypeError("envelopes=True, but the app carries no ERROR_ANSWER")
+        return found
 
 
 class _EnvelopeHandler(RequestHandler):
     """aiohttp answers a request it cannot parse itself, in plain text that quotes the
-    offending bytes (a caller key among them). This answers the contract's envelope instead,
-    and says nothing of what was sent."""
+    offending bytes (a caller key among them), and logs it at error level with a traceback.
+    This hands it to the listener's answer instead, which says nothing of what was sent."""
 
-    __slots__ = ()
+    __slots__ = ("_answer",)
+
+    def __init__(self, manager: web.Server, *, answer: ErrorAnswer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._answer = answer
 
     def handle_error(
         self,
@@ -55,18 +79,9 @@ class _EnvelopeHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs it, closes the connection
-        if status == 413:
-            code, text = ErrorCode.PAYLOAD_TOO_LARGE, "the request is too large"
-        elif status >= 500:
-            code, text = ErrorCode.INTERNAL_ERROR, "internal error"
-        else:
-            code, text = ErrorCode.INVALID_REQUEST, f"the request is not valid HTTP ({status})"
-        error = GatewayError(code, text)
-        envelope = gateway_envelope(error, request_id_from(None), trace_from(None).trace_id)
-        response = web.Response(
-            status=status, body=envelope.model_dump_json(), content_type="application/json"
-        )
+        response = self._answer(request, status, exc)
+        if request.writer.output_size > 0:  # as aiohttp: an answer had begun, none can follow
+            raise ConnectionError("an answer had begun: the connection is closed")
         response.force_close()
         return response
 
@@ -74,14 +89,21 @@ class _EnvelopeHandler(RequestHandler):
 class _EnvelopeServer(web.Server):
     # aiohttp has no hook for its parse-error answers: its Server builds RequestHandler
     # itself (from _loop and _kwargs). tests/e2e/test_serve.py fails if a release changes it.
+    answer: ErrorAnswer
+
     def __call__(self) -> RequestHandler:
-        return _EnvelopeHandler(self, loop=self._loop, **self._kwargs)
+        return _EnvelopeHandler(self, answer=self.answer, loop=self._loop, **self._kwargs)
 
 
 class _EnvelopeRunner(web.AppRunner):
+    def __init__(self, app: web.Application, answer: ErrorAnswer, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._answer = answer
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _EnvelopeServer
+        cast(_EnvelopeServer, server).answer = self._answer
         return server
 
 
@@ -127,12 +149,16 @@ async def serve_until_stopped(
     try:
         for spec in listeners:
             listener = spec if isinstance(spec, Listener) else spec(list(urls))
-            runner_class = _EnvelopeRunner if listener.envelopes else web.AppRunner
-            runner = runner_class(
-                listener.app,
-                access_log=None,
-                shutdown_timeout=listener.drain_timeout_s,
-                keepalive_timeout=listener.keepalive_timeout_s,
+            settings: dict[str, Any] = {
+                "access_log": None,
+                "shutdown_timeout": listener.drain_timeout_s,
+                "keepalive_timeout": listener.keepalive_timeout_s,
+            }
+            answer = listener.answer()
+            runner = (
+                web.AppRunner(listener.app, **settings)
+                if answer is None
+                else _EnvelopeRunner(listener.app, answer, **settings)
             )
             await runner.setup()
             runners.append(runner)

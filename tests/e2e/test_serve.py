@@ -136,8 +136,9 @@ async def _raw(url: str, request: bytes) -> bytes:
 async def test_malformed_http_is_an_envelope_and_the_key_is_never_echoed(
     upstream: Upstream, tmp_path: Path, key: str
 ):
-    """A header aiohttp cannot parse: a 400 envelope that quotes nothing, and a JSON log line
-    on stdout with the header's value masked, known key or not; nothing on stderr."""
+    """A header aiohttp cannot parse: a 400 envelope that quotes nothing, with its request id
+    in X-Request-ID, and one warning on stdout with that id and the header's value masked,
+    known key or not; nothing on stderr."""
     process, url = await _start(_env(upstream, tmp_path))
     try:
         answer = await _raw(
@@ -156,12 +157,14 @@ async def test_malformed_http_is_an_envelope_and_the_key_is_never_echoed(
     envelope = orjson.loads(body)
     assert envelope["status"] == "rejected"
     assert envelope["error"]["code"] == "invalid_request"
+    assert f"X-Request-ID: {envelope['request_id']}".encode() in head
     assert key.encode() not in answer
     assert stderr.decode() == ""
     lines = [orjson.loads(line) for line in stdout.splitlines() if line.strip()]
-    errors = [line for line in lines if line["event"] == "server.error"]
-    assert errors
-    assert "Authorization: [REDACTED]" in errors[0]["message"]
+    [unparsed] = [line for line in lines if line.get("request_id") == envelope["request_id"]]
+    assert (unparsed["event"], unparsed["level"]) == ("request.unparsed", "warning")
+    assert "Authorization: [REDACTED]" in unparsed["reason"]
+    assert not [line for line in lines if line["level"] == "error"]
     assert key.encode() not in stdout
     assert process.returncode == 0
 
