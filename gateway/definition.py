@@ -305,6 +305,15 @@ class ProviderDefinition(_Strict):
         if self.auth is not None:
             check("auth.header", self.auth.header)
             check("auth.value", self.auth.value, credentials_allowed=True)
+            found += [
+                (
+                    "auth.header",
+                    f"{{{name}}} is given per request: only the definition and the "
+                    "connection may name the header that carries a credential",
+                )
+                for name in self.auth.header.names
+                if self.per_request(name)
+            ]
         for rname, res in self.resources.items():
             check(f"resources.{rname}.path", res.path)
             for key, tpl in res.headers.items():
@@ -317,6 +326,12 @@ class ProviderDefinition(_Strict):
                 for tpl in structure_templates(rule.default):
                     check(f"resources.{rname}.fields.{fname}.default", tpl)
         return found
+
+    def per_request(self, name: str) -> bool:
+        """Does a request give the value of this reference (a field, a per-request param)?"""
+        prefix, _, rest = name.partition(".")
+        spec = self.params.get(rest) if prefix == "params" else None
+        return name in REQUEST_NAMES or (spec is not None and spec.per_request)
 
     def host_problems(self, authority: Template) -> list[str]:
         """What is wrong with each reference in a URL's host and port: only params the

@@ -793,6 +793,19 @@ def test_definition_whose_host_takes_a_request_field_is_refused(tmp_path: Path):
     assert problem.message.startswith("base_url: {id} is given per request")
 
 
+@pytest.mark.parametrize("header", ["X-{params.tenant}", "{reason}"])
+def test_definition_whose_auth_header_name_is_given_per_request_is_refused(
+    tmp_path: Path, header: str
+):
+    """Nor may a caller choose which header carries the credential (one a provider echoes)."""
+    text = HOSTED_PROVIDER.replace("header: X-Token", f'header: "{header}"')
+    definition = write(tmp_path, text, "hosted.yaml")
+    (problem,) = problems_of(tmp_path, "providers: [hosted.yaml]\n" + CALLERS)
+    assert problem.file == str(definition)
+    assert problem.message.startswith("auth.header: {")
+    assert "is given per request" in problem.message
+
+
 def test_definition_whose_host_uses_connection_params_loads(tmp_path: Path):
     """Params the connection fixes may make the host and port; per-request ones the path."""
     write(tmp_path, HOSTED_PROVIDER.replace("/api", "/api/{params.tenant}"), "hosted.yaml")
