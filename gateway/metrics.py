@@ -49,7 +49,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 REQUEST_BUCKETS = (0.001, 0.0025, *LATENCY_BUCKETS)
 _METHODS = {m: m.lower() for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")}
 BUILD_INFO = "cancel_gateway_build_info"
-_PID = re.compile(r"_(\d+)\.db$")  # prometheus-client names a process's files <kind>_<pid>.db
+# prometheus-client names a process's sample files <kind>_<pid>.db: a release that renames them
+# fails tests/e2e/test_workers_metrics.py (no worker's process metrics any more).
+_PID = re.compile(r"_(\d+)\.db$")
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
