@@ -184,8 +184,8 @@ class Redactor:
 def encoded_forms(secret: str) -> set[str]:
     """How a provider might echo a credential it was sent: base64 (standard and URL-safe,
     with and without padding) and percent-encoded, besides the value itself."""
-    raw = secret.encode("utf-8", "surrogatepass")
-    forms = {quote(secret, safe=""), quote_plus(secret)}
+    raw = secret.encode("utf-8", "surrogatepass")  # a lone surrogate from the environment
+    forms = {quote(raw, safe=""), quote_plus(raw)}
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode("ascii")
         forms.update((text, text.rstrip("=")))
