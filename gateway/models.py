@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -13,12 +14,18 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    WithJsonSchema,
 )
 
 from gateway.errors import ErrorCode, Source, Status
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The same two rules for the OpenAPI document, in the ECMA-262 syntax JSON Schema patterns use.
+NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+TEXT_PATTERN = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+# JSON numbers past a double's range are refused with the body (no Infinity).
+_LARGEST_DOUBLE = sys.float_info.max
 
 
 def _no_control(value: str) -> str:
@@ -48,8 +55,30 @@ def _param_value(value: object) -> str | bool | int | float:
     raise ValueError("must be a string, a number or a boolean")
 
 
-Line = Annotated[str, AfterValidator(_no_control)]
-ParamValue = Annotated[str | bool | int | float, PlainValidator(_param_value)]
+Line = Annotated[
+    str, AfterValidator(_no_control), Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN})
+]
+ParamValue = Annotated[
+    str | bool | int | float,
+    PlainValidator(_param_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": NO_CONTROL_PATTERN},
+                {"type": "number", "minimum": -_LARGEST_DOUBLE, "maximum": _LARGEST_DOUBLE},
+                {"type": "boolean"},
+            ]
+        }
+    ),
+]
+
+
+def _keys_in_property_names(schema: dict[str, Any]) -> None:
+    """pydantic documents a key pattern as ``patternProperties``, which leaves every key that
+    does not match unchecked: the pattern belongs with the keys' other rules."""
+    ((pattern, values),) = schema.pop("patternProperties").items()
+    schema["propertyNames"]["pattern"] = pattern
+    schema["additionalProperties"] = values
 
 
 class CancelRequest(BaseModel):
@@ -57,15 +86,45 @@ class CancelRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    connection: Annotated[Line, Field(min_length=1, max_length=200)]
-    resource: Annotated[Line, Field(min_length=1, max_length=64)] | None = None
-    id: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_identifier)]
-    reason: Annotated[Line, Field(max_length=500)] | None = None
-    requested_by: Annotated[Line, Field(max_length=200)] | None = None
-    notify: bool | None = None
-    notes: Annotated[str, Field(max_length=2000), AfterValidator(_text)] | None = None
+    connection: Annotated[Line, Field(min_length=1, max_length=200)] = Field(
+        description="A configured connection's name."
+    )
+    resource: Annotated[Line, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="What kind of object: needed when the provider cancels several."
+    )
+    id: Annotated[
+        str,
+        Field(min_length=1, max_length=128),
+        AfterValidator(_identifier),
+        Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN, "not": {"enum": [".", ".."]}}),
+    ] = Field(description="The provider's identifier of the object; not '.' or '..'.")
+    reason: Annotated[Line, Field(max_length=500)] | None = Field(
+        default=None, description="Why it is cancelled."
+    )
+    requested_by: Annotated[Line, Field(max_length=200)] | None = Field(
+        default=None, description="The user or system asking."
+    )
+    notify: bool | None = Field(
+        default=None, description="Whether the provider should notify its counterpart."
+    )
+    notes: (
+        Annotated[
+            str,
+            Field(max_length=2000),
+            AfterValidator(_text),
+            Field(json_schema_extra={"pattern": TEXT_PATTERN}),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Free text; tab, line feed and carriage return are the only control "
+        "characters it may hold.",
+    )
     params: dict[Annotated[Line, Field(min_length=1, max_length=64)], ParamValue] = Field(
-        default_factory=dict
+        default_factory=dict,
+        description="Values the connection's provider takes per request (GET /v1/connections "
+        "lists them): strings, numbers or booleans.",
+        json_schema_extra=_keys_in_property_names,
     )
 
 
@@ -102,7 +161,7 @@ class Envelope(BaseModel):
     provider: str | None = None
     resource: str | None = None
     resource_id: str | None = None
-    cancelled_at: str | None = None
+    cancelled_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})] | None = None
     provider_response: dict[str, object] | None = None
     error: ErrorBody | None = None
     upstream: UpstreamInfo | None = None
