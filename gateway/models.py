@@ -36,7 +36,9 @@ def _no_control(value: str) -> str:
 
 def _text(value: str) -> str:
     if _CONTROL_BUT_WHITESPACE.search(value):
-        raise ValueError("must not contain control characters other than tab and newline")
+        raise ValueError(
+            "must not contain control characters other than tab, line feed and carriage return"
+        )
     return value
 
 

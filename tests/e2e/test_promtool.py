@@ -8,17 +8,15 @@ without it skips these tests, saying so; with ``CI=true`` they fail instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import BASE_CONFIG, CALLER_KEY, CANARIES, GatewayFactory, Upstream
-from tests.e2e.test_workers_metrics import CONFIG, serve_two_workers
+from tests.conftest import BASE_CONFIG, CALLER_KEY, GatewayFactory, Upstream
+from tests.e2e.test_workers_metrics import CONFIG, kill, serve_two_workers, stop, workers_env
 
 pytestmark = pytest.mark.e2e
 
@@ -104,14 +102,7 @@ async def test_a_scrape_of_two_workers_passes_promtool(upstream: Upstream, tmp_p
     upstream.always(200, RX_OK)
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG)
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
-        "TMPDIR": str(tmp_path),
-        "OMS_API_KEY": CALLER_KEY,
-        "UPSTREAM": upstream.url,
-        **CANARIES,
-    }
-    process, _, url = await serve_two_workers(config, env)
+    process, _, url = await serve_two_workers(config, workers_env(upstream, tmp_path))
     try:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(force_close=True),
@@ -127,10 +118,6 @@ async def test_a_scrape_of_two_workers_passes_promtool(upstream: Upstream, tmp_p
         assert 'process_cpu_seconds_total{pid="' in text
         assert "cancel_gateway_http_request_duration_seconds_bucket{" in text
         assert await lint(text) == ""
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            await process.communicate()
+        await stop(process)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        await kill(process)

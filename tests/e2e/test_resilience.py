@@ -176,21 +176,6 @@ async def test_attempt_timeout_leaves_room_for_another_attempt(
     assert retry["reason"] == "no_answer"
 
 
-async def test_429_is_repeated_after_its_retry_after(
-    make_gateway: GatewayFactory, upstream: Upstream
-):
-    gateway = await make_gateway(upstream_url=upstream.url)
-    upstream.answer(429, {"error": "Too many requests"}, headers={"Retry-After": "1"})
-    upstream.answer(200, RX_OK)
-    started = time.monotonic()
-    result = await gateway.cancel({"connection": "rxuniverse-lab", "id": "72544"})
-    assert time.monotonic() - started >= 1.0
-    assert result.body["status"] == "cancelled"
-    assert result.body["upstream"]["attempts"] == 2
-    [retry] = gateway.events("upstream.retry")
-    assert (retry["reason"], retry["delay_ms"]) == ("rate_limited", 1000.0)
-
-
 async def test_429_beyond_the_budget_is_answered_at_once(
     make_gateway: GatewayFactory, upstream: Upstream
 ):
@@ -282,11 +267,14 @@ async def test_retry_budget_exhaustion_is_counted(make_gateway: GatewayFactory, 
         )
 
 
-@pytest.mark.parametrize("status", [502, 503])
-async def test_a_5xx_with_retry_after_is_repeated_after_it(
-    make_gateway: GatewayFactory, upstream: Upstream, status: int
+@pytest.mark.parametrize(
+    ("status", "reason"), [(429, "rate_limited"), (502, "answered_502"), (503, "answered_503")]
+)
+async def test_an_answer_with_retry_after_is_repeated_after_it(
+    make_gateway: GatewayFactory, upstream: Upstream, status: int, reason: str
 ):
-    """A 502/503 that says when to come back is repeated then (1 s), not after a backoff."""
+    """A 429, 502 or 503 that says when to come back is repeated then (1 s), not after a
+    backoff."""
     gateway = await make_gateway(upstream_url=upstream.url)
     upstream.answer(status, {"error": "busy", "details": []}, headers={"Retry-After": "1"})
     upstream.answer(200, RX_OK)
@@ -296,7 +284,7 @@ async def test_a_5xx_with_retry_after_is_repeated_after_it(
     assert result.body["status"] == "cancelled"
     assert result.body["upstream"]["attempts"] == 2
     [retry] = gateway.events("upstream.retry")
-    assert (retry["reason"], retry["delay_ms"]) == (f"answered_{status}", 1000.0)
+    assert (retry["reason"], retry["delay_ms"]) == (reason, 1000.0)
 
 
 async def test_a_5xx_whose_retry_after_is_past_the_budget_says_so(

@@ -72,6 +72,32 @@ def per_worker(folder: Path, pids: list[int], scratch: Path) -> dict[int, float]
     return counts
 
 
+def workers_env(upstream: Upstream, temp: Path) -> dict[str, str]:
+    """The environment of a `serve --workers 2` whose parent makes its metrics folder in
+    ``temp`` (PROMETHEUS_MULTIPROC_DIR unset, as most deployments leave it)."""
+    return {
+        **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+        "TMPDIR": str(temp),
+        "OMS_API_KEY": CALLER_KEY,
+        "UPSTREAM": upstream.url,
+        **CANARIES,
+    }
+
+
+async def stop(process: asyncio.subprocess.Process) -> tuple[bytes, bytes]:
+    """SIGTERM, then what the process wrote until it exited."""
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(20):
+        return await process.communicate()
+
+
+async def kill(process: asyncio.subprocess.Process) -> None:
+    """The process and its workers gone, whatever state a failed test left them in."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
 async def serve_two_workers(
     config: Path, env: dict[str, str]
 ) -> tuple[asyncio.subprocess.Process, list[int], str]:
@@ -98,9 +124,7 @@ async def serve_two_workers(
                     pids.append(event["pid"])
                     url = event["urls"][0]
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        await kill(process)
         raise
     return process, pids, url
 
@@ -113,15 +137,8 @@ async def test_two_workers_scrape_the_sum_of_both(upstream: Upstream, tmp_path: 
     config.write_text(CONFIG)
     temp = tmp_path / "tmp"  # where the parent makes its metrics folder
     temp.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
-        "TMPDIR": str(temp),
-        "OMS_API_KEY": CALLER_KEY,
-        "UPSTREAM": upstream.url,
-        **CANARIES,
-    }
+    env = workers_env(upstream, temp)
     process, pids, url = await serve_two_workers(config, env)
-    stopped = False
     try:
         [folder] = list(temp.glob("cancel-gateway-metrics-*"))
 
@@ -159,15 +176,9 @@ async def test_two_workers_scrape_the_sum_of_both(upstream: Upstream, tmp_path: 
                     assert resp.headers["Content-Type"].startswith("text/plain")
                     assert cancelled_in(await resp.text()) == sent
 
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            stdout, stderr = await process.communicate()
-        stopped = True
+        stdout, stderr = await stop(process)
     finally:
-        if not stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        await kill(process)
     assert process.returncode == 0, stderr.decode()
     assert stderr.decode() == ""
     events = [orjson.loads(line)["event"] for line in stdout.splitlines() if line.strip()]
@@ -192,13 +203,7 @@ async def test_process_metrics_are_each_workers_and_build_info_follows_a_reload(
     SIGHUP that both workers reload, only the new version."""
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG)
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
-        "TMPDIR": str(tmp_path),
-        "OMS_API_KEY": CALLER_KEY,
-        "UPSTREAM": upstream.url,
-        **CANARIES,
-    }
+    env = workers_env(upstream, tmp_path)
     process, pids, url = await serve_two_workers(config, env)
     assert process.stdout is not None
     try:
@@ -239,13 +244,9 @@ async def test_process_metrics_are_each_workers_and_build_info_follows_a_reload(
             for _ in range(4):
                 info = (await scrape())["cancel_gateway_build_info"]
                 assert info == [({"version": __version__, "config_version": new}, 1.0)]
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            await process.communicate()
+        await stop(process)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        await kill(process)
     assert process.returncode == 0
 
 
@@ -272,12 +273,8 @@ async def test_a_given_metrics_folder_is_wiped_of_a_previous_run(
             assert resp.status == 200
             assert "cancel_gateway_idempotent_replays_total 0.0" in await resp.text()
         assert not (folder / "counter_1.db").exists()
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(20):
-            await process.communicate()
+        await stop(process)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        await kill(process)
     assert process.returncode == 0
     assert folder.is_dir()
