@@ -15,6 +15,7 @@ from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gateway._compat import field_comparison, field_keys
 from gateway.errors import ErrorCode
 from gateway.translate.templates import (
     CONTEXT_NAMES,
@@ -83,20 +84,6 @@ class FieldEquals(ParsedResult):
         return same is self.equal
 
 
-def _field_keys(node: Any) -> list[str] | None:
-    if node["type"] == "field":
-        return [node["value"]]
-    if node["type"] == "subexpression":
-        keys: list[str] = []
-        for child in node["children"]:
-            found = _field_keys(child)
-            if found is None:
-                return None
-            keys += found
-        return keys
-    return None
-
-
 def _jmespath(value: Any) -> ParsedResult:
     if isinstance(value, ParsedResult):
         return value
@@ -107,15 +94,13 @@ def _jmespath(value: Any) -> ParsedResult:
     except JMESPathError as exc:
         raise ValueError(f"invalid JMESPath expression {value!r}: {exc}") from exc
     parsed = compiled.parsed
-    keys = _field_keys(parsed)
+    keys = field_keys(parsed)
     if keys is not None:
         return FieldChain(value, parsed, tuple(keys))
-    if parsed["type"] == "comparator" and parsed["value"] in ("eq", "ne"):
-        left, right = parsed["children"]
-        keys = _field_keys(left)
-        if keys is not None and right["type"] == "literal":
-            equal = parsed["value"] == "eq"
-            return FieldEquals(value, parsed, tuple(keys), right["value"], equal)
+    comparison = field_comparison(parsed)
+    if comparison is not None:
+        keys, literal, equal = comparison
+        return FieldEquals(value, parsed, tuple(keys), literal, equal)
     return compiled
 
 

@@ -185,7 +185,7 @@ def make_logger(
     """A JSON-lines logger; give ``redactor`` to add secrets to it later (reloads).
     ``batched``: lines leave once per turn of the event loop (``BatchedLines``), for servers;
     otherwise each line is written as it is logged."""
-    processors = [_Line(redactor or Redactor(secrets), as_bytes=batched)]
+    line = _Line(redactor or Redactor(secrets), as_bytes=batched)
     # WriteLogger emits each line, newline included, in one write(): workers that share a
     # stdout pipe (and PYTHONUNBUFFERED) never interleave halves of their lines.
     output: Any = structlog.WriteLogger(stream or sys.stdout)
@@ -193,33 +193,41 @@ def make_logger(
         output = BatchedLines((stream or sys.stdout).buffer)
     logger: FilteringBoundLogger = structlog.wrap_logger(
         output,
-        processors=processors,
-        wrapper_class=_bound_logger_class(_LEVELS[level]),
+        processors=[line],
+        wrapper_class=_bound_logger_class(_LEVELS[level], line, output),
     ).bind()  # the logger itself, not a lazy proxy that builds one for every call
     return logger
 
 
-def _bound_logger_class(level: int) -> type[FilteringBoundLogger]:
+def _bound_logger_class(level: int, line: _Line, output: Any) -> type[FilteringBoundLogger]:
     """structlog's filtering logger, each enabled level one call: the event goes to the one
     processor, ``_Line``, and its line to the output, without structlog's generic way through
-    a chain of processors (about a third of a line's cost). Everything else, ``bind`` and the
-    disabled levels included, is structlog's."""
+    a chain of processors (about a third of a line's cost). The class is this logger's own, so
+    it knows its processor and output; the context comes from ``structlog.get_context``.
+    Everything else, ``bind`` and the disabled levels included, is structlog's."""
     base = structlog.make_filtering_bound_logger(level)
-    enabled = {name: _emitter(base, name) for name, number in _LEVELS.items() if number >= level}
+    enabled = {
+        name: _emitter(base, name, line, output)
+        for name, number in _LEVELS.items()
+        if number >= level
+    }
     return type("BoundLogger", (base,), enabled)
 
 
-def _emitter(base: type[FilteringBoundLogger], method: str) -> Callable[..., None]:
+def _emitter(
+    base: type[FilteringBoundLogger], method: str, line: _Line, output: Any
+) -> Callable[..., None]:
     slow = getattr(base, method)
+    context_of = structlog.get_context
 
-    def emit(self: Any, event: str, *args: Any, **fields: Any) -> None:
+    def emit(self: FilteringBoundLogger, event: str, *args: Any, **fields: Any) -> None:
         if args:  # printf-style arguments: structlog's own way
             slow(self, event, *args, **fields)
             return
-        event_dict = self._context.copy()
+        event_dict = context_of(self).copy()
         event_dict.update(fields)
         event_dict["event"] = event
-        self._logger.msg(self._processors[0](self._logger, method, event_dict))
+        output.msg(line(output, method, event_dict))
 
     emit.__name__ = method
     return emit

@@ -16,11 +16,12 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+
+from gateway._compat import ErrorAnsweringRunner
 
 Started = Callable[[Sequence[str]], Awaitable[None] | None]
 
@@ -59,52 +60,6 @@ class Listener:
         if found is None:
             raise TypeError("envelopes=True, but the app carries no ERROR_ANSWER")
         return found
-
-
-class _EnvelopeHandler(RequestHandler):
-    """aiohttp answers a request it cannot parse itself, in plain text that quotes the
-    offending bytes (a caller key among them), and logs it at error level with a traceback.
-    This hands it to the listener's answer instead, which says nothing of what was sent."""
-
-    __slots__ = ("_answer",)
-
-    def __init__(self, manager: web.Server, *, answer: ErrorAnswer, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._answer = answer
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        response = self._answer(request, status, exc)
-        if request.writer.output_size > 0:  # as aiohttp: an answer had begun, none can follow
-            raise ConnectionError("an answer had begun: the connection is closed")
-        response.force_close()
-        return response
-
-
-class _EnvelopeServer(web.Server):
-    # aiohttp has no hook for its parse-error answers: its Server builds RequestHandler
-    # itself (from _loop and _kwargs). tests/e2e/test_serve.py fails if a release changes it.
-    answer: ErrorAnswer
-
-    def __call__(self) -> RequestHandler:
-        return _EnvelopeHandler(self, answer=self.answer, loop=self._loop, **self._kwargs)
-
-
-class _EnvelopeRunner(web.AppRunner):
-    def __init__(self, app: web.Application, answer: ErrorAnswer, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._answer = answer
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _EnvelopeServer
-        cast(_EnvelopeServer, server).answer = self._answer
-        return server
 
 
 class CannotListen(Exception):
@@ -158,7 +113,7 @@ async def serve_until_stopped(
             runner = (
                 web.AppRunner(listener.app, **settings)
                 if answer is None
-                else _EnvelopeRunner(listener.app, answer, **settings)
+                else ErrorAnsweringRunner(listener.app, answer, **settings)
             )
             await runner.setup()
             runners.append(runner)

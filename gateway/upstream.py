@@ -15,6 +15,7 @@ import aiohttp
 from yarl import URL
 
 from gateway import __version__
+from gateway._compat import disable_client_resend
 from gateway.errors import ErrorCode
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 
@@ -77,10 +78,9 @@ def new_session(limit: int = 1024) -> aiohttp.ClientSession:
         headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
         trust_env=False,
     )
-    # aiohttp re-sends a GET/PUT/DELETE once by itself when a pooled connection is reset.
-    # Every send must be a counted attempt under the retry rules, so that is turned off; the
-    # attribute has no public setter (aiohttp 3.10+).
-    session._retry_connection = False
+    # aiohttp re-sends a GET/PUT/DELETE once by itself when a pooled connection is reset;
+    # every send must be a counted attempt under the retry rules.
+    disable_client_resend(session)
     return session
 
 
