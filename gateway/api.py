@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from dataclasses import replace
 
 import orjson
@@ -13,13 +12,17 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import Decoded, RequestInfo, check_idempotency_key, json_body
+from gateway.cancel import Decoded
 from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
+from gateway.inbound import RequestInfo, check_idempotency_key, json_body
 from gateway.live import Live, LiveConfig
 from gateway.metrics import CONTENT_TYPE
 from gateway.models import (
+    CANCELLATION_ID,
+    MAX_BATCH,
+    MAX_BATCH_KEY,
     ConnectionInfo,
     Connections,
     Health,
@@ -33,9 +36,6 @@ from gateway.routing import Caller
 from gateway.spans import Spans
 from gateway.store import StoreUnavailable
 
-_CANCELLATION_ID = re.compile(r"cxl_[0-9a-z]{26}")
-MAX_BATCH = 100
-MAX_BATCH_KEY = 250  # leaves room for "#99" within the 255 a key may have
 LOG = web.AppKey("log", FilteringBoundLogger)
 CONFIG = web.AppKey("config", LiveConfig)
 SERVER = web.AppKey("server", ServerConfig)  # as started: these settings need a restart
@@ -188,7 +188,7 @@ async def get_cancellation(request: web.Request) -> web.Response:
     """A cancellation's envelope as it was answered, for the caller that made it only."""
     cancellation_id = request.match_info["cancellation_id"]
     unknown = GatewayError(ErrorCode.NOT_FOUND, f"no cancellation {cancellation_id!r}")
-    if not _CANCELLATION_ID.fullmatch(cancellation_id):
+    if not CANCELLATION_ID.fullmatch(cancellation_id):
         raise unknown
     store = request.app[CONFIG].store
     try:

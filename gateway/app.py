@@ -32,10 +32,10 @@ from gateway.api import (
     SPANS,
     error_response,
 )
-from gateway.cancel import RequestInfo
 from gateway.clock import Clock
 from gateway.envelope import gateway_envelope
 from gateway.errors import ErrorCode, GatewayError
+from gateway.inbound import RequestInfo
 from gateway.live import Live, LiveConfig
 from gateway.loader import Runtime
 from gateway.logging import log_context, make_logger, unparsed_reason

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from gateway.envelope import (
     reply_headers,
 )
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
+from gateway.inbound import RequestInfo, check_idempotency_key, json_body
 from gateway.loader import Runtime
 from gateway.metrics import Metrics
 from gateway.models import (
@@ -53,24 +53,13 @@ from gateway.store import (
     StoreUnavailable,
 )
 from gateway.store.memory import MemoryStore
-from gateway.tracing import Trace
 from gateway.translate.build import Call, Target, build_request, resolve_resource
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import Transport
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 LEASE_MARGIN_S = 10.0
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
-
-
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """What the HTTP layer learned about the request before the cancellation starts."""
-
-    request_id: str
-    trace: Trace
-    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,18 +417,6 @@ class Canceller:
         )
 
 
-def json_body(body: bytes) -> Any:
-    """A request body as JSON, strictly (no NaN/Infinity), or ``invalid_request``."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise GatewayError(
-            ErrorCode.INVALID_REQUEST,
-            f"the body is not valid JSON: {exc}",
-            fields=[("body", "not valid JSON")],
-        ) from None
-
-
 def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:
     """The canonical request, strictly: a JSON object, no unknown fields. With problems, the
     request holds the fields that are valid (the others are None or empty), so that the
@@ -490,16 +467,6 @@ def callers_text(request: CancelRequest, info: RequestInfo) -> tuple[str, ...]:
     if info.idempotency_key is not None:
         texts.append(info.idempotency_key)
     return tuple(texts)
-
-
-def check_idempotency_key(value: str | None) -> str | None:
-    if value is not None and not _IDEMPOTENCY_KEY.fullmatch(value):
-        raise GatewayError(
-            ErrorCode.INVALID_REQUEST,
-            "Idempotency-Key must be 1 to 255 printable ASCII characters",
-            fields=[("headers.Idempotency-Key", "must be 1 to 255 printable ASCII characters")],
-        )
-    return value
 
 
 def upstream_idempotency_key(caller: str, info: RequestInfo, cancellation_id: str) -> str:

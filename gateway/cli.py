@@ -17,9 +17,10 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.api import CONFIG
 from gateway.app import create_app
-from gateway.cancel import Canceller, RequestInfo
+from gateway.cancel import Canceller
 from gateway.envelope import gateway_envelope
 from gateway.errors import GatewayError
+from gateway.inbound import RequestInfo
 from gateway.loader import Runtime, load
 from gateway.logging import capture_library_logs, make_logger
 from gateway.problems import ConfigError

@@ -19,9 +19,15 @@ from pydantic import (
 
 from gateway.errors import ErrorCode, Source, Status
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Control characters (C0, DEL, C1): refused in every line of text a request gives, and in
+# credentials; free text (notes) may hold tab, line feed and carriage return.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # The same two rules for the OpenAPI document, in the ECMA-262 syntax JSON Schema patterns use.
+MAX_IDEMPOTENCY_KEY = 255  # characters of an Idempotency-Key
+MAX_BATCH = 100  # items of one batch
+MAX_BATCH_KEY = MAX_IDEMPOTENCY_KEY - 5  # a batch's key: item i uses key#i, "#99" included
+CANCELLATION_ID = re.compile(r"cxl_[0-9a-z]{26}")  # what new_cancellation_id makes
 NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
 TEXT_PATTERN = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
 # JSON numbers past a double's range are refused with the body (no Infinity).
@@ -29,13 +35,13 @@ _LARGEST_DOUBLE = sys.float_info.max
 
 
 def _no_control(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise ValueError("must not contain control characters")
     return value
 
 
 def _text(value: str) -> str:
-    if _CONTROL_BUT_WHITESPACE.search(value):
+    if CONTROL_BUT_WHITESPACE.search(value):
         raise ValueError(
             "must not contain control characters other than tab, line feed and carriage return"
         )
@@ -200,7 +206,7 @@ class BatchRequest(BaseModel):
 
     items: list[object] = Field(
         min_length=1,
-        max_length=100,
+        max_length=MAX_BATCH,
         description="Each a CancelRequest, checked one by one: an invalid item is answered "
         "with its own invalid_request envelope and does not stop the others.",
     )

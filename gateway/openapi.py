@@ -20,6 +20,10 @@ from gateway import __version__
 from gateway.errors import SPECS
 from gateway.loader import load_providers
 from gateway.models import (
+    CANCELLATION_ID,
+    MAX_BATCH,
+    MAX_BATCH_KEY,
+    MAX_IDEMPOTENCY_KEY,
     BatchRequest,
     BatchResponse,
     CancelRequest,
@@ -44,11 +48,9 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (Reloaded, "serialization"),
 ]
 _EXAMPLE = {"connection": "stateset-demo", "id": "asn_demo_1", "reason": "Supplier delay"}
-_MAX_IDEMPOTENCY_KEY = 255
 # HTTP drops the spaces around a header's value (RFC 9110, 5.5): a key neither starts nor ends
 # with one, and a key of spaces only arrives empty.
 _KEY_PATTERN = "^[!-~]([ -~]*[!-~])?$"
-_CANCELLATION_ID_PATTERN = "^cxl_[0-9a-z]{26}$"  # any other id answers 404 not_found
 _STRICT_JSON = (
     "Strict JSON: a number must fit a double (NaN, Infinity and larger numbers are refused) "
     "and a query parameter the API reads may be given once (twice is a 422)."
@@ -184,7 +186,6 @@ def _describe_provider_rules(request: dict[str, Any]) -> None:
 
 def openapi_document() -> dict[str, Any]:
     # api.py imports this module to serve the document: its limits are read once both are.
-    from gateway.api import MAX_BATCH, MAX_BATCH_KEY
 
     _, definitions = models_json_schema(_MODELS, ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = definitions["$defs"]
@@ -214,7 +215,7 @@ def openapi_document() -> dict[str, Any]:
                         "operationId": "cancel",
                         "summary": "Cancel one object at a provider (or preview with dry_run=true)",
                         "parameters": [
-                            *_request_headers(_MAX_IDEMPOTENCY_KEY),
+                            *_request_headers(MAX_IDEMPOTENCY_KEY),
                             {
                                 "name": "dry_run",
                                 "in": "query",
@@ -279,7 +280,7 @@ def openapi_document() -> dict[str, Any]:
                                     "type": "string",
                                     "minLength": 30,  # with the pattern, exact in any engine
                                     "maxLength": 30,
-                                    "pattern": _CANCELLATION_ID_PATTERN,
+                                    "pattern": f"^{CANCELLATION_ID.pattern}$",  # else a 404
                                 },
                             }
                         ],

@@ -6,12 +6,12 @@ for encoding, the credentials and the merged parameters.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Set
 from typing import Any
 
 from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
+from gateway.models import CONTROL
 from gateway.problems import Problem, suggest
 from gateway.translate.build import BaseUrl, Target, param_problem
 from gateway.translate.templates import (
@@ -23,7 +23,6 @@ from gateway.translate.templates import (
     unknown_reference,
 )
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MIN_CREDENTIAL_LENGTH = 8
 
 
@@ -64,7 +63,7 @@ def resolve_target(
                     f"not a credential of {definition.name} ({declared})",
                 )
             )
-        elif _CONTROL.search(value):
+        elif CONTROL.search(value):
             problems.append(
                 Problem(file, f"{loc}.credentials.{cname}", "contains control characters")
             )

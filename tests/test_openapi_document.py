@@ -20,11 +20,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
-from gateway.api import MAX_BATCH_KEY, parse_batch
-from gateway.cancel import check_idempotency_key, json_body, parse_request
+from gateway.api import parse_batch
+from gateway.cancel import parse_request
 from gateway.errors import GatewayError
+from gateway.inbound import check_idempotency_key, json_body
 from gateway.loader import load_providers
-from gateway.models import new_cancellation_id
+from gateway.models import MAX_BATCH_KEY, new_cancellation_id
 from gateway.openapi import openapi_document
 
 CONTROLS = ["\x00", "\t", "\n", "\r", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"]
