@@ -113,7 +113,7 @@ class ErrorAnsweringRunner(web.AppRunner):
 # chain compared with a literal (`status == 'cancelled'`). They are evaluated directly, many times
 # faster than jmespath's tree interpreter, which needs their parse tree: jmespath exposes it only
 # as ``ParsedResult.parsed``, dicts of an undocumented shape (jmespath/jmespath.py#62 made the
-# nodes dicts; typeshed types them as internals). tests/translate/test_definition.py checks the
+# nodes dicts; typeshed types them as internals). tests/test_definition.py checks the
 # direct answers against jmespath's on many documents.
 
 _EXPECTED = {

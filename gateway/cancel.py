@@ -53,7 +53,8 @@ from gateway.store import (
     StoreUnavailable,
 )
 from gateway.store.memory import MemoryStore
-from gateway.translate.build import Call, Target, build_request, resolve_resource
+from gateway.targets import Target
+from gateway.translate.build import Call, build_request, resolve_resource
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import Transport

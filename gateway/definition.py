@@ -26,6 +26,7 @@ from gateway.translate.templates import (
     authority_of,
     compile_structure,
     compile_template,
+    scalar_text,
     structure_templates,
     unknown_names,
     unknown_reference,
@@ -158,6 +159,28 @@ class ParamSpec(_Strict):
             except re.error as exc:
                 raise ValueError(f"invalid regular expression: {exc}") from exc
         return value
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this param (None is absent), or None."""
+        if value is None:
+            return "is required" if self.required else None
+        allowed = _PARAM_TYPES[self.type]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            return f"must be a {self.type}"
+        text = scalar_text(value)
+        if self.max_length is not None and len(text) > self.max_length:
+            return f"must be at most {self.max_length} characters"
+        if self.pattern is not None and not re.fullmatch(self.pattern, text):
+            return f"must match {self.pattern}"
+        return None
+
+
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
 
 
 class FieldRule(_Strict):

@@ -24,8 +24,7 @@ from gateway.definition import ProviderDefinition
 from gateway.problems import ConfigError, Problem, validation_problems
 from gateway.providers import builtin_files
 from gateway.resilience import Policy
-from gateway.targets import check_callers, resolve_target
-from gateway.translate.build import Target
+from gateway.targets import Target, check_callers, resolve_target
 
 # ${NAME} or ${NAME:-default}; a default may hold one level of braces (a URL template).
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")

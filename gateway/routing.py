@@ -11,7 +11,7 @@ from fnmatch import translate
 
 from gateway.config import CallerConfig
 from gateway.errors import ErrorCode, GatewayError
-from gateway.translate.build import Target
+from gateway.targets import Target
 
 
 @dataclass(frozen=True, slots=True)

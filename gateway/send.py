@@ -18,7 +18,7 @@ from gateway.metrics import Metrics
 from gateway.models import UpstreamInfo
 from gateway.resilience import GuardRegistry, Guards, Policy, backoff_s, retry_reason
 from gateway.spans import Spans
-from gateway.translate.build import Target
+from gateway.targets import Target
 from gateway.translate.classify import Outcome, classify
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import Transport, UpstreamFailure

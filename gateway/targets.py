@@ -7,23 +7,81 @@ for encoding, the credentials and the merged parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
 from gateway.models import CONTROL
 from gateway.problems import Problem, suggest
-from gateway.translate.build import BaseUrl, Target, param_problem
+from gateway.translate.auth import auth_header
 from gateway.translate.templates import (
     HOST_LABEL,
+    Context,
     Template,
     TemplateError,
     compile_template,
+    encode_host_label,
+    encode_segment,
     unknown_names,
     unknown_reference,
 )
 
 MIN_CREDENTIAL_LENGTH = 8
+
+
+@dataclass(frozen=True, slots=True)
+class BaseUrl:
+    """A base URL template split where encodings differ: host labels, then path segments."""
+
+    scheme: str
+    authority: Template
+    path: Template
+
+    def render(self, ctx: Context) -> str:
+        host = self.authority.render(ctx, encode_host_label)
+        path = self.path.render(ctx, encode_segment)
+        if host is None or path is None:
+            raise TemplateError(f"base URL {self.authority.source!r} lacks a value")
+        return f"{self.scheme}://{host}{path.rstrip('/')}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One configured connection, resolved against its provider definition."""
+
+    name: str
+    definition: ProviderDefinition
+    base_url: BaseUrl
+    credentials: Mapping[str, str]  # plain values: only the auth header ever sees them
+    params: Mapping[str, Any]
+    timeout_s: float
+    # The auth header rendered once, when it depends on nothing but the connection.
+    fixed_auth: tuple[str, str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fixed_auth", _fixed_auth(self))
+
+    def __repr__(self) -> str:  # credentials stay out of every repr
+        return f"Target(name={self.name!r}, provider={self.definition.name!r})"
+
+
+_CONNECTION_NAMES = ("credentials.", "connection.name")
+
+
+def _fixed_auth(target: Target) -> tuple[str, str] | None:
+    """The auth header when its templates name only credentials and the connection (they
+    usually do); ``None`` to render it per request, which also reports what is wrong with it."""
+    auth = target.definition.auth
+    if auth is None:
+        return None
+    names = [*auth.header.names, *auth.value.names]
+    if not all(name.startswith(_CONNECTION_NAMES) for name in names):
+        return None
+    try:
+        return auth_header(auth, target.credentials, {"connection.name": target.name})
+    except TemplateError:
+        return None
 
 
 def resolve_target(
@@ -101,7 +159,7 @@ def resolve_target(
     for pname, pspec in definition.params.items():
         if params.get(pname) is None and pspec.per_request:
             continue  # may still come with each request
-        problem = param_problem(pspec, params.get(pname))
+        problem = pspec.problem(params.get(pname))
         if problem:
             problems.append(Problem(file, f"{loc}.params.{pname}", problem))
 

@@ -10,7 +10,7 @@ import pytest
 from gateway.config import CallerConfig
 from gateway.errors import ErrorCode, GatewayError
 from gateway.routing import Caller, Callers, route
-from gateway.translate.build import Target
+from gateway.targets import Target
 
 # Fake keys only.
 OMS_KEY = "oms-caller-key-0123456789"

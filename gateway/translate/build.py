@@ -6,9 +6,8 @@ with ``fields``, before anything is sent.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,81 +15,18 @@ import orjson
 from gateway.definition import ParamSpec, ProviderDefinition, Resource
 from gateway.errors import invalid_request
 from gateway.models import CancelRequest
+from gateway.targets import Target
+from gateway.translate.auth import auth_header
 from gateway.translate.templates import (
     Context,
-    Template,
     TemplateError,
-    encode_host_label,
     encode_query_value,
     encode_segment,
+    header_value,
     render_structure,
     scalar_text,
 )
 from gateway.translate.wire import UpstreamRequest
-
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-_PARAM_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class BaseUrl:
-    """A base URL template split where encodings differ: host labels, then path segments."""
-
-    scheme: str
-    authority: Template
-    path: Template
-
-    def render(self, ctx: Context) -> str:
-        host = self.authority.render(ctx, encode_host_label)
-        path = self.path.render(ctx, encode_segment)
-        if host is None or path is None:
-            raise TemplateError(f"base URL {self.authority.source!r} lacks a value")
-        return f"{self.scheme}://{host}{path.rstrip('/')}"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One configured connection, resolved against its provider definition."""
-
-    name: str
-    definition: ProviderDefinition
-    base_url: BaseUrl
-    credentials: Mapping[str, str]  # plain values: only the auth header ever sees them
-    params: Mapping[str, Any]
-    timeout_s: float
-    # The auth header rendered once, when it depends on nothing but the connection.
-    fixed_auth: tuple[str, str] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "fixed_auth", _fixed_auth(self))
-
-    def __repr__(self) -> str:  # credentials stay out of every repr
-        return f"Target(name={self.name!r}, provider={self.definition.name!r})"
-
-
-_CONNECTION_NAMES = ("credentials.", "connection.name")
-
-
-def _fixed_auth(target: Target) -> tuple[str, str] | None:
-    """The auth header when its templates name only credentials and the connection (they
-    usually do); ``None`` to render it per request, which also reports what is wrong with it."""
-    auth = target.definition.auth
-    if auth is None:
-        return None
-    names = [*auth.header.names, *auth.value.names]
-    if not all(name.startswith(_CONNECTION_NAMES) for name in names):
-        return None
-    try:
-        return _auth_header(target, {"connection.name": target.name})
-    except TemplateError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,24 +117,10 @@ def merge_params(
         else:
             merged[name] = value
     for name, spec in declared.items():
-        problem = param_problem(spec, merged.get(name))
+        problem = spec.problem(merged.get(name))
         if problem:
             problems.append((f"params.{name}", problem))
     return merged
-
-
-def param_problem(spec: ParamSpec, value: Any) -> str | None:
-    if value is None:
-        return "is required" if spec.required else None
-    allowed = _PARAM_TYPES[spec.type]
-    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-        return f"must be a {spec.type}"
-    text = scalar_text(value)
-    if spec.max_length is not None and len(text) > spec.max_length:
-        return f"must be at most {spec.max_length} characters"
-    if spec.pattern is not None and not re.fullmatch(spec.pattern, text):
-        return f"must match {spec.pattern}"
-    return None
 
 
 def canonical_fields(
@@ -244,30 +166,10 @@ def _render_headers(
     for name, template in resource.headers.items():
         value = template.render(ctx, str)
         if value is not None:
-            headers.append((name, _header_value(name, value)))
+            headers.append((name, header_value(name, value)))
     secret: set[str] = set()
-    auth = target.fixed_auth or _auth_header(target, ctx)
+    auth = target.fixed_auth or auth_header(target.definition.auth, target.credentials, ctx)
     if auth is not None:
         headers.append(auth)
         secret.add(auth[0].lower())
     return headers, secret
-
-
-def _auth_header(target: Target, ctx: Context) -> tuple[str, str] | None:
-    auth = target.definition.auth
-    if auth is None:
-        return None
-    credentials = {f"credentials.{k}": v or None for k, v in target.credentials.items()}
-    name = auth.header.render(ctx, str)
-    value = auth.value.render({**ctx, **credentials}, str)
-    if name is None or value is None:
-        return None
-    if not _HEADER_NAME.fullmatch(name):
-        raise TemplateError(f"{name!r} is not a valid header name")
-    return name, _header_value(name, value)
-
-
-def _header_value(name: str, value: str) -> str:
-    if _HEADER_VALUE_FORBIDDEN.search(value):
-        raise TemplateError(f"the value of header {name} would contain control characters")
-    return value

@@ -249,3 +249,16 @@ def encode_host_label(value: str) -> str:
 
 def encode_query_value(value: str) -> str:
     return quote(value, safe="")
+
+
+# --- header pieces ---------------------------------------------------------------------------
+
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_value(name: str, value: str) -> str:
+    """``value`` when it can be sent as a header's value (no control character but tab)."""
+    if _HEADER_VALUE_FORBIDDEN.search(value):
+        raise TemplateError(f"the value of header {name} would contain control characters")
+    return value

@@ -12,7 +12,8 @@ import yaml
 from gateway.definition import ProviderDefinition
 from gateway.models import CancelRequest
 from gateway.providers import builtin_files
-from gateway.translate.build import BaseUrl, Call, Target
+from gateway.targets import BaseUrl, Target
+from gateway.translate.build import Call
 from gateway.translate.templates import compile_template
 
 FAKE_KEY = "test-key-not-real"

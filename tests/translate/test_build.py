@@ -14,7 +14,8 @@ from gateway.definition import ProviderDefinition
 from gateway.errors import ErrorCode, GatewayError
 from gateway.models import CancelRequest
 from gateway.redact import REDACTED
-from gateway.translate.build import Call, Target, build_request, resolve_resource
+from gateway.targets import Target
+from gateway.translate.build import Call, build_request, resolve_resource
 from gateway.translate.wire import UpstreamRequest
 
 from .conftest import DEFAULT_RESOURCE, FAKE_KEY

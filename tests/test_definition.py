@@ -12,6 +12,13 @@ from pydantic import ValidationError
 from gateway.definition import ProviderDefinition
 from gateway.providers import builtin_files
 from gateway.translate.templates import Template
+from tests.translate.conftest import load_builtin_definitions
+
+
+@pytest.fixture(scope="module")
+def definitions() -> dict[str, ProviderDefinition]:
+    """The four built-in provider definitions, by name."""
+    return load_builtin_definitions()
 
 
 def minimal() -> dict[str, Any]:
