@@ -1,4 +1,4 @@
-"""Where the gateway's time goes: ``py-spy record`` on it, and its raw output summed up.
+"""Where the gateway's time goes: ``py-spy record`` run on it, and its raw output summed up.
 
 py-spy's raw (collapsed) format has one line per distinct stack, ``frame;frame;... count``,
 outermost frame first; with ``--threads`` the first frame is ``thread (tid): name``. Only the
@@ -9,12 +9,18 @@ out the samples in which a thread was waiting, so these are samples of CPU time.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
+import shutil
+import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.processes import ROOT, Children
+
 RATE_HZ = 200
 MAIN_THREAD = "MainThread"
 EVERYWHERE = 0.99  # functions on at least this share of the stacks: the entry frames
@@ -32,6 +38,25 @@ def command(py_spy: str, pid: int, duration_s: float, output: Path) -> list[str]
         py_spy, "record", "--pid", str(pid), *given,
         "--format", "raw", "--threads", "--nonblocking",
     ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def profiled(children: Children, pid: int, duration_s: float, output: Path) -> Iterator[None]:
+    """``py-spy record`` on ``pid`` for ``duration_s``, started on entry, awaited on exit."""
+    py_spy = shutil.which("py-spy", path=Path(sys.executable).parent) or "py-spy"
+    log = output.with_suffix(".log")
+    with log.open("wb") as out:
+        process = children.start(
+            command(py_spy, pid, duration_s, output), env=dict(os.environ), out=out
+        )
+    try:
+        yield
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(duration_s + 30)
+    finally:
+        children.stop(process, grace_s=5.0)
+    if process.returncode != 0 or not output.exists():
+        raise RuntimeError(f"py-spy failed ({process.returncode}):\n{log.read_text()[-2000:]}")
 
 
 def short_file(file: str) -> str:

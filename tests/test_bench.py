@@ -1,37 +1,38 @@
-"""The benchmark's gateway configurations load, and each turns off exactly what its name says:
-a row measured with a config the gateway refuses, or with a feature left on, would report the
-wrong cost."""
+"""The benchmark's own logic: its gateway configurations load and each turns off exactly what its
+name says (a row measured with a config the gateway refuses, or with a feature left on, would
+report the wrong cost); rounds add up into one row; wrk's summary is read; the figures are held
+to their targets."""
 
 from pathlib import Path
 
 import pytest
 
-from bench import run
+from bench import servers, targets, wrk
+from bench.scenarios import SCENARIOS, Result, combined
+from bench.targets import Comparison, Figure, Target
 from gateway.loader import load
 
-ENVIRON = {"BENCH_CALLER_KEY": run.CALLER_KEY, "BENCH_STATESET_KEY": run.STATESET_KEY}
+ENVIRON = {"BENCH_CALLER_KEY": servers.CALLER_KEY, "BENCH_STATESET_KEY": servers.STATESET_KEY}
 
 
-@pytest.mark.parametrize("name", sorted(run.GATEWAYS))
+@pytest.mark.parametrize("name", sorted(servers.GATEWAYS))
 def test_each_benchmarked_gateway_config_loads_with_its_features(tmp_path: Path, name: str) -> None:
-    gateway = run.GATEWAYS[name]
-    runtime = load(run.gateway_config(tmp_path, 9999, gateway), ENVIRON)
+    gateway = servers.GATEWAYS[name]
+    runtime = load(servers.gateway_config(tmp_path, 9999, gateway), ENVIRON)
     config = runtime.config
     assert config.store.backend == "sqlite"
     assert config.logging.level == ("info" if gateway.logs else "warning")
     assert config.logging.access_log is gateway.logs
-    assert runtime.targets[run.CONNECTION].name == run.CONNECTION
+    assert runtime.targets[servers.CONNECTION].name == servers.CONNECTION
 
 
 def test_the_default_row_has_every_default_on() -> None:
-    assert run.GATEWAYS["gateway"] == run.Gateway(workers=1, logs=True)
+    assert servers.GATEWAYS["gateway"] == servers.Gateway(workers=1, logs=True)
 
 
-def _round(
-    requests: int, seconds: float, cpu_ms: float, p50_ms: float, **more: object
-) -> run.Result:
+def _round(requests: int, seconds: float, cpu_ms: float, p50_ms: float, **more: object) -> Result:
     fields: dict[str, object] = {
-        "scenario": run.SCENARIOS[0],
+        "scenario": SCENARIOS[0],
         "target": "gateway",
         "requests": requests,
         "seconds": seconds,
@@ -40,14 +41,13 @@ def _round(
         "p99_ms": p50_ms * 3,
         "mean_ms": p50_ms,
         "non_2xx": 0,
-        "socket_errors": 0,
-        "socket_error_kinds": "",
+        "socket_errors_by_kind": {},
         "rss_mib": 60.0,
         "cpu_ms_per_request": cpu_ms / requests,
         "system_share": 0.1,
         "processes": 1,
     }
-    return run.Result(**{**fields, **more})  # type: ignore[arg-type]
+    return Result(**{**fields, **more})  # type: ignore[arg-type]
 
 
 def test_rounds_add_up_requests_time_and_cpu_and_take_the_median_latency() -> None:
@@ -56,7 +56,7 @@ def test_rounds_add_up_requests_time_and_cpu_and_take_the_median_latency() -> No
         _round(3000, 2.0, 900.0, 30.0, rss_mib=70.0, non_2xx=2),
         _round(2000, 2.0, 700.0, 20.0, rss_mib=65.0),
     ]
-    row = run.combined(rounds)
+    row = combined(rounds)
     assert (row.requests, row.seconds, row.rps) == (6000, 6.0, 1000.0)
     assert row.cpu_ms_per_request == 2000.0 / 6000  # not the mean of the rounds' ratios
     assert (row.p50_ms, row.p99_ms) == (20.0, 60.0)
@@ -65,14 +65,96 @@ def test_rounds_add_up_requests_time_and_cpu_and_take_the_median_latency() -> No
 
 def test_rounds_add_up_socket_errors_by_kind() -> None:
     rounds = [
-        _round(100, 1.0, 10.0, 1.0, socket_errors=3, socket_error_kinds="connect 1, timeout 2"),
-        _round(100, 1.0, 10.0, 1.0, socket_errors=4, socket_error_kinds="timeout 4"),
+        _round(100, 1.0, 10.0, 1.0, socket_errors_by_kind={"connect": 1, "timeout": 2}),
+        _round(100, 1.0, 10.0, 1.0, socket_errors_by_kind={"timeout": 4}),
     ]
-    row = run.combined(rounds)
+    row = combined(rounds)
     assert row.socket_errors == 7
     assert row.socket_error_kinds == "connect 1, timeout 6"
 
 
 def test_one_round_is_the_row_itself() -> None:
     only = _round(500, 5.0, 100.0, 4.0, note="5 lines per answer")
-    assert run.combined([only]) == only
+    assert combined([only]) == only
+
+
+def test_wrk_summary_is_read_among_its_other_output() -> None:
+    output = (
+        "Running 2s test @ http://127.0.0.1:1\n"
+        'BENCH {"requests":3000,"duration_us":2000000,"status":5,"connect":0,"read":0,'
+        '"write":2,"timeout":7,"p50_us":1500.0,"p99_us":9000.0,"mean_us":2000.0}\n'
+        "Requests/sec:   1500.00\n"
+    )
+    summary = wrk.parse(output)
+    assert (summary.requests, summary.seconds, summary.non_2xx) == (3000, 2.0, 5)
+    assert summary.socket_errors == {"write": 2, "timeout": 7}  # the kinds that occurred
+    assert (summary.p50_ms, summary.p99_ms, summary.mean_ms) == (1.5, 9.0, 2.0)
+
+
+def test_wrk_output_without_a_summary_is_an_error_that_shows_it() -> None:
+    with pytest.raises(RuntimeError, match="unable to connect"):
+        wrk.parse("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+@pytest.mark.parametrize(
+    ("comparison", "limit", "value", "met"),
+    [
+        (Comparison.AT_LEAST, 1.0, 1.0, True),
+        (Comparison.AT_LEAST, 1.0, 0.99, False),
+        (Comparison.AT_MOST, 0.17, 0.17, True),
+        (Comparison.AT_MOST, 0.17, 0.2, False),
+        (Comparison.EQUAL, 0.0, 0.0, True),
+        (Comparison.EQUAL, 0.0, 3.0, False),
+    ],
+)
+def test_a_target_is_met_or_not_by_its_figure(
+    comparison: Comparison, limit: float, value: float, met: bool
+) -> None:
+    target = Target("figure", comparison, limit)
+    assert target.met({"other": -1.0, "figure": value}) is met
+
+
+@pytest.mark.parametrize("figures", [{}, {"figure": None}])
+def test_a_target_whose_figure_was_not_measured_is_neither_met_nor_not(
+    figures: dict[str, float | None],
+) -> None:
+    assert Target("figure", Comparison.AT_MOST, 1).met(figures) is None
+
+
+def test_the_report_gives_each_figure_its_targets_verdict() -> None:
+    measured = [
+        Figure("fast", "req/s ratio", 1.5),
+        Figure("cheap", "CPU ms/request", 0.2),
+        Figure("quiet", "errors", None),
+        Figure("free", "no target", 1234.0),
+    ]
+    rules = [
+        Target("fast", Comparison.AT_LEAST, 1),
+        Target("cheap", Comparison.AT_MOST, 0.17),
+        Target("quiet", Comparison.EQUAL, 0),
+    ]
+    assert targets.lines(measured, rules) == [
+        "- req/s ratio: **1.5** (target ≥ 1: met)",
+        "- CPU ms/request: **0.2** (target ≤ 0.17: not met)",
+        "- errors: not measured",
+        "- no target: **1,234**",
+    ]
+
+
+def test_every_target_is_on_a_figure_the_report_computes() -> None:
+    names = [f.name for f in targets.figures([])]
+    assert len(names) == len(set(names))
+    assert {t.figure for t in targets.TARGETS} <= set(names)
+
+
+def test_figures_come_from_the_rows_they_name() -> None:
+    by_name = {row.name: row for row in SCENARIOS}
+    gateway = _round(1000, 1.0, 500.0, 3.0)
+    baseline = _round(2000, 1.0, 400.0, 1.0, target="baseline")
+    soak = _round(1000, 1.0, 100.0, 150.0, scenario=by_name["soak"], p99_ms=130.0, non_2xx=1)
+    values = {f.name: f.value for f in targets.figures([gateway, baseline, soak])}
+    assert values["gateway/baseline rps c64"] == 0.5
+    assert values["gateway cpu c64"] == 0.5
+    assert values["soak added p99"] == 30.0  # beyond the upstream's 100 ms
+    assert values["soak errors"] == 1
+    assert values["gateway added p50 c1"] is None  # no c1 row

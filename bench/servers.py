@@ -1,0 +1,182 @@
+"""The servers measured, each a fresh process on a free loopback port: the upstream emulation
+(bench/upstream.py, also the ``direct`` row), the baseline (bench/baseline.py) and
+``cancel-gateway serve`` with a config written for the row; what wrk sends each of them, one
+probe before a server is measured, and what the gateway's log says after.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.processes import Children, free_port, wait_listening
+from bench.wrk import Request
+
+# Loopback-only values for processes this benchmark starts and stops: not secrets.
+CALLER_KEY = "bench-caller-key-0123456789"
+STATESET_KEY = "sk_test_bench_0123456789"
+CONNECTION = "stateset-bench"
+
+Server = tuple[subprocess.Popen[bytes], int]  # a listening server's process, and its port
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """``cancel-gateway serve`` as measured: its workers, and whether the logs are on (the
+    default). The row without them says, in the same run, what they cost."""
+
+    workers: int = 1
+    logs: bool = True
+
+
+GATEWAYS = {
+    "gateway": Gateway(),
+    "gateway-w2": Gateway(workers=2),
+    "gateway-no-logs": Gateway(logs=False),  # warnings and errors only, no access log
+}
+
+
+def gateway_config(
+    folder: Path, upstream_port: int, gateway: Gateway = GATEWAYS["gateway"]
+) -> Path:
+    """Every default on (SQLite ledger, JSON logs, access log) unless ``gateway`` turns the
+    logs off; limits no run reaches, so nothing is refused."""
+    path = folder / "gateway.yaml"
+    logging = (
+        "level: info\n  access_log: true" if gateway.logs else "level: warning\n  access_log: false"
+    )
+    path.write_text(
+        f"""\
+server:
+  host: 127.0.0.1
+store:
+  backend: sqlite
+  path: ledger.db
+logging:
+  {logging}
+callers:
+  - name: bench
+    key: ${{BENCH_CALLER_KEY}}
+    connections: ["*"]
+connections:
+  {CONNECTION}:
+    provider: stateset
+    base_url: http://127.0.0.1:{upstream_port}
+    credentials:
+      api_key: ${{BENCH_STATESET_KEY}}
+    timeout_s: 10
+    breaker: {{failures: 10000}}
+    limits: {{concurrency: 100000, rate_per_s: 0}}
+"""
+    )
+    return path
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "BENCH_CALLER_KEY": CALLER_KEY, "BENCH_STATESET_KEY": STATESET_KEY}
+
+
+def gateway_command() -> list[str]:
+    script = Path(sys.executable).parent / "cancel-gateway"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+
+
+def request_for(target: str, port: int) -> Request:
+    """StateSet's cancel request for ``direct``, the gateway's canonical one for the others."""
+    if target == "direct":
+        body = json.dumps({"reason": "bench", "cancelled_by": "bench", "notify_supplier": True})
+        return Request(
+            f"http://127.0.0.1:{port}", "/v1/asns/asn_bench_%d/cancel", body, STATESET_KEY
+        )
+    body = json.dumps({"connection": CONNECTION, "id": "asn_bench_%d", "reason": "bench"})
+    return Request(f"http://127.0.0.1:{port}", "/v1/cancellations", body, CALLER_KEY)
+
+
+def probe(port: int, request: Request) -> None:
+    """One request as wrk will send it; a server that does not answer 2xx ``cancelled`` is not
+    measured."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {request.key}"}
+        path, body = request.path.replace("%d", "0"), request.body.replace("%d", "0")
+        connection.request("POST", path, body, headers)
+        answer = connection.getresponse()
+        text = answer.read().decode(errors="replace")
+    finally:
+        connection.close()
+    if answer.status // 100 != 2 or json.loads(text).get("status") != "cancelled":
+        raise RuntimeError(f"probe of port {port} answered {answer.status}: {text[:500]}")
+
+
+@contextlib.contextmanager
+def upstream(delay_ms: int, children: Children, log: Path) -> Iterator[Server]:
+    """The StateSet emulation, answering after ``delay_ms``, listening."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
+    argv += ["--delay-ms", str(delay_ms)]
+    with log.open("wb") as out:
+        process = children.start(argv, env=environment(), out=out)
+    try:
+        wait_listening(process, port, 1, log)
+        yield process, port
+    finally:
+        children.stop(process)
+
+
+@contextlib.contextmanager
+def server(target: str, upstream_port: int, children: Children, folder: Path) -> Iterator[Server]:
+    """The server under test for ``target`` (``baseline`` or a name of GATEWAYS), listening,
+    its output in ``folder``/server.log."""
+    port, workers = free_port(), 1
+    log = folder / "server.log"
+    if target == "baseline":
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
+        argv = [sys.executable, "-m", "bench.baseline", "--port", str(port)]
+        argv += ["--upstream", upstream_url, "--connection", CONNECTION]
+    else:
+        gateway = GATEWAYS[target]
+        config, workers = gateway_config(folder, upstream_port, gateway), gateway.workers
+        argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port)]
+        argv += ["--workers", str(workers)]
+    with log.open("wb") as out:
+        process = children.start(argv, env=environment(), out=out)
+    try:
+        wait_listening(process, port, workers, log)
+        yield process, port
+    finally:
+        children.stop(process)
+
+
+def log_note(log: Path) -> str:
+    """The gateway's own log, as a check that it logged, and what it said besides ``info``:
+    the events of its warnings and errors and the statuses of its non-2xx answers."""
+    lines = answers = 0
+    unusual = collections.Counter[str]()
+    with log.open("rb") as stream:
+        for line in stream:
+            lines += 1
+            try:
+                event = json.loads(line)
+            except ValueError:
+                unusual["non-JSON line"] += 1
+                continue
+            level, status = event.get("level"), event.get("status")
+            if level != "info":
+                code = event.get("error_code") or event.get("code") or ""
+                unusual[f"{level} {event.get('event')} {code}".strip()] += 1
+            elif event.get("event") == "http.request":
+                answers += 1
+                if not 200 <= status < 300:
+                    unusual[f"answered {status}"] += 1
+    size = log.stat().st_size / 2**20
+    per = f"{lines / answers:.2f} lines per answer" if answers else "no access log line"
+    said = "".join(f"; {what}: {n}" for what, n in unusual.most_common(6))
+    return f"{lines} lines ({size:.1f} MiB), {per}{said}"

@@ -1,0 +1,208 @@
+"""The figures the report ends with, derived from the measured rows, and the targets the
+gateway is held to, each a :class:`Target` on one figure: met, not met, or unknown when a row
+it needs was not measured. The baseline's figures stand beside the gateway's, without targets:
+where the baseline misses a target too, the machine is the limit, not the gateway's work.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bench.scenarios import Result, rss_slope
+
+
+class Comparison(enum.StrEnum):
+    AT_LEAST = "≥"
+    AT_MOST = "≤"
+    EQUAL = "="
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # what a Target refers to
+    label: str  # as the report says it, unit included
+    value: float | None  # None: a row it needs was not measured
+
+
+@dataclass(frozen=True)
+class Target:
+    figure: str  # a Figure's name
+    comparison: Comparison
+    limit: float
+
+    def met(self, figures: Mapping[str, float | None]) -> bool | None:
+        """Whether the measured figure meets the target; None when it was not measured."""
+        value = figures.get(self.figure)
+        if value is None:
+            return None
+        match self.comparison:
+            case Comparison.AT_LEAST:
+                return value >= self.limit
+            case Comparison.AT_MOST:
+                return value <= self.limit
+            case Comparison.EQUAL:
+                return value == self.limit
+
+    def __str__(self) -> str:
+        return f"{self.comparison} {self.limit:g}"
+
+
+TARGETS = (
+    Target("gateway/baseline rps c64", Comparison.AT_LEAST, 1),
+    Target("gateway cpu c64", Comparison.AT_MOST, 0.17),
+    Target("gateway added p50 c1", Comparison.AT_MOST, 0.5),
+    Target("workers rps c64", Comparison.AT_LEAST, 1.4),
+    Target("gateway/direct rps c256-20ms", Comparison.AT_LEAST, 0.45),
+    Target("soak added p99", Comparison.AT_MOST, 40),
+    Target("soak errors", Comparison.EQUAL, 0),
+    # "RSS flat over the soak": a leak of 100 bytes per request at 500 req/s is ~3 MiB/min.
+    Target("soak rss slope", Comparison.AT_MOST, 1),
+)
+
+
+class _Rows:
+    """The measured rows by (scenario, target), and the figures made of them."""
+
+    def __init__(self, results: Sequence[Result]) -> None:
+        self._rows = {(r.scenario.name, r.target): r for r in results}
+
+    def get(self, scenario: str, target: str) -> Result | None:
+        return self._rows.get((scenario, target))
+
+    def rps(self, scenario: str, target: str, over: str) -> float | None:
+        mine, theirs = self.get(scenario, target), self.get(scenario, over)
+        return mine.rps / theirs.rps if mine and theirs else None
+
+    def added_p50(self, target: str) -> float | None:
+        """p50 ms beyond the upstream's own, one connection."""
+        mine, direct = self.get("c1", target), self.get("c1", "direct")
+        return mine.p50_ms - direct.p50_ms if mine and direct else None
+
+    def cpu(self, target: str) -> float | None:
+        row = self.get("c64", target)
+        return row.cpu_ms_per_request if row else None
+
+    def cost(self, without: str) -> float | None:
+        """CPU ms/request the feature ``without`` leaves out costs the gateway, 64 connections."""
+        mine, less = self.cpu("gateway"), self.cpu(without)
+        return mine - less if mine is not None and less is not None else None
+
+    def added_p99(self, scenario: str, target: str) -> float | None:
+        """p99 ms beyond the upstream's delay."""
+        row = self.get(scenario, target)
+        return row.p99_ms - row.scenario.delay_ms if row else None
+
+    def errors(self, scenario: str, target: str) -> int | None:
+        """Non-2xx answers plus socket errors."""
+        row = self.get(scenario, target)
+        return row.non_2xx + row.socket_errors if row else None
+
+    def slope(self, scenario: str, target: str) -> float | None:
+        row = self.get(scenario, target)
+        return rss_slope(row) if row else None
+
+
+def figures(results: Sequence[Result]) -> list[Figure]:
+    """Every figure, in the report's order, from the rows that were measured."""
+    rows = _Rows(results)
+    no_gateway = "no gateway, the soak's load"
+    return [
+        Figure(
+            "gateway/baseline rps c64",
+            "gateway / baseline req/s, 64 connections",
+            rows.rps("c64", "gateway", "baseline"),
+        ),
+        Figure("gateway cpu c64", "gateway CPU ms/request, 64 connections", rows.cpu("gateway")),
+        Figure("baseline cpu c64", "baseline CPU ms/request, 64 connections", rows.cpu("baseline")),
+        Figure(
+            "logs cpu c64",
+            "of the gateway's, the logs' CPU ms/request",
+            rows.cost("gateway-no-logs"),
+        ),
+        Figure(
+            "gateway added p50 c1", "gateway added p50 ms, 1 connection", rows.added_p50("gateway")
+        ),
+        Figure(
+            "baseline added p50 c1",
+            "baseline added p50 ms, 1 connection",
+            rows.added_p50("baseline"),
+        ),
+        Figure(
+            "workers rps c64",
+            "--workers 2 / 1 worker req/s, 64 connections",
+            rows.rps("c64", "gateway-w2", "gateway"),
+        ),
+        Figure(
+            "gateway/direct rps c256-20ms",
+            "gateway / direct req/s, 256 conn., 20 ms",
+            rows.rps("c256-20ms", "gateway", "direct"),
+        ),
+        Figure(
+            "baseline/direct rps c256-20ms",
+            "baseline / direct req/s, 256 conn., 20 ms",
+            rows.rps("c256-20ms", "baseline", "direct"),
+        ),
+        Figure(
+            "gateway/direct rps c1000-20ms",
+            "gateway / direct req/s, 1,000 conn., 20 ms",
+            rows.rps("c1000-20ms", "gateway", "direct"),
+        ),
+        Figure(
+            "workers rps c1000-20ms",
+            "--workers 2 / 1 worker req/s, 1,000 conn., 20 ms",
+            rows.rps("c1000-20ms", "gateway-w2", "gateway"),
+        ),
+        Figure(
+            "soak added p99",
+            "soak: added p99 ms, 5,000 conn., 100 ms",
+            rows.added_p99("soak", "gateway"),
+        ),
+        Figure(
+            "soak errors",
+            "soak: errors (non-2xx and socket errors)",
+            rows.errors("soak", "gateway"),
+        ),
+        Figure(
+            "soak rss slope",
+            "soak: RSS slope over the 2nd half, MiB/min (flat)",
+            rows.slope("soak", "gateway"),
+        ),
+        Figure(
+            "direct added p99 c5000-100ms",
+            f"{no_gateway} on the upstream alone: added p99 ms",
+            rows.added_p99("c5000-100ms", "direct"),
+        ),
+        Figure(
+            "direct errors c5000-100ms",
+            f"{no_gateway} on the upstream alone: errors",
+            rows.errors("c5000-100ms", "direct"),
+        ),
+        Figure(
+            "baseline added p99 c5000-100ms",
+            f"{no_gateway} through the baseline: added p99 ms",
+            rows.added_p99("c5000-100ms", "baseline"),
+        ),
+        Figure(
+            "baseline errors c5000-100ms",
+            f"{no_gateway} through the baseline: errors",
+            rows.errors("c5000-100ms", "baseline"),
+        ),
+    ]
+
+
+def lines(measured: Sequence[Figure], targets: Sequence[Target] = TARGETS) -> list[str]:
+    """One line per figure: its value, then each target on it with its verdict."""
+    values = {f.name: f.value for f in measured}
+    out = []
+    for f in measured:
+        if f.value is None:
+            out.append(f"- {f.label}: not measured")
+            continue
+        shown = f"{f.value:,.0f}" if abs(f.value) >= 1000 else f"{f.value:.3g}"
+        line = f"- {f.label}: **{shown}**"
+        for target in (t for t in targets if t.figure == f.name):
+            line += f" (target {target}: {'met' if target.met(values) else 'not met'})"
+        out.append(line)
+    return out
