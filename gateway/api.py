@@ -33,11 +33,13 @@ from gateway.models import (
 from gateway.openapi import openapi_document
 from gateway.problems import ConfigError
 from gateway.routing import Caller
+from gateway.services import Services
 from gateway.spans import Spans
 from gateway.store import StoreUnavailable
 
 LOG = web.AppKey("log", FilteringBoundLogger)
 CONFIG = web.AppKey("config", LiveConfig)
+SERVICES = web.AppKey("services", Services)
 SERVER = web.AppKey("server", ServerConfig)  # as started: these settings need a restart
 INFO = web.RequestKey("info", RequestInfo)
 CURRENT = web.RequestKey("current", Live)  # the configuration this request runs on
@@ -190,7 +192,7 @@ async def get_cancellation(request: web.Request) -> web.Response:
     unknown = GatewayError(ErrorCode.NOT_FOUND, f"no cancellation {cancellation_id!r}")
     if not CANCELLATION_ID.fullmatch(cancellation_id):
         raise unknown
-    store = request.app[CONFIG].store
+    store = request.app[SERVICES].store
     try:
         entry = await store.lookup(cancellation_id, request[CALLER].name)
     except StoreUnavailable as exc:
@@ -258,7 +260,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the configuration is loaded and the store answers."""
-    store = request.app[CONFIG].store
+    store = request.app[SERVICES].store
     version = request[CURRENT].version
     try:
         await store.ping()
@@ -272,9 +274,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; with several workers, the sum of all of them."""
-    config = request.app[CONFIG]
+    services = request.app[SERVICES]
     return web.Response(
-        body=config.metrics.exposition(config.guards.items()),
+        body=services.metrics.exposition(services.guards.items()),
         headers={"Content-Type": CONTENT_TYPE},
     )
 

@@ -29,6 +29,7 @@ from gateway.api import (
     INFO,
     LOG,
     SERVER,
+    SERVICES,
     SPANS,
     error_response,
 )
@@ -36,16 +37,17 @@ from gateway.clock import Clock
 from gateway.envelope import gateway_envelope
 from gateway.errors import ErrorCode, GatewayError
 from gateway.inbound import RequestInfo
-from gateway.live import Live, LiveConfig
+from gateway.live import LiveConfig
 from gateway.loader import Runtime
-from gateway.logging import log_context, make_logger, unparsed_reason
+from gateway.logging import log_context, unparsed_reason
 from gateway.metrics import Metrics
 from gateway.redact import Redactor
 from gateway.serve import ERROR_ANSWER, ErrorAnswer
-from gateway.spans import NoSpans, OtelSpans, Spans, otel_provider
-from gateway.store import Store, StoreUnavailable, create_store
+from gateway.services import build_services
+from gateway.spans import otel_provider
+from gateway.store import Store, StoreUnavailable
 from gateway.tracing import request_id_from, trace_from
-from gateway.upstream import AiohttpTransport, Transport, new_session
+from gateway.upstream import AiohttpTransport, Transport
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -75,43 +77,49 @@ def create_app(
     configuration's secrets are redacted too. ``store`` replaces the configured one.
     ``metrics_dir`` is the folder of prometheus-client's multiprocess mode (``--workers``);
     ``tracer_provider`` records spans instead of the one ``tracing`` configures."""
-    redactor = redactor or Redactor(runtime.secrets)
-    log = log or make_logger(level=runtime.config.logging.level, redactor=redactor)
     server = runtime.config.server
     app = web.Application(
         middlewares=[request_context, errors_to_envelope, authenticate],
         client_max_size=server.max_body_bytes,
     )
-    if store is None:
-        store = create_store(runtime.config.store, runtime.path.parent)
     tracing = runtime.config.tracing
     owned_provider = None
     if tracer_provider is None and tracing.exporter != "none":
         tracer_provider = owned_provider = otel_provider(tracing)
-    spans: Spans = NoSpans() if tracer_provider is None else OtelSpans(tracer_provider)
-    metrics = Metrics(metrics_dir)
-    config = _Reported(runtime, log, redactor, store, clock, loader, metrics=metrics, spans=spans)
-    app[LOG] = log
-    app[CONFIG] = config
+    owned_transport = None
+    if transport is None:
+        transport = owned_transport = AiohttpTransport()
+    services = build_services(
+        runtime,
+        transport,
+        log=log,
+        redactor=redactor,
+        clock=clock,
+        store=store,
+        metrics=Metrics(metrics_dir),
+        tracer_provider=tracer_provider,
+    )
+    app[SERVICES] = services
+    app[LOG] = services.log
+    app[CONFIG] = LiveConfig(runtime, services, loader)
     app[SERVER] = server
-    app[SPANS] = spans
+    app[SPANS] = services.spans
     app[ACCESS_LOG] = runtime.config.logging.access_log
     app[ERROR_ANSWER] = error_answer(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store = services.store
         try:
             await store.open()
         except StoreUnavailable as exc:  # fail closed until it answers: /readyz says so
-            log.error("store.unavailable", backend=store.name, error=str(exc))
+            services.log.error("store.unavailable", backend=store.name, error=str(exc))
         try:
-            if transport is not None:
-                config.start(transport)
-                yield
-            else:
-                async with new_session() as session:
-                    config.start(AiohttpTransport(session))
-                    yield
+            if owned_transport is not None:
+                await owned_transport.open()
+            yield
         finally:
+            if owned_transport is not None:
+                await owned_transport.close()
             await store.close()
             if owned_provider is not None:  # flushes the spans still queued
                 await asyncio.to_thread(owned_provider.shutdown)
@@ -119,20 +127,6 @@ def create_app(
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
     return app
-
-
-class _Reported(LiveConfig):
-    """The served configuration's version goes to the metrics (``cancel_gateway_build_info``)
-    when it starts to be served: at start, and after each reload, whatever asked for it."""
-
-    def start(self, transport: Transport) -> None:
-        super().start(transport)
-        self.metrics.config_served(self.current.version)
-
-    async def reload(self) -> Live:
-        live = await super().reload()
-        self.metrics.config_served(live.version)
-        return live
 
 
 @web.middleware
@@ -162,7 +156,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             response = await handler(request)
             span.finish(response.status)
             duration_s = time.perf_counter() - started
-            app[CONFIG].metrics.http_answered(request.method, route, response.status, duration_s)
+            app[SERVICES].metrics.http_answered(request.method, route, response.status, duration_s)
             if app[ACCESS_LOG]:
                 app[LOG].info(
                     "http.request",
@@ -259,7 +253,7 @@ def error_answer(app: web.Application) -> ErrorAnswer:
             app[LOG].error("request.crashed", exc_info=exc or True, **fields)
         # The method of a request that could not be parsed is unknown: counted as "other".
         method = "" if unparsed else request.method
-        app[CONFIG].metrics.http_answered(method, "unparsed" if unparsed else "unhandled", status)
+        app[SERVICES].metrics.http_answered(method, "unparsed" if unparsed else "unhandled", status)
         envelope = gateway_envelope(GatewayError(code, text), request_id, trace_id)
         return web.Response(
             status=status,

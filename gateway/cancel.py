@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +16,6 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from structlog.typing import FilteringBoundLogger
 
-from gateway.clock import Clock, SystemClock
 from gateway.envelope import (
     Reply,
     gateway_outcome,
@@ -28,7 +26,6 @@ from gateway.envelope import (
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.inbound import RequestInfo, check_idempotency_key, json_body
 from gateway.loader import Runtime
-from gateway.metrics import Metrics
 from gateway.models import (
     CancelRequest,
     Envelope,
@@ -37,27 +34,23 @@ from gateway.models import (
     UpstreamInfo,
     new_cancellation_id,
 )
-from gateway.redact import Redactor, cut
-from gateway.resilience import GuardRegistry, full_jitter
+from gateway.redact import cut
 from gateway.routing import Caller, route
 from gateway.send import Attempting, Sender, ms
-from gateway.spans import NoSpans, Spans
+from gateway.services import Services
 from gateway.store import (
     Claimed,
     Entry,
     InProgress,
     KeyClaim,
     Replay,
-    Store,
     StoredReply,
     StoreUnavailable,
 )
-from gateway.store.memory import MemoryStore
 from gateway.targets import Target
 from gateway.translate.build import Call, build_request, resolve_resource
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 from gateway.translate.wire import UpstreamRequest
-from gateway.upstream import Transport
 
 LEASE_MARGIN_S = 10.0
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
@@ -119,34 +112,17 @@ class _Replayed(Exception):
 
 
 class Canceller:
-    def __init__(
-        self,
-        runtime: Runtime,
-        transport: Transport,
-        log: FilteringBoundLogger,
-        clock: Clock | None = None,
-        *,
-        store: Store | None = None,
-        guards: GuardRegistry | None = None,
-        rand: Callable[[], float] = full_jitter,
-        metrics: Metrics | None = None,
-        spans: Spans | None = None,
-    ) -> None:
+    """Cancellations under one configuration (``runtime``), with the process's services."""
+
+    def __init__(self, runtime: Runtime, services: Services) -> None:
         self._runtime = runtime
-        self._store: Store = store if store is not None else MemoryStore()  # an empty one is falsy
+        self._store = services.store
         self._key_ttl_s = runtime.config.store.key_ttl_s
-        self._log = log
-        self._clock = clock or SystemClock()
-        self._redactor = Redactor(runtime.secrets)
-        self._metrics = metrics or Metrics()
-        self._sender = Sender(
-            transport,
-            self._clock,
-            guards or GuardRegistry(self._clock.monotonic),
-            rand,
-            self._metrics,
-            spans or NoSpans(),
-        )
+        self._log = services.log
+        self._clock = services.clock
+        self._redactor = services.redactor
+        self._metrics = services.metrics
+        self._sender = Sender(services)
 
     def prepare(self, caller: Caller, data: Any, info: RequestInfo, facts: _Facts) -> Prepared:
         """Parse, route and build: everything short of sending. What is learnt on the way goes

@@ -27,7 +27,9 @@ from gateway.problems import ConfigError
 from gateway.redact import Redactor
 from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_stopped
+from gateway.services import build_services
 from gateway.simulate import SIMULATED, create_simulator_app
+from gateway.store.memory import MemoryStore
 from gateway.tracing import request_id_from, trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 
@@ -155,7 +157,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
         print(f"{args.file}: {os.strerror(exc.errno) if exc.errno else exc}", file=sys.stderr)
         return 2
     info = RequestInfo(request_id_from(None), trace_from(None), args.idempotency_key)
-    canceller = Canceller(runtime, _never_send, make_logger(runtime.secrets, stream=sys.stderr))
+    log = make_logger(runtime.secrets, stream=sys.stderr)
+    services = build_services(runtime, _never_send, log=log, store=MemoryStore())
+    canceller = Canceller(runtime, services)
     try:
         preview = canceller.preview(caller, body, info)
     except GatewayError as exc:

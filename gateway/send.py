@@ -11,17 +11,15 @@ from dataclasses import dataclass, replace
 
 from structlog.typing import FilteringBoundLogger
 
-from gateway.clock import Clock
 from gateway.envelope import gateway_outcome
 from gateway.errors import ErrorCode, GatewayError, spec
-from gateway.metrics import Metrics
 from gateway.models import UpstreamInfo
-from gateway.resilience import GuardRegistry, Guards, Policy, backoff_s, retry_reason
-from gateway.spans import Spans
+from gateway.resilience import Guards, Policy, backoff_s, retry_reason
+from gateway.services import Services
 from gateway.targets import Target
 from gateway.translate.classify import Outcome, classify
 from gateway.translate.wire import UpstreamRequest
-from gateway.upstream import Transport, UpstreamFailure
+from gateway.upstream import UpstreamFailure
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,21 +69,13 @@ class Attempting:
 
 
 class Sender:
-    def __init__(
-        self,
-        transport: Transport,
-        clock: Clock,
-        guards: GuardRegistry,
-        rand: Callable[[], float],
-        metrics: Metrics,
-        spans: Spans,
-    ) -> None:
-        self._transport = transport
-        self._clock = clock
-        self._guards = guards
-        self._rand = rand
-        self._metrics = metrics
-        self._spans = spans
+    def __init__(self, services: Services) -> None:
+        self._transport = services.transport
+        self._clock = services.clock
+        self._guards = services.guards
+        self._rand = services.rand
+        self._metrics = services.metrics
+        self._spans = services.spans
 
     async def send(
         self,

@@ -85,9 +85,24 @@ def new_session(limit: int = 1024) -> aiohttp.ClientSession:
 
 
 class AiohttpTransport:
-    def __init__(self, session: aiohttp.ClientSession, max_body_bytes: int = MAX_BODY_BYTES):
+    """The transport over one pooled aiohttp session: the one given, or, without one, a
+    session of its own opened by ``open()`` (on the server's loop) and closed by ``close()``."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession | None = None, max_body_bytes: int = MAX_BODY_BYTES
+    ):
+        self._given = session
         self._session = session
         self._max_body = max_body_bytes
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._session = new_session()
+
+    async def close(self) -> None:
+        if self._session is not None and self._given is None:
+            await self._session.close()
+            self._session = None
 
     async def __call__(
         self,
@@ -98,6 +113,8 @@ class AiohttpTransport:
         timeout = aiohttp.ClientTimeout(
             total=timeout_s, sock_connect=min(connect_timeout_s, timeout_s)
         )
+        if self._session is None:
+            raise RuntimeError("the transport is not open")
         try:
             async with self._session.request(
                 request.method,

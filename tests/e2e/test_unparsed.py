@@ -150,7 +150,7 @@ async def test_the_unparsed_answer_names_the_configuration_served_after_a_reload
 ):
     """X-Config-Version of an unparsable request's answer is the version served now."""
     before = served.app[CONFIG].current.version
-    config = served.app[CONFIG].first_runtime.path
+    config = served.app[CONFIG].current.runtime.path
     config.write_text(BASE_CONFIG.replace("timeout_s: 2", "timeout_s: 3", 1))
     after = (await served.app[CONFIG].reload()).version
     assert after != before

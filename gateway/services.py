@@ -1,0 +1,71 @@
+"""The long-lived services of one gateway process, built once and shared by every
+configuration it serves: a reload swaps the configuration, never these.
+
+``build_services`` is the one place their defaults are applied (the configured store, the
+system clock, a logger and redactor for the configuration's secrets, spans as configured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from structlog.typing import FilteringBoundLogger
+
+from gateway.clock import Clock, SystemClock
+from gateway.loader import Runtime
+from gateway.logging import make_logger
+from gateway.metrics import Metrics
+from gateway.redact import Redactor
+from gateway.resilience import GuardRegistry, full_jitter
+from gateway.spans import NoSpans, OtelSpans, Spans
+from gateway.store import Store, create_store
+from gateway.upstream import Transport
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    log: FilteringBoundLogger
+    redactor: Redactor  # the log's: a reload adds its new secrets to it
+    store: Store
+    transport: Transport
+    clock: Clock
+    metrics: Metrics
+    spans: Spans
+    guards: GuardRegistry  # breakers, budgets and limits, kept across reloads
+    rand: Callable[[], float] = full_jitter  # the backoff's jitter
+
+
+def build_services(
+    runtime: Runtime,
+    transport: Transport,
+    *,
+    log: FilteringBoundLogger | None = None,
+    redactor: Redactor | None = None,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
+    rand: Callable[[], float] = full_jitter,
+) -> Services:
+    """Every service, each given one or the default for ``runtime``."""
+    redactor = redactor or Redactor(runtime.secrets)
+    clock = clock or SystemClock()
+    spans: Spans = NoSpans() if tracer_provider is None else OtelSpans(tracer_provider)
+    if store is None:
+        store = create_store(runtime.config.store, runtime.path.parent)
+    return Services(
+        log=log or make_logger(level=runtime.config.logging.level, redactor=redactor),
+        redactor=redactor,
+        store=store,
+        transport=transport,
+        clock=clock,
+        metrics=metrics or Metrics(),
+        spans=spans,
+        guards=GuardRegistry(clock.monotonic),
+        rand=rand,
+    )
