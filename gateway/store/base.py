@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import secrets
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import orjson
 
@@ -126,8 +126,21 @@ def decide(
     )
 
 
-def finished(row: KeyRow, reply: StoredReply, ttl_s: float, now: float) -> KeyRow:
-    return replace(row, state=KeyState.DONE, reply=reply, expires_at=now + ttl_s)
+RELEASE: Final = "release"
+NOT_OURS: Final = "not ours"
+
+
+def settle(
+    found: KeyRow | None, token: str, reply: StoredReply | None, ttl_s: float, now: float
+) -> KeyRow | Literal["release", "not ours"]:
+    """The completion rule, beside ``decide``'s claim rule. A claim taken over after its lease
+    ran out holds another token: not ours to finish. A failed outcome (no ``reply``) releases
+    the key, so the caller's retry tries again; a definite one is the row to keep for replays."""
+    if found is None or found.token != token:
+        return NOT_OURS
+    if reply is None:
+        return RELEASE
+    return replace(found, state=KeyState.DONE, reply=reply, expires_at=now + ttl_s)
 
 
 def key_values(row: KeyRow) -> tuple[Any, ...]:

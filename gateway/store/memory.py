@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from gateway.store.base import (
+    RELEASE,
     Begun,
     Claimed,
     Entry,
@@ -12,7 +11,7 @@ from gateway.store.base import (
     KeyRow,
     StoredReply,
     decide,
-    finished,
+    settle,
 )
 
 
@@ -56,13 +55,11 @@ class MemoryStore:
         self._ledger[entry.cancellation_id] = entry
         if claim is None:
             return
-        found = self._keys.get((claim.caller, claim.key))
-        if found is None or found.token != token:
-            return  # the claim was taken over after its lease ran out: not ours to finish
-        if reply is None:
+        settled = settle(self._keys.get((claim.caller, claim.key)), token, reply, claim.ttl_s, now)
+        if settled == RELEASE:
             del self._keys[(claim.caller, claim.key)]
-        else:
-            self._keys[(claim.caller, claim.key)] = finished(found, reply, claim.ttl_s, now)
+        elif isinstance(settled, KeyRow):
+            self._keys[(claim.caller, claim.key)] = settled
 
     async def record(self, entry: Entry) -> None:
         self._ledger[entry.cancellation_id] = entry
@@ -70,9 +67,3 @@ class MemoryStore:
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         entry = self._ledger.get(cancellation_id)
         return entry if entry is not None and entry.caller == caller else None
-
-    def __len__(self) -> int:
-        return len(self._ledger)
-
-    def keys(self) -> dict[tuple[str, str], KeyRow]:
-        return {k: replace(v) for k, v in self._keys.items()}

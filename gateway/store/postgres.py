@@ -18,6 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from gateway.store.base import (
     ENTRY_COLUMNS,
+    RELEASE,
     Begun,
     Claimed,
     Entry,
@@ -28,8 +29,8 @@ from gateway.store.base import (
     StoreUnavailable,
     decide,
     entry_values,
-    finished,
     key_values,
+    settle,
 )
 
 SCHEMA_VERSION = 1
@@ -143,18 +144,15 @@ class PostgresStore:
             await conn.execute(_UPSERT_ENTRY, *entry_values(entry))
             if claim is None:
                 return
-            found = await _key_row(conn, claim)
-            if found is None or found.token != token:
-                return  # taken over after its lease ran out: not ours to finish
-            if reply is None:
+            settled = settle(await _key_row(conn, claim), token, reply, claim.ttl_s, now)
+            if settled == RELEASE:
                 await conn.execute(
                     "DELETE FROM cg_idempotency WHERE caller = $1 AND key = $2",
                     claim.caller,
                     claim.key,
                 )
-            else:
-                done = finished(found, reply, claim.ttl_s, now)
-                await conn.execute(_REWRITE_KEY, *key_values(done))
+            elif isinstance(settled, KeyRow):
+                await conn.execute(_REWRITE_KEY, *key_values(settled))
 
     async def record(self, entry: Entry) -> None:
         async with self._connection() as conn:

@@ -18,6 +18,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, WatchError
 
 from gateway.store.base import (
+    NOT_OURS,
     Begun,
     Claimed,
     Entry,
@@ -27,7 +28,7 @@ from gateway.store.base import (
     StoredReply,
     StoreUnavailable,
     decide,
-    finished,
+    settle,
 )
 
 T = TypeVar("T")
@@ -95,14 +96,15 @@ class RedisStore:
 
             async def attempt(pipe: Any) -> None:
                 found = _key_row(claim, await pipe.hgetall(key))
-                if found is None or found.token != token:
+                settled = settle(found, token, reply, claim.ttl_s, now)
+                if settled == NOT_OURS:
                     await pipe.unwatch()
-                    return  # taken over after its lease ran out: not ours to finish
+                    return
                 pipe.multi()
-                if reply is None:
-                    pipe.delete(key)
+                if isinstance(settled, KeyRow):
+                    _write_key(pipe, key, settled, now)
                 else:
-                    _write_key(pipe, key, finished(found, reply, claim.ttl_s, now), now)
+                    pipe.delete(key)
                 await pipe.execute()
 
             await self._watching(key, attempt)

@@ -26,6 +26,7 @@ import orjson
 
 from gateway.store.base import (
     ENTRY_COLUMNS,
+    RELEASE,
     Begun,
     Claimed,
     Entry,
@@ -36,8 +37,8 @@ from gateway.store.base import (
     StoreUnavailable,
     decide,
     entry_values,
-    finished,
     key_values,
+    settle,
 )
 
 CHECKPOINT_EVERY_S = 1.0
@@ -195,16 +196,14 @@ class SqliteStore:
 
         def apply(db: sqlite3.Connection) -> None:
             db.execute(_UPSERT_ENTRY, entry_values(entry))
-            found = _key_row(db, claim)
-            if found is None or found.token != token:
-                return  # taken over after its lease ran out: not ours to finish
-            if reply is None:
+            settled = settle(_key_row(db, claim), token, reply, claim.ttl_s, now)
+            if settled == RELEASE:
                 db.execute(
                     "DELETE FROM cg_idempotency WHERE caller = ? AND key = ?",
                     (claim.caller, claim.key),
                 )
-            else:
-                db.execute(_UPSERT_KEY, key_values(finished(found, reply, claim.ttl_s, now)))
+            elif isinstance(settled, KeyRow):
+                db.execute(_UPSERT_KEY, key_values(settled))
 
         await self._write(apply=apply)
 
