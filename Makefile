@@ -28,11 +28,16 @@ check: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/vulture gateway bench vulture_whitelist.py --min-confidence 60 \
+		--ignore-names model_config --ignore-decorators "@field_validator,@model_validator"
 
+# The tests that open no socket and start no process (markers in pyproject.toml): seconds.
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not e2e and not socket and not process"
 
-test: check unit
+# What CI runs (.ci/run): the checks, then every test.
+test: check
+	$(BIN)/pytest
 
 # The benchmark (bench/README.md): `make bench`, or `make bench BENCH_ARGS='--quick'`,
 # `BENCH_ARGS='--only c64 --duration 20'`. Installs wrk from Debian's packages when missing,

@@ -131,7 +131,8 @@ ProviderOutcome = Literal[
     "idempotency_in_progress",
 ]
 
-CANONICAL_FIELDS = ("id", "reason", "requested_by", "notify", "notes")
+# The canonical request's fields a definition may put limits and defaults on.
+CanonicalField = Literal["id", "reason", "requested_by", "notify", "notes"]
 
 
 class CredentialSpec(_Strict):
@@ -257,9 +258,7 @@ class Resource(_Strict):
     headers: dict[str, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)
     body: StructureField = None
-    fields: dict[Literal["id", "reason", "requested_by", "notify", "notes"], FieldRule] = Field(
-        default_factory=dict
-    )
+    fields: dict[CanonicalField, FieldRule] = Field(default_factory=dict)
     success: Success = Field(default_factory=Success)
     already_cancelled: AlreadyCancelled | None = None
     extract: Extract = Field(default_factory=Extract)
@@ -364,4 +363,4 @@ class ProviderDefinition(_Strict):
         return self.resources[resource].errors or self.errors
 
 
-__all__ = ["CANONICAL_FIELDS", "ErrorCode", "ProviderDefinition", "Resource"]
+__all__ = ["CanonicalField", "ErrorCode", "ProviderDefinition", "Resource"]

@@ -23,7 +23,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
-from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -144,9 +143,7 @@ class log_context:  # lower case: read as a function, `with log_context(...)`
         outer = _CONTEXT.get()
         self._token = _CONTEXT.set({**outer, **self._fields} if outer else self._fields)
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         assert self._token is not None
         _CONTEXT.reset(self._token)
 

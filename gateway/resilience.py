@@ -90,7 +90,6 @@ class RetryBudget:
         self._now = now
         self._requests: deque[float] = deque()
         self._retries: deque[float] = deque()
-        self.exhausted = 0  # retries refused, for logs and metrics
 
     def _trim(self, now: float) -> None:
         for times in (self._requests, self._retries):
@@ -101,12 +100,11 @@ class RetryBudget:
         self._requests.append(self._now())
 
     def try_retry(self) -> bool:
-        """Take one retry from the budget; False (and counted) when there is none left."""
+        """Take one retry from the budget; False when there is none left."""
         now = self._now()
         self._trim(now)
         allowed = max(self._minimum, int(self._ratio * len(self._requests)))
         if len(self._retries) >= allowed:
-            self.exhausted += 1
             return False
         self._retries.append(now)
         return True

@@ -39,7 +39,6 @@ CONTEXT_NAMES = frozenset(
         "connection.name",
     }
 )
-PREFIXED_NAMES = ("params.", "credentials.")
 # The names whose values come with each request, chosen by the caller.
 REQUEST_NAMES = frozenset(
     {"id", "resource", "reason", "requested_by", "notify", "notes", "idempotency_key"}
@@ -88,10 +87,6 @@ class Template:
         for part in self.parts:
             if isinstance(part, Ref):
                 yield from part.alternatives
-
-    @property
-    def is_literal(self) -> bool:
-        return all(isinstance(p, str) for p in self.parts)
 
     def render(self, ctx: Context, encode: Encoder | None = None) -> Any:
         """The rendered value, or ``None`` when a placeholder has no value.
