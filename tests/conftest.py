@@ -26,6 +26,42 @@ from gateway.upstream import Transport
 
 pytest_plugins = ["tests.services"]
 
+# `make unit` leaves out what opens a socket or starts a process (pyproject.toml's markers).
+# A test is marked `socket` when it uses one of these fixtures, directly or through another.
+SOCKET_FIXTURES = frozenset(
+    {"aiohttp_server", "aiohttp_client", "aiohttp_raw_server", "unused_tcp_port"}
+    | {"unused_tcp_port_factory", "redis_prefix", "postgres_dsn", "private_redis"}
+)
+# The store contract runs on every backend (tests/store/test_backends.py); these talk to a server.
+SERVER_BACKENDS = frozenset({"redis", "postgres"})
+# Tests that open a socket or start a process in their own body, where no fixture shows it.
+MARKED_BY_NAME = {
+    "socket": {
+        "tests/test_upstream.py::test_connection_refused_is_provider_error_not_sent",
+        "tests/test_upstream.py::test_server_closing_without_answer_is_provider_error_sent",
+        "tests/test_upstream.py::test_a_pooled_connection_reset_after_the_request_is_one_request",
+    },
+    "process": {
+        "tests/test_config_cli.py::test_console_script_check_config_ok",
+        "tests/test_config_cli.py::test_console_script_check_config_broken",
+    },
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (
+            SOCKET_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            or params.get("make_store") in SERVER_BACKENDS
+        ):
+            item.add_marker(pytest.mark.socket)
+        name = item.nodeid.split("[", 1)[0]
+        for marker, names in MARKED_BY_NAME.items():
+            if name in names:
+                item.add_marker(getattr(pytest.mark, marker))
+
+
 # Fake values only: tests look for them in logs and answers to prove they never leak.
 CALLER_KEY = "test-caller-key-0123456789"
 CANARIES = {
