@@ -126,6 +126,7 @@ class Answer:
     body: bytes = b"{}"
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     delay_s: float = 0.0
+    until: asyncio.Event | None = None
 
 
 class Upstream:
@@ -134,6 +135,8 @@ class Upstream:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self._answers: list[Answer] = []
+        self._arrived = asyncio.Condition()
+        self._holds: list[asyncio.Event] = []
         self.default = Answer()
         self.url = ""
 
@@ -145,11 +148,17 @@ class Upstream:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         delay_s: float = 0.0,
+        until: asyncio.Event | None = None,
     ) -> None:
-        """Queue one answer; when the queue is empty, ``default`` answers."""
+        """Queue one answer; when the queue is empty, ``default`` answers. With ``until`` it
+        is held until the test sets that event (the fixture sets it at teardown)."""
         payload = orjson.dumps(json) if body is None else body
-        answer = Answer(status, payload, headers or {"Content-Type": "application/json"}, delay_s)
+        answer = Answer(
+            status, payload, headers or {"Content-Type": "application/json"}, delay_s, until
+        )
         self._answers.append(answer)
+        if until is not None:
+            self._holds.append(until)
 
     def always(
         self,
@@ -163,24 +172,39 @@ class Upstream:
         payload = orjson.dumps(json) if body is None else body
         self.default = Answer(status, payload, headers or {"Content-Type": "application/json"})
 
+    async def wait_for(self, count: int, timeout_s: float = 5.0) -> None:
+        """Return once ``count`` requests have arrived (bodies read); fail after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)
+
+    def release(self) -> None:
+        """Let every held answer go."""
+        for hold in self._holds:
+            hold.set()
+
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(
             Received(request.method, request.raw_path, dict(request.headers), await request.read())
         )
+        async with self._arrived:
+            self._arrived.notify_all()
         answer = self._answers.pop(0) if self._answers else self.default
+        if answer.until is not None:
+            await answer.until.wait()
         if answer.delay_s:
             await asyncio.sleep(answer.delay_s)
         return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 @pytest.fixture
-async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> AsyncIterator[Upstream]:
     fake = Upstream()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", fake.handle)
     server = await aiohttp_server(app)
     fake.url = str(server.make_url("")).rstrip("/")
-    return fake
+    yield fake
+    fake.release()  # a test that failed while an answer was held: the server can stop
 
 
 @dataclass

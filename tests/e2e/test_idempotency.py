@@ -87,12 +87,6 @@ def assert_in_progress(result: Result) -> None:
     assert not replayed(result)
 
 
-async def wait_for_requests(upstream: Upstream, count: int) -> None:
-    async with asyncio.timeout(5):
-        while len(upstream.received) < count:  # noqa: ASYNC110 - the upstream has no event
-            await asyncio.sleep(0.01)
-
-
 # --- replays ---------------------------------------------------------------------------------
 
 
@@ -251,7 +245,7 @@ async def test_same_key_with_another_body_is_a_conflict_and_sends_nothing(
     upstream.answer(200, RX_OK, delay_s=0.5)
     upstream.always(200, RX_OK)
     running = asyncio.create_task(gateway.cancel(RX_CANCEL, headers=KEY))
-    await wait_for_requests(upstream, 1)
+    await upstream.wait_for(1)
     conflicts = [await gateway.cancel(RX_OTHER, headers=KEY)]
     first = await running
     assert first.status == 200, first.body

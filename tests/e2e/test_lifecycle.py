@@ -113,16 +113,17 @@ async def test_in_flight_cancellation_finishes_on_the_configuration_it_started_w
 ):
     gateway = await make_gateway(WITH_ADMIN, upstream_url=upstream.url)
     old_version = (await gateway.request("GET", "/readyz", key=None)).headers["X-Config-Version"]
-    upstream.answer(200, RX_OK, delay_s=0.5)
+    release = asyncio.Event()
+    upstream.answer(200, RX_OK, until=release)
     in_flight = asyncio.create_task(gateway.cancel(RX_CANCEL))
-    async with asyncio.timeout(5):
-        while not upstream.received:  # noqa: ASYNC110 - the upstream has no event to wait on
-            await asyncio.sleep(0.01)
+    await upstream.wait_for(1)
 
     without_lab = WITH_ADMIN.split("  rxuniverse-lab:")[0]
     gateway.rewrite(without_lab)
     assert (await _reload(gateway)).status == 200
+    assert not in_flight.done()
 
+    release.set()
     finished = await in_flight
     assert finished.body["status"] == "cancelled"
     assert finished.headers["X-Config-Version"] == old_version
@@ -178,11 +179,12 @@ async def _serve(upstream: Upstream, tmp_path: Path, server: str) -> tuple[async
         keepalive_timeout_s=runtime.config.server.keepalive_timeout_s,
     )
     stop = asyncio.Event()
-    urls: list[str] = []
-    task = asyncio.create_task(serve_until_stopped([listener], urls.extend, stop))
+    started: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve_until_stopped([listener], lambda urls: started.set_result(list(urls)), stop)
+    )
     async with asyncio.timeout(5):
-        while not urls:  # noqa: ASYNC110 - started is a plain callback
-            await asyncio.sleep(0.01)
+        urls = await started
     return stop, task, urls[0]
 
 
@@ -330,9 +332,7 @@ async def test_sigterm_lets_five_slow_cancellations_finish(upstream: Upstream, t
                 return resp.status
 
         calls = [asyncio.create_task(cancel(n)) for n in range(5)]
-        async with asyncio.timeout(10):
-            while len(upstream.received) < 5:  # noqa: ASYNC110 - wait until all are in flight
-                await asyncio.sleep(0.01)
+        await upstream.wait_for(5, timeout_s=10)  # all five in flight
         process.send_signal(signal.SIGTERM)
         statuses = await asyncio.gather(*calls)
     async with asyncio.timeout(20):

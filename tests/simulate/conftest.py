@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from gateway.simulate import SimulatorKeys, SimulatorState, create_simulator_app
+from gateway.simulate import JOURNAL_KEY, SimulatorKeys, SimulatorState, create_simulator_app
+from gateway.simulate.state import JournalEntry
 
 NOW = datetime(2024, 1, 16, 10, 30, tzinfo=UTC)
 KEYS = SimulatorKeys()
@@ -57,6 +59,24 @@ class Sim:
     def __init__(self, client: TestClient[web.Request, web.Application]) -> None:
         self.client = client
         self.app = client.app
+        self._recorded = asyncio.Event()
+        journal = self.app[JOURNAL_KEY]
+        record = journal.record
+
+        def recording(entry: JournalEntry) -> None:
+            record(entry)
+            self._recorded.set()
+
+        journal.record = recording  # type: ignore[method-assign]
+
+    async def arrived(self, count: int, timeout_s: float = 5.0) -> None:
+        """Return once the simulator has journaled ``count`` requests: each was read and is
+        being answered."""
+        journal = self.app[JOURNAL_KEY]
+        async with asyncio.timeout(timeout_s):
+            while len(journal) < count:
+                self._recorded.clear()
+                await self._recorded.wait()
 
     async def send(
         self,

@@ -147,9 +147,9 @@ async def test_idempotency_key_replays_the_first_success(sim: Sim) -> None:
 
 
 async def test_idempotency_key_in_flight_answers_409(sim: Sim) -> None:
-    first = asyncio.create_task(sim.stateset("slow-200", headers={"Idempotency-Key": "k"}))
-    await asyncio.sleep(0.05)
-    second = await sim.stateset("slow-200", headers={"Idempotency-Key": "k"})
+    first = asyncio.create_task(sim.stateset("slow-1000", headers={"Idempotency-Key": "k"}))
+    await sim.arrived(1)  # the first holds the key, a second from now on finds it taken
+    second = await sim.stateset("slow-1000", headers={"Idempotency-Key": "k"})
     assert second.status == 409
     assert second.json()["error"]["code"] == "idempotency_key_in_use"
     assert (await first).status == 200
