@@ -10,8 +10,7 @@ import pty
 import select
 import socket
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -56,6 +55,25 @@ class Pipe:
         for end in (self.reader, self.out):
             if not end.closed:
                 end.close()
+
+
+class LateReader:
+    """A reader that stays away until the test lets it in: writes that return before then
+    never waited for it. A loop that did block on the output would wait for the reader, which
+    comes back on its own after ``alone_after_s`` so that the test ends and says so."""
+
+    def __init__(self, read: Callable[[], object], alone_after_s: float = 10.0) -> None:
+        self._let_in = threading.Event()
+        self.came_back_alone = False
+        self.thread = threading.Thread(target=self._read, args=(read, alone_after_s))
+        self.thread.start()
+
+    def _read(self, read: Callable[[], object], alone_after_s: float) -> None:
+        self.came_back_alone = not self._let_in.wait(alone_after_s)
+        read()
+
+    def let_in(self) -> None:
+        self._let_in.set()
 
 
 @pytest.fixture
@@ -111,16 +129,14 @@ async def test_a_full_pipe_never_blocks_the_loop_and_every_line_arrives_in_order
     the reader, and later turns queue behind it."""
     filler = pipe.fill()
     output = BatchedLines(pipe.out)
-    # The reader comes back after a second: a loop blocked on the pipe would wait for it.
-    reading = threading.Timer(1.0, pipe.drain, args=(filler,))
-    reading.start()
-    started = time.monotonic()
+    reading = LateReader(lambda: pipe.drain(filler))
     for n in range(200):
         output.msg(line(n))
         if n % 10 == 9:
             await asyncio.sleep(0)
-    assert time.monotonic() - started < 0.5
-    await asyncio.to_thread(finish, output, pipe, reading)
+    assert not reading.came_back_alone, "the loop waited for the reader"
+    reading.let_in()
+    await asyncio.to_thread(finish, output, pipe, reading.thread)
     assert numbers(pipe.received) == list(range(200))
 
 
@@ -129,47 +145,47 @@ async def test_a_line_longer_than_the_room_left_in_the_pipe_never_blocks_the_loo
     the rest, once the reader is back."""
     filler = pipe.fill(leave=4096)
     output = BatchedLines(pipe.out)
-    reading = threading.Timer(1.0, pipe.drain, args=(filler,))
-    reading.start()
-    started = time.monotonic()
+    reading = LateReader(lambda: pipe.drain(filler))
     output.msg(line(0, 10_000))
     output.msg(line(1))
     await asyncio.sleep(0)
-    assert time.monotonic() - started < 0.5
-    await asyncio.to_thread(finish, output, pipe, reading)
+    assert not reading.came_back_alone, "the loop waited for the reader"
+    reading.let_in()
+    await asyncio.to_thread(finish, output, pipe, reading.thread)
     assert numbers(pipe.received) == [0, 1]
 
 
+@pytest.mark.socket
 async def test_a_terminal_that_takes_less_than_a_chunk_never_blocks_the_loop():
     """A terminal says it is writable when it takes a few bytes, not a whole chunk."""
     parent, child = pty.openpty()
     received: list[bytes] = []
 
-    def read_later() -> None:
-        time.sleep(1.0)
+    def read() -> None:
         while chunk := _read_some(parent):
             received.append(chunk)
 
     terminal = os.fdopen(child, "wb")
     output = BatchedLines(terminal)
-    reading = threading.Thread(target=read_later)
-    reading.start()
+    reading = LateReader(read)
     try:
-        started = time.monotonic()
         for n in range(400):  # far more than the terminal buffers
             output.msg(line(n, 200))
             if n % 20 == 19:
                 await asyncio.sleep(0)
-        assert time.monotonic() - started < 0.5
+        assert not reading.came_back_alone, "the loop waited for the reader"
+        reading.let_in()
         await asyncio.to_thread(output.close)
     finally:
+        reading.let_in()
         terminal.close()
-        reading.join(5)
+        reading.thread.join(5)
         os.close(parent)
     text = b"".join(received).replace(b"\r\n", b"\n")
     assert numbers(text) == list(range(400))
 
 
+@pytest.mark.socket
 async def test_a_socket_whose_reader_is_slow_never_blocks_the_loop():
     """systemd hands services a socket for stdout (the journal): the loop sends what fits."""
     ours, theirs = socket.socketpair()
@@ -183,22 +199,20 @@ async def test_a_socket_whose_reader_is_slow_never_blocks_the_loop():
     stdout = os.fdopen(ours.detach(), "wb")
     output = BatchedLines(stdout)
 
-    def read_later() -> None:
-        time.sleep(1.0)
+    def read() -> None:
         while chunk := theirs.recv(65536):
             received.append(chunk)
 
-    reading = threading.Thread(target=read_later)
-    reading.start()
-    started = time.monotonic()
+    reading = LateReader(read)
     for n in range(300):
         output.msg(line(n, 100))
         if n % 10 == 9:
             await asyncio.sleep(0)
-    assert time.monotonic() - started < 0.5
+    assert not reading.came_back_alone, "the loop waited for the reader"
+    reading.let_in()
     await asyncio.to_thread(output.close)
     stdout.close()
-    await asyncio.to_thread(reading.join, 5)
+    await asyncio.to_thread(reading.thread.join, 5)
     theirs.close()
     assert numbers(b"".join(received)[filled:]) == list(range(300))
 
@@ -236,16 +250,15 @@ async def test_another_threads_line_waits_for_the_pipe_without_holding_up_the_lo
     await asyncio.sleep(0)  # the loop's first line waits for the writer
     other = threading.Thread(target=output.msg, args=(line(-1),))
     other.start()
-    reading = threading.Timer(1.0, pipe.drain, args=(filler,))
-    reading.start()
-    started = time.monotonic()
+    reading = LateReader(lambda: pipe.drain(filler))
     for n in range(1, 50):
         output.msg(line(n))
         await asyncio.sleep(0)
-    assert time.monotonic() - started < 0.5
+    assert not reading.came_back_alone, "the loop waited for the reader"
+    reading.let_in()
     await asyncio.to_thread(other.join, 5)
     assert not other.is_alive()
-    await asyncio.to_thread(finish, output, pipe, reading)
+    await asyncio.to_thread(finish, output, pipe, reading.thread)
     got = numbers(pipe.received)
     assert [n for n in got if n >= 0] == list(range(50))
     assert -1 in got
