@@ -18,7 +18,7 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.envelope import (
     Reply,
-    gateway_outcome,
+    decision_error,
     provider_error,
     render_envelope,
     reply_headers,
@@ -36,7 +36,7 @@ from gateway.models import (
 )
 from gateway.redact import cut
 from gateway.routing import Caller, route
-from gateway.send import Attempting, Sender, ms
+from gateway.send import Outbound, Sender, ms
 from gateway.services import Services
 from gateway.store import (
     Claimed,
@@ -81,7 +81,7 @@ class _Facts:
     claim: KeyClaim | None = None
     sent: tuple[str, ...] = ()  # the caller's own strings: see Redactor.answer
     token: str = ""
-    begun: bool = False  # recorded as running in the store: complete() must follow
+    running: bool = False  # recorded as running in the store: complete() must follow
 
     def entry(self, status: str, **more: Any) -> Entry:
         return Entry(
@@ -196,38 +196,40 @@ class Canceller:
         started = self._clock.monotonic()
         facts = self._new_facts(caller)
         log = self._log.bind(cancellation_id=facts.cancellation_id, caller=caller.name)
+        result: Outcome | GatewayError  # the provider's outcome, or the gateway's decision
         try:
-            outcome = await self._run(caller, body, info, facts, log)
+            result = await self._run(caller, body, info, facts, log)
         except _Replayed as replayed:
             self._metrics.replayed()
             return self._replay(replayed.replay, facts, log, started)
         except GatewayError as exc:
-            outcome = gateway_outcome(exc)
+            result = exc
         except Exception:
             log.exception("cancellation.crashed")
-            outcome = gateway_outcome(
-                GatewayError(
-                    ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
-                )
+            result = GatewayError(
+                ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
             )
-        reply = self._reply(facts, outcome, info)
-        await self._settle(facts, outcome, reply, log)
-        error_code = outcome.code.value if outcome.code else None
+        reply = self._reply(facts, result, info)
+        await self._settle(facts, result, reply, log)
+        error_code = result.code.value if result.code else None
         routed = facts.connection if facts.provider else None
         self._metrics.cancellation_completed(
-            routed, facts.provider, outcome.status.value, error_code
+            routed, facts.provider, result.status.value, error_code
         )
-        if outcome.unmapped and routed and facts.provider:
-            self._metrics.unmapped_error(routed, facts.provider, outcome.provider_status)
+        provider_code = None
+        if isinstance(result, Outcome):
+            provider_code = self._logged_code(result.provider_code)
+            if result.unmapped and routed and facts.provider:
+                self._metrics.unmapped_error(routed, facts.provider, result.provider_status)
         log.info(
             "cancellation.completed",
-            status=outcome.status.value,
+            status=result.status.value,
             error_code=error_code,
             http_status=reply.http_status,
             connection=facts.connection,
             provider=facts.provider,
             resource_id=facts.resource_id,
-            provider_code=self._logged_code(outcome.provider_code),
+            provider_code=provider_code,
             duration_ms=ms(self._clock.monotonic() - started),
         )
         return reply
@@ -243,7 +245,7 @@ class Canceller:
         info: RequestInfo,
         facts: _Facts,
         log: FilteringBoundLogger,
-    ) -> Outcome:
+    ) -> Outcome | GatewayError:
         try:
             data = body.value if isinstance(body, Decoded) else json_body(body)
             prepared = self.prepare(caller, data, info, facts)
@@ -270,17 +272,17 @@ class Canceller:
                 ttl_s=self._key_ttl_s,
             )
         await self._begin(facts, log)
-        going = Attempting(prepared.target, prepared.resource, policy, prepared.upstream)
+        outbound = Outbound(prepared.target, prepared.resource, policy, prepared.upstream)
 
         def progress(upstream: UpstreamInfo) -> None:
             facts.upstream = upstream
 
-        return await self._sender.send(going, log, progress)
+        return await self._sender.send(outbound, log, progress)
 
     async def _begin(self, facts: _Facts, log: FilteringBoundLogger) -> None:
         """Claim the key and record the cancellation as running, or say why not to send."""
         try:
-            begun = await self._store.begin(
+            answer = await self._store.begin(
                 facts.entry("running"), facts.claim, self._clock.now().timestamp()
             )
         except StoreUnavailable as exc:
@@ -290,15 +292,15 @@ class Canceller:
                 "the idempotency store does not answer; nothing was sent",
                 retry_after_s=1,
             ) from None
-        if isinstance(begun, Claimed):
-            facts.begun, facts.token = True, begun.token
-        elif isinstance(begun, Replay):
-            raise _Replayed(begun)
-        elif isinstance(begun, InProgress):
+        if isinstance(answer, Claimed):
+            facts.running, facts.token = True, answer.token
+        elif isinstance(answer, Replay):
+            raise _Replayed(answer)
+        elif isinstance(answer, InProgress):
             raise GatewayError(
                 ErrorCode.IDEMPOTENCY_IN_PROGRESS,
                 "a request with this Idempotency-Key is still running",
-                retry_after_s=max(1, math.ceil(begun.retry_after_s)),
+                retry_after_s=max(1, math.ceil(answer.retry_after_s)),
             )
         else:
             raise GatewayError(
@@ -308,24 +310,28 @@ class Canceller:
             )
 
     async def _settle(
-        self, facts: _Facts, outcome: Outcome, reply: Reply, log: FilteringBoundLogger
+        self,
+        facts: _Facts,
+        result: Outcome | GatewayError,
+        reply: Reply,
+        log: FilteringBoundLogger,
     ) -> None:
-        """Record the outcome; a definite one is kept for replays, a failed one releases the
+        """Record the result; a definite one is kept for replays, a failed one releases the
         key. The answer stands even when this fails: it is logged in full instead."""
         now = self._clock.now().timestamp()
         entry = facts.entry(
-            outcome.status.value,
-            error_code=outcome.code.value if outcome.code else None,
+            result.status.value,
+            error_code=result.code.value if result.code else None,
             attempts=facts.upstream.attempts if facts.upstream else 0,
             completed_at=now,
             envelope=reply.body,
         )
         try:
-            if not facts.begun:
+            if not facts.running:
                 await self._store.record(entry)
                 return
             stored = None
-            if outcome.status in DEFINITE:
+            if result.status in DEFINITE:
                 headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
                 stored = StoredReply(reply.http_status, headers, reply.body)
             await self._store.complete(entry, facts.claim, facts.token, stored, now)
@@ -364,33 +370,39 @@ class Canceller:
         headers["Idempotent-Replayed"] = "true"
         return Reply(stored.http_status, stored.body, headers)
 
-    def _reply(self, facts: _Facts, outcome: Outcome, info: RequestInfo) -> Reply:
-        succeeded = outcome.status in (Status.CANCELLED, Status.ALREADY_CANCELLED)
-        answer = self._redactor.answer(facts.sent)
-        cancelled_at = outcome.cancelled_at
-        # The gateway's time stands in for the provider's only for a cancellation it saw
-        # happen: when an already cancelled object was cancelled is unknown, and stays null.
-        if cancelled_at is None and outcome.status is Status.CANCELLED:
-            cancelled_at = format_time(self._clock.now())
+    def _reply(self, facts: _Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
+        cancelled_at = provider_response = error = None
+        if isinstance(result, GatewayError):
+            error = decision_error(result)
+        else:
+            answer = self._redactor.answer(facts.sent)
+            error = provider_error(result, answer)
+            if result.status in (Status.CANCELLED, Status.ALREADY_CANCELLED):
+                provider_response = answer.clean(result.provider_response)
+                # The gateway's time stands in for the provider's only for a cancellation it
+                # saw happen: when an already cancelled object was cancelled is unknown.
+                cancelled_at = result.cancelled_at
+                if cancelled_at is None and result.status is Status.CANCELLED:
+                    cancelled_at = format_time(self._clock.now())
         envelope = Envelope(
             cancellation_id=facts.cancellation_id,
-            status=outcome.status,
+            status=result.status,
             connection=facts.connection,
             provider=facts.provider,
             resource=facts.resource,
             resource_id=facts.resource_id,
-            cancelled_at=cancelled_at if succeeded else None,
-            provider_response=answer.clean(outcome.provider_response) if succeeded else None,
-            error=provider_error(outcome, answer),
+            cancelled_at=cancelled_at,
+            provider_response=provider_response,
+            error=error,
             upstream=facts.upstream,
             request_id=info.request_id,
             trace_id=info.trace.trace_id,
         )
-        http_status = 200 if outcome.code is None else spec(outcome.code).http_status
+        http_status = 200 if result.code is None else spec(result.code).http_status
         return Reply(
             http_status,
             render_envelope(envelope),
-            reply_headers(info.request_id, outcome.retry_after_s),
+            reply_headers(info.request_id, result.retry_after_s),
         )
 
 

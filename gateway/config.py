@@ -102,7 +102,8 @@ def _scalar(value: object) -> object:
     raise ValueError("must be a string, a number or a boolean")
 
 
-ParamValue = Annotated[str | StrictBool | StrictInt | StrictFloat, BeforeValidator(_scalar)]
+# A value a connection fixes for one of its provider's params.
+FixedValue = Annotated[str | StrictBool | StrictInt | StrictFloat, BeforeValidator(_scalar)]
 
 
 class RetrySettings(_Strict):
@@ -143,7 +144,7 @@ class ConnectionConfig(_Strict):
     provider: Name
     base_url: str | None = None
     credentials: dict[str, SecretStr] = Field(default_factory=dict)
-    params: dict[str, ParamValue] = Field(default_factory=dict)
+    params: dict[str, FixedValue] = Field(default_factory=dict)
     timeout_s: float = Field(default=10.0, gt=0, le=300)  # every attempt and backoff included
     connect_timeout_s: float = Field(default=3.0, gt=0, le=300)
     attempt_timeout_s: float | None = Field(default=None, gt=0, le=300)  # unset: what is left

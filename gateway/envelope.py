@@ -50,38 +50,28 @@ def provider_error(outcome: Outcome, answer: AnswerRedactor) -> ErrorBody | None
     return error_body(
         outcome.code,
         message,
-        outcome.source,
+        Source.PROVIDER,
         provider_code=None if code is None else cut(answer.text(code), MAX_PROVIDER_MESSAGE),
         provider_status=outcome.provider_status,
         retry_after_s=outcome.retry_after_s,
-        fields=outcome.fields,
     )
 
 
-def gateway_outcome(exc: GatewayError) -> Outcome:
-    return Outcome(
-        spec(exc.code).status,
+def decision_error(exc: GatewayError) -> ErrorBody:
+    """The envelope's ``error`` for a decision the gateway took alone."""
+    return error_body(
         exc.code,
         exc.message,
+        Source.GATEWAY,
         retry_after_s=exc.retry_after_s,
-        source=Source.GATEWAY,
-        fields=tuple(exc.fields),
+        fields=exc.fields,
     )
 
 
 def gateway_envelope(exc: GatewayError, request_id: str, trace_id: str) -> Envelope:
     """The envelope of a decision taken before any cancellation began (auth, routing, HTTP)."""
     return Envelope(
-        status=spec(exc.code).status,
-        error=error_body(
-            exc.code,
-            exc.message,
-            Source.GATEWAY,
-            retry_after_s=exc.retry_after_s,
-            fields=exc.fields,
-        ),
-        request_id=request_id,
-        trace_id=trace_id,
+        status=exc.status, error=decision_error(exc), request_id=request_id, trace_id=trace_id
     )
 
 

@@ -128,6 +128,10 @@ class GatewayError(Exception):
         self.fields = fields or []
         self.retry_after_s = retry_after_s
 
+    @property
+    def status(self) -> Status:
+        return SPECS[self.code].status
+
 
 def invalid_request(*problems: tuple[str, str]) -> GatewayError:
     """``invalid_request`` for what the caller can fix: every problem as ``(loc, message)``,

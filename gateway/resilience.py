@@ -55,19 +55,19 @@ class Policy:
 
 
 def retry_reason(
-    *, status: int | None, sent: bool, retry_safe: bool, answered: bool = False
+    *, status: int | None, sent: bool, retry_safe: bool, unreadable: bool = False
 ) -> str | None:
     """Why another attempt may follow this one, or None when it must not.
 
     ``status`` is the provider's HTTP status, None when no usable answer came: then ``sent``
-    says whether the request may have reached the provider, and ``answered`` that an answer
+    says whether the request may have reached the provider, and ``unreadable`` that an answer
     came but could not be read (too large, not HTTP), which repeating will not change. 429 is
     the caller's (Retry-After).
     """
     if status is None:
         if not sent:
             return "not_sent"  # refused, DNS, connect timeout: safe for every verb
-        return "no_answer" if retry_safe and not answered else None
+        return "no_answer" if retry_safe and not unreadable else None
     if status in TRANSIENT_STATUSES and retry_safe:
         return f"answered_{status}"
     return None

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 
 from structlog.typing import FilteringBoundLogger
 
-from gateway.envelope import gateway_outcome
 from gateway.errors import ErrorCode, GatewayError, spec
 from gateway.models import UpstreamInfo
 from gateway.resilience import Guards, Policy, backoff_s, retry_reason
@@ -24,19 +23,14 @@ from gateway.upstream import UpstreamFailure
 
 @dataclass(frozen=True, slots=True)
 class Tried:
-    """How one attempt ended: an outcome from the provider, or a local refusal (nothing sent)."""
+    """How an attempt that was made ended. (One the local guards refused is a GatewayError:
+    nothing was sent.)"""
 
     outcome: Outcome
     status: int | None = None  # the provider's HTTP status, None without an answer
     sent: bool = False  # may the request have reached the provider?
-    answered: bool = False  # an answer came that could not be read (too large, not HTTP)
+    unreadable: bool = False  # an answer came that could not be read (too large, not HTTP)
     failed: bool = False  # counts against the breaker: no answer, or a 5xx
-    refused: Outcome | None = None
-
-    @classmethod
-    def refusal(cls, code: ErrorCode, message: str, retry_after_s: float | None = None) -> Tried:
-        refused = gateway_outcome(GatewayError(code, message, retry_after_s=retry_after_s))
-        return cls(refused, refused=refused)
 
 
 async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
@@ -55,7 +49,7 @@ async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempting:
+class Outbound:
     """One cancellation on its way out: where it goes and what is sent."""
 
     target: Target
@@ -79,28 +73,27 @@ class Sender:
 
     async def send(
         self,
-        going: Attempting,
+        outbound: Outbound,
         log: FilteringBoundLogger,
         progress: Callable[[UpstreamInfo], None],
-    ) -> Outcome:
-        """The final outcome; ``progress`` hears about every attempt that was made."""
-        connection, policy, request = going.target.name, going.policy, going.request
+    ) -> Outcome | GatewayError:
+        """The provider's final outcome, or the local guards' refusal when nothing could be
+        sent; ``progress`` hears about every attempt that was made."""
+        connection, policy, request = outbound.target.name, outbound.policy, outbound.request
         guards = self._guards.get(connection, policy)
-        retry_safe = going.target.definition.resources[going.resource].retry_safe
+        retry_safe = outbound.target.definition.resources[outbound.resource].retry_safe
         first = self._clock.monotonic()
         deadline = first + policy.timeout_s
         guards.budget.record_request()
         outcome: Outcome | None = None
         attempts = 0
         while True:
-            tried = await self._attempt(going, guards, deadline, attempts + 1, log)
-            if tried.refused is not None:
-                # A retry refused by the breaker or the limits keeps the provider's last answer.
+            tried = await self._attempt(outbound, guards, deadline, attempts + 1, log)
+            if isinstance(tried, GatewayError):
                 if outcome is None:
-                    outcome = tried.refused
-                else:
-                    outcome = replace(outcome, note=f"not repeated: {tried.refused.message}")
-                break
+                    return tried
+                # A retry refused by the breaker or the limits keeps the provider's last answer.
+                return replace(outcome, note=f"not repeated: {tried.message}")
             attempts += 1
             outcome = tried.outcome
             progress(
@@ -113,7 +106,7 @@ class Sender:
                 )
             )
             delay, note = self._retry_delay(
-                going, tried, attempts, retry_safe, deadline, guards, log
+                outbound, tried, attempts, retry_safe, deadline, guards, log
             )
             if delay is None:
                 if note is not None:
@@ -124,14 +117,14 @@ class Sender:
 
     async def _attempt(
         self,
-        going: Attempting,
+        outbound: Outbound,
         guards: Guards,
         deadline: float,
         attempt: int,
         log: FilteringBoundLogger,
-    ) -> Tried:
+    ) -> Tried | GatewayError:
         """One attempt through the breaker, the rate limit and the bulkhead, in that order."""
-        connection, limits = going.target.name, going.policy.limits
+        connection, limits = outbound.target.name, outbound.policy.limits
         admitted = guards.breaker.admit()
         self._metrics.breaker_seen(connection, guards.breaker.state)
         if not admitted:
@@ -140,9 +133,9 @@ class Sender:
                 "breaker_open",
                 attempt,
                 log,
-                Tried.refusal(
+                GatewayError(
                     ErrorCode.PROVIDER_UNAVAILABLE,
-                    f"{going.title} is failing: the circuit is open, nothing was sent",
+                    f"{outbound.title} is failing: the circuit is open, nothing was sent",
                     retry_after_s=max(1.0, guards.breaker.retry_in_s()),
                 ),
             )
@@ -159,9 +152,9 @@ class Sender:
                         "rate_limit",
                         attempt,
                         log,
-                        Tried.refusal(
+                        GatewayError(
                             ErrorCode.RATE_LIMITED,
-                            f"the rate limit of {going.title} is reached, nothing was sent",
+                            f"the rate limit of {outbound.title} is reached, nothing was sent",
                             retry_after_s=max(1.0, wait),
                         ),
                     )
@@ -175,14 +168,14 @@ class Sender:
                     "concurrency",
                     attempt,
                     log,
-                    Tried.refusal(
+                    GatewayError(
                         ErrorCode.PROVIDER_UNAVAILABLE,
                         f"{limits.concurrency} cancellations are already in flight "
-                        f"to {going.title}, nothing was sent",
+                        f"to {outbound.title}, nothing was sent",
                     ),
                 )
             try:
-                tried = await self._exchange(going, deadline, attempt, log)
+                tried = await self._exchange(outbound, deadline, attempt, log)
             finally:
                 guards.bulkhead.release()
         except BaseException:
@@ -193,17 +186,22 @@ class Sender:
         return tried
 
     def _refuse(
-        self, connection: str, reason: str, attempt: int, log: FilteringBoundLogger, tried: Tried
-    ) -> Tried:
+        self,
+        connection: str,
+        reason: str,
+        attempt: int,
+        log: FilteringBoundLogger,
+        refusal: GatewayError,
+    ) -> GatewayError:
         self._metrics.refused(connection, reason)
         log.warning("upstream.refused", reason=reason, attempt=attempt)
-        return tried
+        return refusal
 
     async def _exchange(
-        self, going: Attempting, deadline: float, attempt: int, log: FilteringBoundLogger
+        self, outbound: Outbound, deadline: float, attempt: int, log: FilteringBoundLogger
     ) -> Tried:
         """Send once and classify the answer."""
-        target, policy, request = going.target, going.policy, going.request
+        target, policy, request = outbound.target, outbound.policy, outbound.request
         provider = target.definition.name
         started = self._clock.monotonic()
         timeout = deadline - started
@@ -234,7 +232,7 @@ class Sender:
             outcome = Outcome(
                 spec(failure.code).status,
                 failure.code,
-                f"{going.title}: {failure.message}",
+                f"{outbound.title}: {failure.message}",
                 detail=failure.detail or None,
             )
             timed_out = failure.code is ErrorCode.PROVIDER_TIMEOUT
@@ -242,8 +240,8 @@ class Sender:
                 target.name, provider, None, "timeout" if timed_out else "error", latency
             )
             span.finish(http_status=None, outcome=outcome.status.value, code=failure.code.value)
-            answered = failure.code is ErrorCode.PROVIDER_BAD_RESPONSE
-            return Tried(outcome, sent=failure.sent, answered=answered, failed=True)
+            unreadable = failure.code is ErrorCode.PROVIDER_BAD_RESPONSE
+            return Tried(outcome, sent=failure.sent, unreadable=unreadable, failed=True)
         except BaseException:
             span.finish(http_status=None, outcome="abandoned", code=None)
             raise
@@ -251,7 +249,7 @@ class Sender:
         log.info(
             "upstream.response", status=response.status, latency_ms=ms(latency), attempt=attempt
         )
-        outcome = classify(target.definition, going.resource, response, self._clock.now())
+        outcome = classify(target.definition, outbound.resource, response, self._clock.now())
         self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
         code = outcome.code.value if outcome.code else None
         span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
@@ -259,7 +257,7 @@ class Sender:
 
     def _retry_delay(
         self,
-        going: Attempting,
+        outbound: Outbound,
         tried: Tried,
         attempts: int,
         retry_safe: bool,
@@ -273,12 +271,15 @@ class Sender:
             reason = "rate_limited"
         else:
             found = retry_reason(
-                status=tried.status, sent=tried.sent, retry_safe=retry_safe, answered=tried.answered
+                status=tried.status,
+                sent=tried.sent,
+                retry_safe=retry_safe,
+                unreadable=tried.unreadable,
             )
             if found is None:  # the usual end: an answer that is final
                 return None, None
             reason = found
-        retry = going.policy.retry
+        retry = outbound.policy.retry
         if attempts >= retry.max_attempts:
             return None, f"not repeated: retry.max_attempts ({attempts}) reached"
         # A provider's Retry-After (a 429's, a 503's) is its word on when to come back.
@@ -292,10 +293,10 @@ class Sender:
                 )
             return None, None
         if not guards.budget.try_retry():
-            self._metrics.retry_budget_exhausted(going.target.name)
+            self._metrics.retry_budget_exhausted(outbound.target.name)
             log.warning("upstream.retry_budget_exhausted", attempt=attempts)
             return None, "not repeated: the connection's retry budget is spent"
-        self._metrics.retried(going.target.name, reason)
+        self._metrics.retried(outbound.target.name, reason)
         log.info("upstream.retry", attempt=attempts, reason=reason, delay_ms=ms(delay))
         return delay, None
 

@@ -159,17 +159,17 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-GC_THRESHOLDS = (50_000, 20, 100)  # the youngest generation; how often the two older ones
+# New objects between collections of the youngest generation (Python's default is 700), and
+# how many of those runs, then of the middle one's, trigger the older generations' (defaults).
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _collect_less_often() -> None:
-    """Python's cyclic garbage collector looks at its youngest objects after every 700 new
-    ones. With thousands of cancellations in flight most of them are still alive, and each
-    look finds them again: with 5,000 connections against a 100 ms upstream, collections took
-    a third of the process's time. After every 50,000 they took a tenth or less, and the
-    gateway answered 40 to 80% more; at 1 and 64 connections nothing changed (a request's
-    objects are freed by reference counting before a collection sees them). What exists before
-    the loop starts (the modules and their schemas) is frozen out of the collections."""
+    """The cyclic garbage collector less often, and never over what was loaded before the loop
+    starts (modules, schemas). With thousands of cancellations in flight most young objects
+    are still alive, and each collection finds them again; a request's own objects are freed
+    by reference counting before a collection sees them. (What it saved under load is in
+    bench/README.md.)"""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 

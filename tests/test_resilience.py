@@ -63,7 +63,7 @@ def test_reset_or_read_timeout_is_repeated_only_where_safe():
 
 
 def test_an_unreadable_answer_is_not_repeated():
-    assert retry_reason(status=None, sent=True, retry_safe=True, answered=True) is None
+    assert retry_reason(status=None, sent=True, retry_safe=True, unreadable=True) is None
 
 
 @pytest.mark.parametrize("status", [200, 400, 401, 403, 404, 409, 422, 500, 501])

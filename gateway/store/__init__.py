@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gateway.config import StoreConfig
 from gateway.store.base import (
-    Begun,
+    BeginAnswer,
     Claimed,
     Conflict,
     Entry,
@@ -24,7 +24,7 @@ from gateway.store.base import (
 )
 
 __all__ = [
-    "Begun",
+    "BeginAnswer",
     "Claimed",
     "Conflict",
     "Entry",

@@ -99,12 +99,12 @@ class Conflict:
     pass
 
 
-Begun = Claimed | Replay | InProgress | Conflict
+BeginAnswer = Claimed | Replay | InProgress | Conflict
 
 
 def decide(
     found: KeyRow | None, claim: KeyClaim, cancellation_id: str, now: float
-) -> KeyRow | Begun:
+) -> KeyRow | BeginAnswer:
     """The claim rule. A ``KeyRow`` result is the row to write: the claim succeeded."""
     if found is not None and found.expires_at > now:
         if found.fingerprint != claim.fingerprint:
@@ -199,7 +199,7 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
-    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> BeginAnswer:
         """Before sending: claim the key (when there is one) and record the cancellation as
         running, atomically. Anything but ``Claimed`` means: do not send."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.store.base import (
     RELEASE,
-    Begun,
+    BeginAnswer,
     Claimed,
     Entry,
     KeyClaim,
@@ -31,7 +31,7 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> BeginAnswer:
         # No await between reading and writing: atomic on one event loop.
         token = ""
         if claim is not None:

@@ -19,7 +19,7 @@ from asyncpg.pool import PoolConnectionProxy
 from gateway.store.base import (
     ENTRY_COLUMNS,
     RELEASE,
-    Begun,
+    BeginAnswer,
     Claimed,
     Entry,
     KeyClaim,
@@ -115,7 +115,7 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.fetchval("SELECT 1")
 
-    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> BeginAnswer:
         async with self._connection() as conn, conn.transaction():
             token = ""
             if claim is not None:

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError, WatchError
 
 from gateway.store.base import (
     NOT_OURS,
-    Begun,
+    BeginAnswer,
     Claimed,
     Entry,
     KeyClaim,
@@ -59,14 +59,14 @@ class RedisStore:
         async with self._guard():
             await self._client.ping()
 
-    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> BeginAnswer:
         async with self._guard():
             if claim is None:
                 await self._write_entry(self._client, entry)
                 return Claimed("")
             key = self._key_name(claim)
 
-            async def attempt(pipe: Any) -> Begun:
+            async def attempt(pipe: Any) -> BeginAnswer:
                 found = _key_row(claim, await pipe.hgetall(key))
                 decided = decide(found, claim, entry.cancellation_id, now)
                 if not isinstance(decided, KeyRow):

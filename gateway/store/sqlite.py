@@ -27,7 +27,7 @@ import orjson
 from gateway.store.base import (
     ENTRY_COLUMNS,
     RELEASE,
-    Begun,
+    BeginAnswer,
     Claimed,
     Entry,
     KeyClaim,
@@ -165,12 +165,12 @@ class SqliteStore:
     async def ping(self) -> None:
         self._read("SELECT 1", ())
 
-    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> Begun:
+    async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> BeginAnswer:
         if claim is None:
             await self._write(row=entry_values(entry))
             return Claimed("")
 
-        def apply(db: sqlite3.Connection) -> Begun:
+        def apply(db: sqlite3.Connection) -> BeginAnswer:
             found = _key_row(db, claim)
             decided = decide(found, claim, entry.cancellation_id, now)
             if not isinstance(decided, KeyRow):
@@ -179,8 +179,8 @@ class SqliteStore:
             db.execute(_UPSERT_ENTRY, entry_values(entry))
             return Claimed(decided.token)
 
-        begun: Begun = await self._write(apply=apply)
-        return begun
+        answer: BeginAnswer = await self._write(apply=apply)
+        return answer
 
     async def complete(
         self,

@@ -18,7 +18,7 @@ from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
 from gateway.definition import Errors, ProviderDefinition, Rule
-from gateway.errors import ErrorCode, Source, Status, spec
+from gateway.errors import ErrorCode, Status, spec
 from gateway.translate.wire import UpstreamResponse
 
 MAX_PROVIDER_MESSAGE = 300  # characters of the provider's own text in an envelope
@@ -40,8 +40,6 @@ class Outcome:
     cancelled_at: str | None = None  # the provider's time, RFC 3339 UTC, when it gave one
     provider_response: dict[str, Any] = field(default_factory=dict)
     unmapped: bool = False  # decided by the generic table: the definition may need a rule
-    source: Source = Source.PROVIDER
-    fields: tuple[tuple[str, str], ...] = ()  # validation problems, for gateway decisions
     detail: str | None = None  # the provider's (or the network's) text, after the message
     note: str | None = None  # the gateway's word on the attempts (why no more were made)
 
