@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.definition import ProviderDefinition
-from gateway.errors import SPECS, ErrorCode, Source, Status
+from gateway.errors import SPECS, ErrorCode, Status
 from gateway.translate.classify import (
     MAX_PROVIDER_MESSAGE,
     MAX_PROVIDER_TEXT,
@@ -174,7 +174,6 @@ def assert_failure(outcome: Outcome, code: ErrorCode, *, unmapped: bool) -> None
     assert outcome.status is SPECS[code].status
     assert outcome.retryable is SPECS[code].retryable
     assert outcome.unmapped is unmapped
-    assert outcome.source is Source.PROVIDER
     assert outcome.cancelled_at is None
     assert outcome.provider_response == {}
 
@@ -372,7 +371,6 @@ def test_shipper_810_is_a_provider_invalid_request(
     """810 is invalid_request from the provider: rejected, not retryable."""
     outcome = run(providers, "shipper", 400, SHIPPER_810)
     assert outcome.status is Status.REJECTED
-    assert outcome.source is Source.PROVIDER
     assert outcome.retryable is False
 
 
