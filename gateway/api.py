@@ -12,11 +12,10 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import Decoded
 from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
-from gateway.inbound import RequestInfo, check_idempotency_key, json_body
+from gateway.inbound import Decoded, RequestInfo, check_idempotency_key, json_body
 from gateway.live import Live, LiveConfig
 from gateway.metrics import CONTENT_TYPE
 from gateway.models import (

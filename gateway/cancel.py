@@ -6,14 +6,11 @@ happens in between (a bug included), so no record is lost.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 from structlog.typing import FilteringBoundLogger
 
 from gateway.envelope import (
@@ -24,7 +21,7 @@ from gateway.envelope import (
     reply_headers,
 )
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
-from gateway.inbound import RequestInfo, check_idempotency_key, json_body
+from gateway.inbound import Decoded, RequestInfo, check_idempotency_key, json_body
 from gateway.loader import Runtime
 from gateway.models import (
     CancelRequest,
@@ -35,6 +32,7 @@ from gateway.models import (
     new_cancellation_id,
 )
 from gateway.redact import cut
+from gateway.request import callers_text, fingerprint, parse_request, upstream_idempotency_key
 from gateway.routing import Caller, route
 from gateway.send import Outbound, Sender, ms
 from gateway.services import Services
@@ -95,13 +93,6 @@ class _Facts:
             self.created_at,
             **more,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """A request body that is already JSON (an item of a batch)."""
-
-    value: Any
 
 
 class _Replayed(Exception):
@@ -404,65 +395,3 @@ class Canceller:
             render_envelope(envelope),
             reply_headers(info.request_id, result.retry_after_s),
         )
-
-
-def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:
-    """The canonical request, strictly: a JSON object, no unknown fields. With problems, the
-    request holds the fields that are valid (the others are None or empty), so that the
-    provider's own checks can still run on those."""
-    if not isinstance(data, dict):
-        raise invalid_request(("body", "must be a JSON object"))
-    try:
-        return CancelRequest.model_validate(data), []
-    except ValidationError as exc:
-        errors = exc.errors(include_input=False, include_url=False)
-    problems = [(".".join(str(p) for p in e["loc"]) or "body", _message(e)) for e in errors]
-    bad = {str(e["loc"][0]) for e in errors if e["loc"]}
-    valid = {k: v for k, v in data.items() if k in CancelRequest.model_fields and k not in bad}
-    partial = CancelRequest.model_construct(**{"connection": None, "id": None, **valid})
-    return partial, problems
-
-
-_LENGTHS = {
-    "too_long": "at most {max_length}",
-    "string_too_long": "at most {max_length}",
-    "too_short": "at least {min_length}",
-    "string_too_short": "at least {min_length}",
-}
-
-
-def _message(error: ErrorDetails) -> str:
-    """Pydantic's message, said as the request's fields are: lengths in characters (every
-    field of the request with a length is text; pydantic says "items" after a validator)."""
-    length = _LENGTHS.get(error["type"])
-    if length is not None and "ctx" in error:
-        return f"must be {length.format(**error['ctx'])} characters"
-    return error["msg"].removeprefix("Value error, ")
-
-
-def fingerprint(data: Any) -> str:
-    """The idempotency fingerprint of a valid request: SHA-256 of its canonical JSON (keys
-    sorted), so the same request written in another order is the same request."""
-    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def callers_text(request: CancelRequest, info: RequestInfo) -> tuple[str, ...]:
-    """Every string of the request that the caller chose, as sent: a provider may echo any
-    of them, and the answer must not change when one equals a secret (Redactor.answer)."""
-    fields = (request.connection, request.id, request.resource, request.reason)
-    texts = [t for t in (*fields, request.requested_by, request.notes) if t]
-    texts.append(info.request_id)
-    texts.extend(v for v in request.params.values() if isinstance(v, str))
-    if info.idempotency_key is not None:
-        texts.append(info.idempotency_key)
-    return tuple(texts)
-
-
-def upstream_idempotency_key(caller: str, info: RequestInfo, cancellation_id: str) -> str:
-    """The key sent to providers that honour one: stable across attempts and, when the caller
-    gave a key, across the caller's retries too. Derived, so one caller's key never collides
-    with another's at the provider."""
-    if info.idempotency_key is None:
-        return cancellation_id
-    digest = hashlib.sha256(f"{caller}\n{info.idempotency_key}".encode()).hexdigest()
-    return f"cg-{digest[:40]}"

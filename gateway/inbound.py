@@ -25,6 +25,13 @@ class RequestInfo:
     idempotency_key: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A request body that is already JSON (an item of a batch)."""
+
+    value: Any
+
+
 def json_body(body: bytes) -> Any:
     """A request body as JSON, strictly (no NaN/Infinity), or ``invalid_request``."""
     try:

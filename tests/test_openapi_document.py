@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 
 from gateway.api import parse_batch
-from gateway.cancel import parse_request
 from gateway.errors import GatewayError
 from gateway.inbound import check_idempotency_key, json_body
 from gateway.loader import load_providers
 from gateway.models import MAX_BATCH_KEY, new_cancellation_id
 from gateway.openapi import openapi_document
+from gateway.request import parse_request
 
 CONTROLS = ["\x00", "\t", "\n", "\r", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"]
 PRINTABLE = ["\xa0", "é", "\u2028", "😀", " ", "/", "%"]
