@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.config import ConnectionConfig, GatewayConfig
@@ -25,6 +24,7 @@ from gateway.problems import ConfigError, Problem, validation_problems
 from gateway.providers import builtin_files
 from gateway.resilience import Policy
 from gateway.targets import Target, check_callers, resolve_target
+from gateway.yamlfile import parse_yaml, read_yaml, unreadable
 
 # ${NAME} or ${NAME:-default}; a default may hold one level of braces (a URL template).
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
@@ -68,7 +68,7 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
     """
     path = Path(path)
     problems: list[Problem] = []
-    raw = _read_yaml(path, problems)
+    raw = read_yaml(path, problems)
     if raw is None:
         raise ConfigError(problems)
     secrets: set[str] = set()
@@ -170,10 +170,10 @@ def load_providers(
             try:
                 sources.append((str(file), file.read_text("utf-8")))
             except (OSError, UnicodeDecodeError) as exc:
-                problems.append(Problem(str(file), "", f"cannot read: {_reason(exc)}"))
+                problems.append(Problem(str(file), "", f"cannot read: {unreadable(exc)}"))
     refused: set[str] = set()
     for name, text in sources:
-        raw = _parse_yaml(text, name, problems)
+        raw = parse_yaml(text, name, problems)
         definition = None if raw is None else _validate(ProviderDefinition, raw, name, problems)
         if definition is not None:
             found[definition.name] = definition
@@ -198,124 +198,6 @@ def _definition_files(location: Path) -> list[Path] | None:
     if location.is_file():
         return [location]
     return None
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-
-# Anchors and aliases let a few hundred bytes stand for billions of values ("billion laughs"):
-# composing is cheap, as an alias is the anchored node itself, but everything after it
-# (substitution, validation, each request's body) walks the tree written out. So a file may
-# reuse anchored blocks, but its aliases may add at most this many nodes to it...
-MAX_ALIAS_NODES = 10_000
-# ...and no file nests deeper than this, aliases included: the reader and the checks recurse.
-MAX_DEPTH = 64
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key given twice in one mapping (YAML keeps the last), an
-    alias inside the node it names, and aliases or nesting beyond the bounds above."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._measured: dict[int, tuple[int, int]] = {}  # id(node): (nodes, depth) written out
-        self._open: set[str] = set()  # anchors of the nodes being composed
-        self._added = 0
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        event: yaml.NodeEvent = self.peek_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, yaml.AliasEvent):
-            self._check_alias(event)
-            return super().compose_node(parent, index)
-        if self._depth >= MAX_DEPTH:
-            raise _refusal(f"nested deeper than {MAX_DEPTH} levels", event)
-        if event.anchor is not None:
-            self._open.add(event.anchor)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-            self._open.discard(event.anchor or "")
-
-    def _check_alias(self, event: yaml.AliasEvent) -> None:
-        node = self.anchors.get(event.anchor or "")
-        if node is None:
-            return  # YAML reports the undefined alias
-        if event.anchor in self._open:
-            raise _refusal(f"alias *{event.anchor} is inside the node it names", event)
-        nodes, depth = self._measure(node)
-        if self._depth + depth > MAX_DEPTH:
-            raise _refusal(f"nested deeper than {MAX_DEPTH} levels, aliases written out", event)
-        self._added += nodes
-        if self._added > MAX_ALIAS_NODES:
-            raise _refusal(
-                f"aliases expand this file by more than {MAX_ALIAS_NODES} values "
-                "(an anchored block may be reused, not multiplied)",
-                event,
-            )
-
-    def _measure(self, node: yaml.Node) -> tuple[int, int]:
-        """How many nodes ``node`` stands for, and how deep, with its aliases written out.
-
-        Each node is measured once: an anchored block reused many times costs one walk.
-        """
-        known = self._measured.get(id(node))
-        if known is not None:
-            return known
-        children: list[yaml.Node] = []
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        sizes = [self._measure(child) for child in children]
-        found = (1 + sum(n for n, _ in sizes), 1 + max((d for _, d in sizes), default=0))
-        self._measured[id(node)] = found
-        return found
-
-
-def _refusal(message: str, event: yaml.Event) -> yaml.YAMLError:
-    return yaml.composer.ComposerError(None, None, message, event.start_mark)  # type: ignore[arg-type]
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} is given twice", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _read_yaml(path: Path, problems: list[Problem]) -> Any:
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(Problem(str(path), "", f"cannot read: {_reason(exc)}"))
-        return None
-    return _parse_yaml(text, str(path), problems)
-
-
-def _parse_yaml(text: str, name: str, problems: list[Problem]) -> Any:
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        problems.append(Problem(name, where, str(getattr(exc, "problem", None) or exc)))
-        return None
-    if not isinstance(data, dict):
-        problems.append(Problem(name, "", "must be a YAML mapping"))
-        return None
-    return data
 
 
 def _substitute(
@@ -380,12 +262,6 @@ def _validate(
     except ValidationError as exc:
         problems.extend(validation_problems(model, exc, file, skip))
         return None
-
-
-def _reason(exc: OSError | UnicodeDecodeError) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    return exc.strerror or str(exc)
 
 
 def _version(raw: Any, provider_files: Iterable[bytes]) -> str:
