@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import socket
+import subprocess
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ MARKED_BY_NAME = {
         "tests/test_upstream.py::test_connection_refused_is_provider_error_not_sent",
         "tests/test_upstream.py::test_server_closing_without_answer_is_provider_error_sent",
         "tests/test_upstream.py::test_a_pooled_connection_reset_after_the_request_is_one_request",
+        "tests/test_compat.py::test_a_malformed_request_gets_the_runners_answer",
+        "tests/store/test_backends.py::test_an_unreachable_server_is_store_unavailable",
     },
     "process": {
         "tests/test_config_cli.py::test_console_script_check_config_ok",
@@ -60,6 +64,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for marker, names in MARKED_BY_NAME.items():
             if name in names:
                 item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_open_no_socket(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Where socket tests are left out (`make unit`), a test that binds or connects a network
+    socket, or starts a process, without its marker fails and names the marker."""
+    unmarked = not any(request.node.get_closest_marker(m) for m in ("e2e", "socket", "process"))
+    if not unmarked or "not socket" not in (request.config.option.markexpr or ""):
+        yield
+        return
+    done: list[str] = []
+
+    def watch(owner: Any, method: str, marker: str, applies: Callable[[Any], bool]) -> None:
+        real = getattr(owner, method)
+
+        def watched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if applies(self):
+                done.append(marker)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(owner, method, watched)
+
+    def networked(sock: socket.socket) -> bool:
+        return sock.family in (socket.AF_INET, socket.AF_INET6)
+
+    watch(socket.socket, "bind", "socket", networked)
+    watch(socket.socket, "connect", "socket", networked)
+    watch(subprocess.Popen, "__init__", "process", lambda _: True)
+    yield
+    if done:
+        pytest.fail(f"{request.node.nodeid} needs @pytest.mark.{done[0]} (tests/conftest.py)")
 
 
 # Fake values only: tests look for them in logs and answers to prove they never leak.
