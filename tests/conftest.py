@@ -36,20 +36,6 @@ SOCKET_FIXTURES = frozenset(
 )
 # The store contract runs on every backend (tests/store/test_backends.py); these talk to a server.
 SERVER_BACKENDS = frozenset({"redis", "postgres"})
-# Tests that open a socket or start a process in their own body, where no fixture shows it.
-MARKED_BY_NAME = {
-    "socket": {
-        "tests/test_upstream.py::test_connection_refused_is_provider_error_not_sent",
-        "tests/test_upstream.py::test_server_closing_without_answer_is_provider_error_sent",
-        "tests/test_upstream.py::test_a_pooled_connection_reset_after_the_request_is_one_request",
-        "tests/test_compat.py::test_a_malformed_request_gets_the_runners_answer",
-        "tests/store/test_backends.py::test_an_unreachable_server_is_store_unavailable",
-    },
-    "process": {
-        "tests/test_config_cli.py::test_console_script_check_config_ok",
-        "tests/test_config_cli.py::test_console_script_check_config_broken",
-    },
-}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -60,10 +46,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or params.get("make_store") in SERVER_BACKENDS
         ):
             item.add_marker(pytest.mark.socket)
-        name = item.nodeid.split("[", 1)[0]
-        for marker, names in MARKED_BY_NAME.items():
-            if name in names:
-                item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,7 @@ def test_a_client_without_the_switch_is_refused_loudly() -> None:
         disable_client_resend(SimpleNamespace())  # type: ignore[arg-type]
 
 
+@pytest.mark.socket
 async def test_a_malformed_request_gets_the_runners_answer() -> None:
     """A request line aiohttp cannot parse is answered by the function given to the runner,
     with the status aiohttp chose, and the connection is closed after it."""

@@ -409,6 +409,7 @@ def run_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.process
 def test_console_script_check_config_ok(tmp_path: Path):
     path = write(tmp_path, GOOD)
 
@@ -424,6 +425,7 @@ def test_console_script_check_config_ok(tmp_path: Path):
     assert len(result.stdout.splitlines()) == 1
 
 
+@pytest.mark.process
 def test_console_script_check_config_broken(tmp_path: Path):
     path = write(tmp_path, BROKEN)
 

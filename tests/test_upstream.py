@@ -325,6 +325,7 @@ async def test_default_limit_is_one_mebibyte(session: aiohttp.ClientSession, loo
 # --- transport failures ----------------------------------------------------------------------
 
 
+@pytest.mark.socket
 async def test_connection_refused_is_provider_error_not_sent(transport: AiohttpTransport):
     failure = await failure_of(transport, request(f"http://127.0.0.1:{closed_port()}/v1/x"))
     assert failure.code is ErrorCode.PROVIDER_ERROR
@@ -332,6 +333,7 @@ async def test_connection_refused_is_provider_error_not_sent(transport: AiohttpT
     assert failure.message.startswith("the connection was refused")
 
 
+@pytest.mark.socket
 async def test_server_closing_without_answer_is_provider_error_sent():
     """A real server that reads the request and hangs up: the request may have been acted on."""
 
@@ -355,6 +357,7 @@ async def test_server_closing_without_answer_is_provider_error_sent():
 
 
 @pytest.mark.parametrize("method", ["DELETE", "PUT", "GET", "PATCH"])
+@pytest.mark.socket
 async def test_a_pooled_connection_reset_after_the_request_is_one_request(method: str):
     """A kept-alive connection that the server closes after reading the second request: the
     server sees exactly that one request, never a silent second send of it by the client

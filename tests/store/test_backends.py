@@ -220,6 +220,7 @@ async def test_sqlite_keeps_everything_across_a_restart(tmp_path: Path):
     ],
     ids=["redis", "postgres"],
 )
+@pytest.mark.socket
 async def test_an_unreachable_server_is_store_unavailable(settings: dict[str, str], tmp_path: Path):
     port = free_port()  # nothing listens there
     values = {k: v.format(port=port) for k, v in settings.items()}
