@@ -174,21 +174,29 @@ def response(
 
 
 class FlakyStore:
-    """A ``MemoryStore`` whose methods named in ``failing`` raise ``StoreUnavailable``; every
-    call is recorded, and the entries ``begin`` was given are kept in order."""
+    """A ``MemoryStore`` whose methods named in ``failing`` raise ``fault`` (the store not
+    answering, by default; another exception stands for a bug in a backend); every call is
+    recorded, and the entries ``begin`` was given are kept in order."""
 
     name = "flaky-memory"
 
-    def __init__(self, failing: Iterable[str] = (), inner: MemoryStore | None = None) -> None:
+    def __init__(
+        self,
+        failing: Iterable[str] = (),
+        *,
+        fault: type[Exception] = StoreUnavailable,
+        inner: MemoryStore | None = None,
+    ) -> None:
         self.inner = inner or MemoryStore()
         self.failing = set(failing)
+        self.fault = fault
         self.calls: list[str] = []
         self.begun: list[Entry] = []
 
     def _call(self, method: str) -> None:
         self.calls.append(method)
         if method in self.failing:
-            raise StoreUnavailable(f"{method}: the store does not answer")
+            raise self.fault(f"the store failed in {method}")
 
     async def open(self) -> None:
         self._call("open")
