@@ -17,8 +17,8 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.inbound import Decoded, RequestInfo
 from gateway.models import CANCELLATION_ID
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
+from tests.conftest import CANARIES
 from tests.fakes import (
-    CANARIES,
     START,
     UPSTREAM,
     FlakyStore,
@@ -564,4 +564,6 @@ async def test_a_preview_shows_the_callers_value_as_sent(kit: Kit):
     guess = CANARIES["STATESET_API_KEY"]
     body = as_body({**STATESET_CANCEL, "notes": guess})
     preview = kit.canceller().preview(kit.caller(), body, request_info())
-    assert preview.upstream_request.body["notes"] == guess
+    sent = preview.upstream_request.body
+    assert isinstance(sent, dict)
+    assert sent["notes"] == guess

@@ -17,8 +17,8 @@ from gateway.live import Live, LiveConfig
 from gateway.loader import load
 from gateway.problems import ConfigError
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
+from tests.conftest import BASE_CONFIG
 from tests.fakes import (
-    BASE_CONFIG,
     ENV,
     Kit,
     as_body,
