@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from structlog.typing import FilteringBoundLogger
@@ -35,6 +35,9 @@ from gateway.tracing import trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 from gateway.upstream import CONNECT_TIMEOUT_S
 from tests.conftest import BASE_CONFIG, CALLER_KEY, CANARIES
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 UPSTREAM = "http://upstream.test"  # never resolved: the fake transport answers for it
 ENV = {"OMS_API_KEY": CALLER_KEY, "UPSTREAM": UPSTREAM, **CANARIES}
@@ -325,6 +328,7 @@ def make_kit(
     clock: FakeClock | None = None,
     store: FlakyStore | None = None,
     jitter: float = 1.0,
+    tracer_provider: TracerProvider | None = None,
 ) -> Kit:
     runtime = load_runtime(folder, config, files=files, env=env)
     clock = clock or FakeClock()
@@ -339,6 +343,7 @@ def make_kit(
         clock=clock,
         store=store,
         metrics=Metrics(),
+        tracer_provider=tracer_provider,
         rand=fixed_jitter(jitter),
     )
     return Kit(runtime, services, clock, transport, store, stream)

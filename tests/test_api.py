@@ -19,6 +19,7 @@ from aiohttp.payload import Payload
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import api
 from gateway.api import CONFIG, CURRENT, INFO, parse_batch
@@ -91,15 +92,17 @@ class Api:
         json: Any = None,
         headers: dict[str, str] | None = None,
         match_info: dict[str, str] | None = None,
+        payload: StreamReader = EMPTY_PAYLOAD,
     ) -> Result:
+        """``json`` is the body, all there with the headers; ``payload`` a body of the test's
+        own (one that comes later, or breaks)."""
         sent = dict(headers or {})
         if key is not None:
             sent["Authorization"] = f"Bearer {key}"
-        payload = EMPTY_PAYLOAD
         if json is not None:
             data = orjson.dumps(json)
             sent["Content-Length"] = str(len(data))
-            payload = StreamReader(BaseProtocol(asyncio.get_running_loop()), 2**16)
+            payload = body_stream()
             payload.feed_data(data)
             payload.feed_eof()
         request = make_mocked_request(
@@ -119,6 +122,19 @@ class Api:
         assert isinstance(body, bytes | Payload), body
         raw = body if isinstance(body, bytes) else await body.as_bytes()
         return Result(answer.status, answer.headers, raw)
+
+
+class _OpenConnection(BaseProtocol):
+    """The client's connection, still open: a body not all there yet may be waited for."""
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+
+def body_stream() -> StreamReader:
+    """A request body as the server's parser feeds it."""
+    return StreamReader(_OpenConnection(asyncio.get_running_loop()), 2**16)
 
 
 def make_api(folder: Path, config: str = CONFIG_TEXT, store: FlakyStore | None = None) -> Api:
@@ -201,6 +217,32 @@ async def test_a_body_over_the_limit_is_413_before_it_is_read(client: Api):
     too_large = {**RX_CANCEL, "notes": "n" * 70_000}
     result = await create(client, json=too_large)
     assert (result.status, result.error["code"]) == (413, "payload_too_large")
+    assert client.transport.sent == []
+
+
+async def test_a_body_that_comes_after_the_headers_is_waited_for(client: Api):
+    client.transport.answer(response(200, RX_OK))
+    payload = body_stream()
+
+    def arrive() -> None:
+        payload.feed_data(orjson.dumps(RX_CANCEL))
+        payload.feed_eof()
+
+    asyncio.get_running_loop().call_soon(arrive)
+    result = await create(client, payload=payload)
+    assert result.body["status"] == "cancelled"
+
+
+async def test_a_body_that_cannot_be_read_is_a_422_and_one_warning(client: Api):
+    """A body not valid for its Content-Encoding is the client's fault: no traceback."""
+    payload = body_stream()
+    payload.set_exception(RequestPayloadError("Can not decode content-encoding: gzip"))
+    result = await create(client, payload=payload)
+    assert (result.status, result.error["code"]) == (422, "invalid_request")
+    assert result.error["fields"] == [{"loc": "body", "message": "could not be read"}]
+    [warning] = client.events("request.body_unreadable")
+    assert warning["reason"] == "Can not decode content-encoding: gzip"
+    assert client.events("request.crashed") == []
     assert client.transport.sent == []
 
 
@@ -426,6 +468,12 @@ async def test_metrics_expose_the_configuration_served(client: Api):
     assert result.status == 200
     version = client.app[CONFIG].current.version
     assert f'config_version="{version}"'.encode() in result.raw
+
+
+async def test_the_openapi_document_is_served(client: Api):
+    result = await client.call(api.openapi, "GET", "/openapi.json", key=None)
+    assert result.status == 200
+    assert "/v1/cancellations" in result.body["paths"]
 
 
 # --- POST /admin/reload -------------------------------------------------------------------

@@ -212,6 +212,14 @@ async def test_invalid_input_is_one_422_with_every_problem_and_nothing_is_sent(k
     assert kit.store.calls == ["record"]  # in the ledger, never claimed
 
 
+async def test_an_unknown_field_is_refused_though_the_rest_would_be_sent(kit: Kit):
+    result = await cancel(kit, {**RX_CANCEL, "colour": "red"})
+    assert result.http_status == 422
+    assert [f["loc"] for f in result.error["fields"]] == ["colour"]
+    assert result.body["provider"] == "rxuniverse"  # routed: the envelope says as much
+    assert kit.transport.sent == []
+
+
 @pytest.mark.parametrize("raw", [b"{", b"", b"[1]", b'{"connection": NaN}'])
 async def test_a_body_that_is_not_a_json_object_is_refused(kit: Kit, raw: bytes):
     result = await cancel(kit, raw)

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.errors import ErrorCode, GatewayError, Status
 from gateway.models import UpstreamInfo
@@ -477,6 +480,29 @@ async def test_a_full_bulkhead_refuses_without_sending(kit: Kit):
     assert len(kit.transport.sent) == 2
 
 
+async def test_a_full_bulkhead_is_waited_for_within_the_budget(kit: Kit):
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(
+        request: UpstreamRequest, timeout_s: float, connect_s: float
+    ) -> UpstreamResponse:
+        arrived.set()
+        await release.wait()
+        return response(200, RX_OK)
+
+    kit.transport.answer(held, response(200, RX_OK))
+    out = outbound(kit, limits={"concurrency": 1})
+    first = asyncio.create_task(send(kit, out))
+    await arrived.wait()
+    second = asyncio.create_task(send(kit, out))
+    await asyncio.sleep(0)  # one turn: the second runs until it waits for the slot
+    assert len(kit.transport.sent) == 1
+    release.set()
+    results = [outcome(r).status for r in await asyncio.gather(first, second)]
+    assert results == [Status.CANCELLED] * 2
+    assert kit.events("upstream.refused") == []
+
+
 async def test_a_crashed_attempt_gives_its_bulkhead_slot_back(kit: Kit):
     out = outbound(kit, limits={"concurrency": 1, "max_wait_s": 0.0})
     kit.transport.answer(RuntimeError("a bug"), response(200, RX_OK))
@@ -492,3 +518,24 @@ async def test_the_guards_are_per_connection(kit: Kit):
         await send(kit, outbound(kit, retry={"max_attempts": 1}, breaker=BREAKER))
     kit.transport.default = response(200, SHOPLAZZA_OK)
     assert outcome(await send(kit, outbound(kit, "shoplazza-main"))).status is Status.CANCELLED
+
+
+# --- tracing ------------------------------------------------------------------------------
+
+
+async def test_with_tracing_each_attempt_carries_its_own_spans_traceparent(tmp_path: Path):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    kit = make_kit(tmp_path, tracer_provider=provider)
+    kit.transport.answer(response(503, RX_503), response(200, RX_OK))
+    await send(kit, outbound(kit))
+    spans = exporter.get_finished_spans()
+    attributes = [dict(span.attributes or {}) for span in spans]
+    assert [a["cancel_gateway.attempt"] for a in attributes] == [1, 2]
+    assert [a["http.response.status_code"] for a in attributes] == [503, 200]
+    for sent, span in zip(kit.transport.sent, spans, strict=True):
+        ids = span.get_span_context()
+        assert ids is not None
+        traceparent = f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}"
+        assert sent.header("traceparent") == traceparent
