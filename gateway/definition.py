@@ -13,7 +13,15 @@ from typing import Annotated, Any, Literal
 import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from gateway._compat import field_comparison, field_keys
 from gateway.errors import ErrorCode
@@ -251,9 +259,17 @@ class Errors(_Strict):
     rules: list[Rule] = Field(default_factory=list)
 
 
+def _absolute_path(template: Template) -> Template:
+    # The path is appended to the base URL: one that does not start with "/" would let the
+    # first value it holds (a caller's id) extend the host the credentials are sent to.
+    if not template.source.startswith("/"):
+        raise ValueError("must start with / (it is appended to the base URL)")
+    return template
+
+
 class Resource(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
-    path: TemplateField
+    path: Annotated[Template, BeforeValidator(_template), AfterValidator(_absolute_path)]
     retry_safe: bool = False  # may be repeated after it was sent (README, "Resilience")
     headers: dict[str, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)

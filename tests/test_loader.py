@@ -793,6 +793,17 @@ def test_definition_whose_host_takes_a_request_field_is_refused(tmp_path: Path):
     assert problem.message.startswith("base_url: {id} is given per request")
 
 
+@pytest.mark.parametrize("path", ["{id}/cancel", "things/{id}", ".{id}"])
+def test_a_resource_path_that_does_not_start_with_a_slash_is_refused(tmp_path: Path, path: str):
+    """A path is appended to the base URL: without a leading "/", a caller's id could extend
+    the host (``https://tiny.example`` + ``.attacker.example``) the token is sent to."""
+    definition = write(tmp_path, TINY_PROVIDER.replace("/things/{id}", f'"{path}"'), "tiny.yaml")
+    (problem,) = problems_of(tmp_path, "providers: [tiny.yaml]\n" + CALLERS)
+    assert problem.file == str(definition)
+    assert problem.loc == "resources.thing.path"
+    assert "must start with /" in problem.message
+
+
 @pytest.mark.parametrize("header", ["X-{params.tenant}", "{reason}"])
 def test_definition_whose_auth_header_name_is_given_per_request_is_refused(
     tmp_path: Path, header: str
