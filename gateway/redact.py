@@ -5,9 +5,8 @@ percent-encoded forms, is replaced wherever it appears in a log line; values und
 header-like keys are masked whatever they hold.
 
 Answers are redacted differently (``Redactor.answer``): only text that came from the provider
-is searched, never the gateway's own fields, and a secret the caller's own request contained is
-left as the provider echoed it. Otherwise a caller could send a guess and learn from a
-``[REDACTED]`` coming back that the guess was right.
+is searched, never the gateway's own fields, and the provider's echo of anything the caller
+sent that could be a credential is masked alike, so that no answer confirms a guess.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from urllib.parse import quote, quote_plus
 import orjson
 
 REDACTED = "[REDACTED]"
+MIN_SECRET_LENGTH = 8  # the shortest credential check-config accepts (caller keys: 16)
 SENSITIVE_KEYS = frozenset(
     {
         "authorization",
@@ -46,7 +46,6 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets: frozenset[str] = frozenset()
-        self._origin: dict[str, str] = {}  # each form searched for -> the secret it encodes
         self._pattern: re.Pattern[str] | None = None
         self._sensitive: dict[Any, bool] = {}  # key -> is its value masked?
         self._safe: set[str] = set()  # JSON keys whose values are not masked
@@ -57,10 +56,9 @@ class Redactor:
         """Also remove these from now on (a reloaded configuration's new credentials); the
         old ones stay, as earlier events may still be written."""
         self._secrets = self._secrets | {s for s in secrets if s}
-        origin = {form: secret for secret in self._secrets for form in encoded_forms(secret)}
-        origin.update((secret, secret) for secret in self._secrets)
+        forms = {form for secret in self._secrets for form in encoded_forms(secret)}
         # Longest first, so a secret that contains another is removed whole.
-        values = sorted(origin, key=len, reverse=True)
+        values = sorted(forms | self._secrets, key=len, reverse=True)
         pattern = re.compile("|".join(map(re.escape, values))) if values else None
         # As each appears inside a JSON string: escaping is character by character, so a
         # secret inside a string value is, serialized, its escaped form inside the line. (A
@@ -69,7 +67,6 @@ class Redactor:
         escaped = tuple(orjson.dumps(v)[1:-1] for v in values if _encodable(v))
         # Replaced together: a line written meanwhile sees the old secrets or the new ones.
         self._ordered, self._pattern, self._escaped = tuple(values), pattern, escaped
-        self._origin = origin
 
     def answer(self, sent: Sequence[str]) -> AnswerRedactor:
         """The redaction of a provider's answer to a request whose caller sent ``sent`` (the
@@ -79,9 +76,6 @@ class Redactor:
     def found(self, value: str) -> list[str]:
         """The secrets' forms that occur in ``value``, longest first."""
         return [form for form in self._ordered if form in value]
-
-    def origin(self, form: str) -> str:
-        return self._origin[form]
 
     def text(self, value: str) -> str:
         # Substring tests are several times faster than the regular expression, and almost
@@ -194,30 +188,25 @@ def encoded_forms(secret: str) -> set[str]:
 
 
 class AnswerRedactor:
-    """Redaction of one provider answer (see the module's docstring): a secret is left as it is
-    when the caller's own request contained it, in any of its forms."""
+    """Redaction of one provider answer (see the module's docstring). Every form of every
+    secret, and every string of the caller's request long enough to be a credential, is
+    replaced by the same marker. A provider may echo both what the caller sent and the
+    credential it was sent: were either kept, an answer would differ on whether the caller's
+    string equals the credential, and confirm a guess."""
 
     __slots__ = ("_redactor", "_sent")
 
     def __init__(self, redactor: Redactor, sent: Sequence[str]) -> None:
         self._redactor = redactor
-        self._sent = sent
-
-    def _known(self, form: str) -> bool:
-        secret = self._redactor.origin(form)
-        return any(form in text or secret in text for text in self._sent)
+        self._sent = frozenset(text for text in sent if len(text) >= MIN_SECRET_LENGTH)
 
     def text(self, value: str) -> str:
-        found = self._redactor.found(value)
+        found = {*self._redactor.found(value), *(text for text in self._sent if text in value)}
         if not found:
             return value
-        kept = {form for form in found if self._known(form)}
-        if not kept:
-            return self._redactor.text(value)
-        # One expression over every form found, longest first, so that a secret the caller
-        # sent is kept whole even when another secret is a part of it.
-        pattern = re.compile("|".join(map(re.escape, found)))
-        return pattern.sub(lambda m: m.group(0) if m.group(0) in kept else REDACTED, value)
+        # One expression, longest first: a string that holds another is replaced whole.
+        ordered = sorted(found, key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, ordered))).sub(REDACTED, value)
 
     def clean(self, value: Any) -> Any:
         """``value`` (decoded JSON) with each string redacted as ``text`` does and the values

@@ -14,6 +14,7 @@ from pydantic_core import ErrorDetails
 from gateway.errors import invalid_request
 from gateway.inbound import RequestInfo
 from gateway.models import CancelRequest
+from gateway.translate.templates import scalar_text
 
 
 def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:
@@ -57,12 +58,14 @@ def fingerprint(data: Any) -> str:
 
 
 def callers_text(request: CancelRequest, info: RequestInfo) -> tuple[str, ...]:
-    """Every string of the request that the caller chose, as sent: a provider may echo any
-    of them, and the answer must not change when one equals a secret (Redactor.answer)."""
+    """Every string of the request that the caller chose: a provider may echo any of them, and
+    its echo is masked like a secret (``Redactor.answer``), so that an answer never depends on
+    whether one equals a secret."""
     fields = (request.connection, request.id, request.resource, request.reason)
     texts = [t for t in (*fields, request.requested_by, request.notes) if t]
-    texts.append(info.request_id)
-    texts.extend(v for v in request.params.values() if isinstance(v, str))
+    texts.extend(scalar_text(v) for v in request.params.values())
+    trace = info.trace  # forwarded upstream: the caller's trace id, span and state
+    texts.extend(t for t in (info.request_id, trace.trace_id, trace.parent_id, trace.state) if t)
     if info.idempotency_key is not None:
         texts.append(info.idempotency_key)
     return tuple(texts)

@@ -14,6 +14,7 @@ from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
 from gateway.models import CONTROL
 from gateway.problems import Problem, suggest
+from gateway.redact import MIN_SECRET_LENGTH
 from gateway.translate.auth import auth_header
 from gateway.translate.templates import (
     HOST_LABEL,
@@ -27,7 +28,7 @@ from gateway.translate.templates import (
     unknown_reference,
 )
 
-MIN_CREDENTIAL_LENGTH = 8
+MIN_CREDENTIAL_LENGTH = MIN_SECRET_LENGTH
 
 
 @dataclass(frozen=True, slots=True)

@@ -527,15 +527,16 @@ async def test_a_credential_in_the_providers_response_fields_is_redacted(kit: Ki
     "guess",
     [CANARIES["STATESET_API_KEY"], CANARIES["SHIPPER_API_KEY"], "sk_test_CANARY_stateset_7f3b"],
 )
-async def test_the_callers_own_value_comes_back_as_sent(kit: Kit, guess: str):
-    """Right guess of a credential or wrong one: the echo of the caller's notes is the same,
-    so the answer is no oracle."""
+async def test_the_echo_of_the_callers_value_is_masked_like_a_secret(kit: Kit, guess: str):
+    """Right guess of a credential or wrong one, echoed beside the credential itself: the answer
+    is the same, so it is no oracle."""
+    secret = CANARIES["STATESET_API_KEY"]
     kit.transport.answer(
-        response(422, {"error": {"code": "INVALID", "message": f"bad notes: {guess}"}})
+        response(401, {"error": {"code": "X", "message": f"notes {guess}, key {secret}"}})
     )
     result = await cancel(kit, {**STATESET_CANCEL, "notes": guess})
-    assert result.error["message"].endswith(f"bad notes: {guess}")
-    assert CANARIES["STATESET_API_KEY"] not in kit.stream.getvalue()
+    assert result.error["message"].endswith("notes [REDACTED], key [REDACTED]")
+    assert secret not in kit.stream.getvalue()
 
 
 # --- preview ------------------------------------------------------------------------------

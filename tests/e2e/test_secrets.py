@@ -126,22 +126,25 @@ async def test_a_secret_echoed_across_the_cut_leaves_no_prefix(
 async def test_a_real_cancellation_is_no_oracle_for_the_callers_guess(
     gateway: Gateway, upstream: Upstream
 ):
-    """A provider that echoes the caller's notes: a right guess of the key (this connection's,
-    another's, or a caller key) and a wrong one come back alike, as sent."""
-    guesses = [
-        CANARIES["STATESET_API_KEY"],
-        CANARIES["SHIPPER_API_KEY"],
-        "limited-caller-key-0123456789",
-        "sk_test_CANARY_stateset_7f3b",
-    ]
+    """A provider that echoes the caller's notes (or its request id, or its tracestate) and the
+    key it was sent: a right guess of the key (this connection's, another's, or a caller key)
+    and a wrong one come back alike."""
+    key = CANARIES["STATESET_API_KEY"]
+    guesses = [key, CANARIES["SHIPPER_API_KEY"], "limited-caller-key-0123456789", key[:-1] + "b"]
+    answers = set()
     for guess in guesses:
-        upstream.answer(422, {"error": {"code": "INVALID", "message": f"bad notes: {guess}"}})
+        upstream.answer(401, {"error": {"code": "X", "message": f"sent {guess}; key {key}"}})
         body = {"connection": "stateset-main", "id": "asn_1", "reason": "r", "notes": guess}
         result = await gateway.cancel(body)
-        assert result.body["error"]["message"].endswith(f"bad notes: {guess}")
-    assert CANARIES["STATESET_API_KEY"] not in "".join(
-        line for line in gateway.log_text.splitlines() if '"upstream.' in line
-    )
+        answers.add(result.body["error"]["message"])
+        state = {"traceparent": f"00-{'1' * 32}-{'2' * 16}-01", "tracestate": f"v={guess}"}
+        upstream.answer(401, {"error": {"code": "X", "message": f"state v={guess}; {key}"}})
+        traced = await gateway.cancel({**body, "notes": "n"}, headers=state)
+        answers.add(traced.body["error"]["message"])
+    assert answers == {
+        "StateSet answered 401: sent [REDACTED]; key [REDACTED]",
+        "StateSet answered 401: state [REDACTED]; [REDACTED]",
+    }
 
 
 async def test_an_encoded_echo_of_the_credential_is_redacted(gateway: Gateway, upstream: Upstream):
