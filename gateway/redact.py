@@ -98,7 +98,11 @@ class Redactor:
                 data = b""
             if data and not self.found_in(data):
                 return data
-        return orjson.dumps(self.clean(value), default=str, option=orjson.OPT_NON_STR_KEYS)
+        cleaned = self.clean(value)
+        try:
+            return orjson.dumps(cleaned, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:  # text JSON cannot hold: a header byte that is not UTF-8
+            return orjson.dumps(_encodable_values(cleaned), option=orjson.OPT_NON_STR_KEYS)
 
     def found_in(self, data: bytes) -> bool:
         """Does this serialized JSON hold a secret?"""
@@ -240,6 +244,22 @@ def cut(text: str, limit: int) -> str:
     except UnicodeEncodeError:
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text
+
+
+def _encodable_values(value: Any) -> Any:
+    """``value`` with every string JSON cannot hold (a lone surrogate, which aiohttp makes of a
+    header byte that is not UTF-8) escaped, and every other type JSON lacks as its text."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable_values(str(k)): _encodable_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encodable_values(item) for item in value]
+    if value is None or isinstance(value, bool | float) or (
+        isinstance(value, int) and -(2**63) <= value < 2**64
+    ):
+        return value
+    return _encodable_values(str(value))
 
 
 def _encodable(text: str) -> bool:

@@ -158,3 +158,22 @@ async def test_a_bad_chunk_after_a_good_one_is_answered_within_the_body_timeout(
         assert answer.split()[1] in (b"400", b"422"), answer
     assert upstream.received == []
     assert_no_crash(gateway)
+
+
+async def test_a_header_that_is_not_utf8_is_logged_escaped_not_a_500(
+    served: Callable[..., Awaitable[Gateway]], upstream: Upstream
+):
+    """A User-Agent in Latin-1 (aiohttp decodes its byte to a lone surrogate): the cancellation
+    is answered as usual and the access line is written, the byte escaped."""
+    gateway = await served()
+    upstream.answer(200, {"orderNumber": "1"})
+    raw = head(f"User-Agent: M\xfcller-OMS\r\nContent-Length: {len(BODY)}\r\n").replace(
+        "M\u00fcller".encode(), b"M\xfcller"
+    )
+    answer = await exchange(
+        gateway, raw.replace("M\u00c3\u00bcller".encode(), b"M\xfcller"), [BODY]
+    )
+    assert answer.split()[1] == b"200", answer
+    [access] = gateway.events("http.request")
+    assert access["user_agent"] == "M\\udcfcller-OMS"
+    assert_no_crash(gateway)
