@@ -167,12 +167,8 @@ async def test_a_header_that_is_not_utf8_is_logged_escaped_not_a_500(
     is answered as usual and the access line is written, the byte escaped."""
     gateway = await served()
     upstream.answer(200, {"orderNumber": "1"})
-    raw = head(f"User-Agent: M\xfcller-OMS\r\nContent-Length: {len(BODY)}\r\n").replace(
-        "M\u00fcller".encode(), b"M\xfcller"
-    )
-    answer = await exchange(
-        gateway, raw.replace("M\u00c3\u00bcller".encode(), b"M\xfcller"), [BODY]
-    )
+    utf8 = head(f"User-Agent: M\u00fcller-OMS\r\nContent-Length: {len(BODY)}\r\n")
+    answer = await exchange(gateway, utf8.replace("\u00fc".encode(), b"\xfc"), [BODY])
     assert answer.split()[1] == b"200", answer
     [access] = gateway.events("http.request")
     assert access["user_agent"] == "M\\udcfcller-OMS"
