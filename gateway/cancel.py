@@ -200,7 +200,14 @@ class Canceller:
             result = GatewayError(
                 ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
             )
-        reply = self._reply(facts, result, info)
+        try:
+            reply = self._reply(facts, result, info)
+        except Exception:  # a bug: the answer is still an envelope, recorded and logged
+            log.exception("cancellation.crashed")
+            result = GatewayError(
+                ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
+            )
+            reply = self._reply(facts, result, info)
         await self._settle(facts, result, reply, log)
         error_code = result.code.value if result.code else None
         routed = facts.connection if facts.provider else None
@@ -332,6 +339,10 @@ class Canceller:
                 backend=self._store.name,
                 error=str(exc),
                 envelope=orjson.loads(reply.body),
+            )
+        except Exception:  # a bug in a store: the answer stands all the same
+            log.exception(
+                "ledger.write_failed", backend=self._store.name, envelope=orjson.loads(reply.body)
             )
 
     def _replay(

@@ -16,6 +16,7 @@ import pytest
 from gateway.errors import ErrorCode, GatewayError
 from gateway.inbound import Decoded, RequestInfo
 from gateway.models import CANCELLATION_ID
+from gateway.translate.classify import format_time
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 from tests.conftest import CANARIES
 from tests.fakes import (
@@ -372,21 +373,6 @@ async def test_a_key_expires_after_its_ttl(kit: Kit):
     assert len(kit.transport.sent) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 408 is repeated as transient (resilience.TRANSIENT_STATUSES) but, when the "
-    "attempts end on it, classify's generic table makes it provider_rejected: a definite "
-    "'rejected', not retryable, and stored for replay under the caller's key",
-)
-async def test_a_408_the_retries_could_not_get_past_is_failed_and_releases_the_key(kit: Kit):
-    kit.transport.default = response(408, {"error": "Request Timeout"})
-    result = await cancel(kit, RX_CANCEL, key=KEY)
-    assert len(kit.transport.sent) == 3  # repeated as "not now"...
-    assert (result.body["status"], result.error["retryable"]) == ("failed", True)  # ...so
-    kit.transport.default = response(200, RX_OK)
-    assert not (await cancel(kit, RX_CANCEL, key=KEY)).replayed
-
-
 # --- the store ----------------------------------------------------------------------------
 
 
@@ -422,12 +408,6 @@ async def test_a_store_that_fails_after_sending_leaves_the_answer_standing(tmp_p
     assert kit.events("cancellation.completed")[0]["status"] == "cancelled"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Canceller._settle catches only StoreUnavailable: a bug in a store's complete() "
-    "(sqlite hands every writer of a group the exception of a bug) escapes cancel(), so the "
-    "provider's confirmed cancellation is answered 500 and cancellation.completed is never logged",
-)
 async def test_a_bug_in_the_ledger_write_after_sending_leaves_the_answer_standing(
     tmp_path: Path,
 ):
@@ -576,3 +556,28 @@ async def test_a_preview_shows_the_callers_value_as_sent(kit: Kit):
     sent = preview.upstream_request.body
     assert isinstance(sent, dict)
     assert sent["notes"] == guess
+
+
+# --- answers the envelope cannot hold as they are -------------------------------------------
+
+
+async def test_a_provider_value_nested_too_deep_is_left_out_not_a_500(kit: Kit):
+    """A confirmed cancellation whose selected field is nested 300 levels (JSON accepts it, an
+    envelope cannot hold it): answered cancelled, the field left out, completed logged."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    body = b'{"status": "cancelled", "asn_number": ' + deep.encode() + b', "supplier_id": "s"}'
+    kit.transport.answer(UpstreamResponse(200, {"content-type": "application/json"}, body))
+    result = await cancel(kit, STATESET_CANCEL)
+    assert (result.http_status, result.body["status"]) == (200, "cancelled")
+    assert result.body["provider_response"] == {"supplier_id": "s"}
+    [completed] = kit.events("cancellation.completed")
+    assert completed["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_a_provider_time_past_the_calendar_is_the_gateways(kit: Kit, moment: str):
+    """A cancelled_at that UTC cannot hold is no time at all: the gateway's stands in."""
+    kit.transport.answer(response(200, {**STATESET_OK, "cancelled_at": moment}))
+    result = await cancel(kit, STATESET_CANCEL)
+    assert (result.http_status, result.body["status"]) == (200, "cancelled")
+    assert result.body["cancelled_at"] == format_time(kit.clock.now())

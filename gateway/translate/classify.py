@@ -25,6 +25,7 @@ MAX_PROVIDER_MESSAGE = 300  # characters of the provider's own text in an envelo
 # What classification keeps of a provider's text: enough to redact before the envelope cuts it
 # to MAX_PROVIDER_MESSAGE (a secret echoed near the cut must be seen whole to be removed).
 MAX_PROVIDER_TEXT = 4096
+MAX_EXTRACTED_DEPTH = 32  # levels of a value kept in provider_response
 RETRY_AFTER_CLAMP_S = (1.0, 3600.0)
 _NO_JSON = object()
 
@@ -190,8 +191,22 @@ def _truthy(value: Any) -> bool:
 
 
 def _extract(paths: dict[str, ParsedResult], body: Any) -> dict[str, Any]:
+    """The definition's fields of the answer; a value nested deeper than an envelope can hold
+    (the JSON writer's limit is 255 levels) is left out, as if absent."""
     found = {name: _search(expr, body) for name, expr in paths.items()}
-    return {name: value for name, value in found.items() if value is not None}
+    return {
+        name: value
+        for name, value in found.items()
+        if value is not None and _within_depth(value, MAX_EXTRACTED_DEPTH)
+    }
+
+
+def _within_depth(value: Any, levels: int) -> bool:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, list):
+        return True
+    return levels > 0 and all(_within_depth(item, levels - 1) for item in value)
 
 
 def _details(errors: Errors, body: Any) -> dict[str, str | None]:
@@ -268,9 +283,9 @@ def _timestamp(value: Any) -> str | None:
                 moment = moment.replace(tzinfo=UTC)
         else:
             return None
-    except (ValueError, OverflowError, OSError):
+        return format_time(moment)
+    except (ValueError, OverflowError, OSError):  # past the calendar's ends, in UTC or not
         return None
-    return format_time(moment)
 
 
 def format_time(moment: datetime) -> str:
