@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
+from aiohttp.web_protocol import RequestPayloadError
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from gateway.log_output import BatchedLines
@@ -94,6 +95,10 @@ class _Forward(logging.Handler):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
             text, level = f"{text}: {unparsed_reason(exc)}", logging.WARNING
+        elif isinstance(exc, RequestPayloadError | ConnectionError):
+            # aiohttp reading on past a body the handler already found broken (and logged as
+            # request.body_unreadable): the client's fault again, said once is enough.
+            text, level = f"{text}: {unparsed_reason(exc)}", logging.DEBUG
         else:
             if exc is not None:
                 text += "\n" + "".join(traceback.format_exception(exc))

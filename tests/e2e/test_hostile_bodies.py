@@ -15,7 +15,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.loader import load
-from gateway.logging import make_logger
+from gateway.logging import capture_library_logs, make_logger
 from gateway.redact import Redactor
 from gateway.serve import Listener, serve_until_stopped
 from tests.conftest import BASE_CONFIG, CALLER_KEY, CANARIES, Gateway, Upstream
@@ -43,6 +43,7 @@ async def served(
         stream = io.StringIO()
         redactor = Redactor(runtime.secrets)
         log = make_logger(stream=stream, level="debug", redactor=redactor)
+        capture_library_logs(log)  # as serve does: aiohttp's own records are lines too
         app = create_app(runtime, log=log, redactor=redactor)
         listening: asyncio.Future[Sequence[str]] = asyncio.get_running_loop().create_future()
         stop = asyncio.Event()
