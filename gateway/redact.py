@@ -255,8 +255,10 @@ def _encodable_values(value: Any) -> Any:
         return {_encodable_values(str(k)): _encodable_values(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_encodable_values(item) for item in value]
-    if value is None or isinstance(value, bool | float) or (
-        isinstance(value, int) and -(2**63) <= value < 2**64
+    if (
+        value is None
+        or isinstance(value, bool | float)
+        or (isinstance(value, int) and -(2**63) <= value < 2**64)
     ):
         return value
     return _encodable_values(str(value))
