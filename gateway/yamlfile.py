@@ -87,16 +87,28 @@ def _refusal(message: str, event: yaml.Event) -> yaml.YAMLError:
     return yaml.composer.ComposerError(None, None, message, event.start_mark)  # type: ignore[arg-type]
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+_UNCONVERTIBLE = "holds a value YAML cannot convert (a number too long, a date that does not exist)"
+
+
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
+    """A mapping whose own keys are scalars, each given once; keys merged in with ``<<`` may
+    be given again, which is what a merge is for."""
     seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE:
+            continue
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be text or a number", key_node.start_mark
+            )
         key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key {key!r} is given twice", key_node.start_mark
             )
         seen.add(key)
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node)
 
 
@@ -121,6 +133,12 @@ def parse_yaml(text: str, name: str, problems: list[Problem]) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         problems.append(Problem(name, where, str(getattr(exc, "problem", None) or exc)))
+        return None
+    except (ValueError, TypeError, OverflowError):  # PyYAML's own converters, on odd values
+        message = (
+            "holds a value YAML cannot convert (a number too long, a date that does not exist)"
+        )
+        problems.append(Problem(name, "YAML", message))
         return None
     if not isinstance(data, dict):
         problems.append(Problem(name, "", "must be a YAML mapping"))

@@ -461,6 +461,42 @@ def test_aliases_nested_deep_through_each_other_are_refused(tmp_path: Path):
     assert "nested deeper than" in problem.message
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("? {a: 1}\n: x\n", "a key must be text or a number"),
+        ("? [1, 2]\n: x\n", "a key must be text or a number"),
+        ("n: " + "9" * 5000 + "\n", "holds a value YAML cannot convert"),
+        ("d: 2020-99-99\n", "holds a value YAML cannot convert"),
+    ],
+)
+def test_yaml_that_its_converters_cannot_hold_is_a_problem_not_a_crash(
+    tmp_path: Path, text: str, message: str
+):
+    (problem,) = problems_of(tmp_path, text)
+    assert message in problem.message
+
+
+def test_a_merged_key_may_be_given_again_by_the_mapping_that_merges(tmp_path: Path):
+    """``<<: *base`` then ``timeout_s: 5`` overrides the merged value, as YAML says."""
+    runtime = load_text(
+        tmp_path,
+        CALLERS
+        + """
+connections:
+  a: &base
+    provider: stateset
+    credentials: {api_key: fake-key-0123}
+    timeout_s: 7
+  b:
+    <<: *base
+    timeout_s: 5
+""",
+    )
+    assert runtime.config.connections["b"].timeout_s == 5
+    assert runtime.config.connections["a"].timeout_s == 7
+
+
 def test_anchored_blocks_reused_a_few_times_still_work(tmp_path: Path):
     """Sharing a block between connections is what anchors are for: it loads as if written out."""
     runtime = load_text(
