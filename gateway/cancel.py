@@ -77,7 +77,7 @@ class _Facts:
     resource_id: str | None = None
     upstream: UpstreamInfo | None = None
     claim: KeyClaim | None = None
-    sent: tuple[str, ...] = ()  # the caller's own strings: see Redactor.answer
+    callers_text: tuple[str, ...] = ()  # the caller's own strings: see Redactor.answer
     token: str = ""
     running: bool = False  # recorded as running in the store: complete() must follow
 
@@ -122,7 +122,7 @@ class Canceller:
         check_idempotency_key(info.idempotency_key)
         request, problems = parse_request(data)
         facts.connection, facts.resource_id = request.connection, request.id
-        facts.sent = callers_text(request, info)
+        facts.callers_text = callers_text(request, info)
         try:
             prepared = self._build(caller, request, info, facts)
         except GatewayError as exc:
@@ -132,6 +132,8 @@ class Canceller:
                 # What the provider's checks found about fields that were valid themselves.
                 reported = {loc.split(".")[0] for loc, _ in problems}
                 problems.extend(f for f in exc.fields if f[0].split(".")[0] not in reported)
+            elif exc.code in (ErrorCode.UNKNOWN_CONNECTION, ErrorCode.FORBIDDEN):
+                problems.append(("connection", exc.message))
             raise invalid_request(*problems) from None
         if problems:
             raise invalid_request(*problems)
@@ -377,7 +379,7 @@ class Canceller:
         if isinstance(result, GatewayError):
             error = decision_error(result)
         else:
-            answer = self._redactor.answer(facts.sent)
+            answer = self._redactor.answer(facts.callers_text)
             error = provider_error(result, answer)
             if result.status in (Status.CANCELLED, Status.ALREADY_CANCELLED):
                 provider_response = answer.clean(result.provider_response)

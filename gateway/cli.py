@@ -297,10 +297,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             errors.extend(map(str, exc.problems))
             raise
-        log = make_logger(runtime.secrets, level=runtime.config.logging.level, stream=sys.stderr)
+        redactor = Redactor(runtime.secrets)  # the log's: a reload adds its new secrets to it
+        level = runtime.config.logging.level
+        log = make_logger(level=level, stream=sys.stderr, redactor=redactor)
         capture_library_logs(log)
         built.append((runtime, log, len(urls)))
-        return Listener(create_app(runtime, log=log), "127.0.0.1", args.port, 5.0, envelopes=True)
+        app = create_app(runtime, log=log, redactor=redactor)
+        return Listener(app, "127.0.0.1", args.port, 5.0, envelopes=True)
 
     def started(urls: Sequence[str]) -> None:
         runtime, log, first = built[0]

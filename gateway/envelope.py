@@ -1,9 +1,9 @@
 """Answers: the envelope of the contract (§5) as bytes, with its headers.
 
 Providers may echo what they were sent, credentials included: what came from the provider (its
-message, its code, the values of ``provider_response``) is redacted, then cut to its length,
-before it goes into an envelope (``provider_error``, ``AnswerRedactor``). The gateway's own
-fields (ids, status, codes, timestamps, the URL it built) are never rewritten.
+message and code, redacted then cut to their length; the values of ``provider_response``,
+redacted) goes into an envelope through ``provider_error`` and ``AnswerRedactor``. The
+gateway's own fields (ids, status, codes, timestamps, the URL it built) are never rewritten.
 """
 
 from __future__ import annotations

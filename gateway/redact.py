@@ -183,7 +183,8 @@ def encoded_forms(secret: str) -> set[str]:
     """How a provider might echo a credential it was sent: base64 (standard and URL-safe,
     with and without padding) and percent-encoded, besides the value itself."""
     raw = secret.encode("utf-8", "surrogatepass")  # a lone surrogate from the environment
-    forms = {quote(raw, safe=""), quote_plus(raw)}
+    # As a library's message quotes bytes or text it was given (repr: ' and \ escaped).
+    forms = {quote(raw, safe=""), quote_plus(raw), repr(secret)[1:-1], repr(raw)[2:-1]}
     for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
         text = encoded.decode("ascii")
         forms.update((text, text.rstrip("=")))

@@ -291,7 +291,7 @@ class Sender:
                     None,
                     f"not repeated: the provider asked to wait {given:g} s, past the budget",
                 )
-            return None, None
+            return None, "not repeated: the next attempt would not fit in the budget"
         if not guards.budget.try_retry():
             self._metrics.retry_budget_exhausted(outbound.target.name)
             log.warning("upstream.retry_budget_exhausted", attempt=attempts)

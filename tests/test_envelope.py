@@ -108,6 +108,17 @@ def test_encoded_forms_of_a_credential_are_redacted(form: str) -> None:
     assert REDACTED in error.message
 
 
+@pytest.mark.parametrize("secret", ["it's-a-key-0123", "back\\slash-key-0123"])
+def test_a_credential_quoted_by_a_library_is_redacted(secret: str) -> None:
+    """aiohttp's messages quote what they were given as Python does (' and \\ escaped)."""
+    quoted = f"bad value {secret!r} and {secret.encode()!r}"
+    error = provider_error(failure(quoted), Redactor([secret]).answer(()))
+    assert error is not None
+    assert error.message.count(REDACTED) == 2
+    for part in (secret, secret.replace("\\", "\\\\"), "key-0123"):
+        assert part not in error.message
+
+
 def test_no_oracle_a_provider_echoing_the_guess_and_the_credential() -> None:
     """A provider that echoes the caller's notes and the credential it was sent: a right guess
     and a wrong one give the same message, both masked."""

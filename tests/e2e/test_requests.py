@@ -107,6 +107,17 @@ async def test_field_and_provider_problems_come_in_one_answer(gateway: Gateway, 
     assert upstream.received == []
 
 
+async def test_an_unknown_connection_is_named_beside_the_fields_problems(
+    gateway: Gateway, upstream: Upstream
+):
+    """Field problems and a connection that does not exist: all in one 422."""
+    result = await gateway.cancel({"connection": "nope", "id": "x", "reason": "r" * 600})
+    assert result.status == 422
+    locs = [f["loc"] for f in result.body["error"]["fields"]]
+    assert sorted(locs) == ["connection", "reason"]
+    assert upstream.received == []
+
+
 async def test_bad_idempotency_key_is_refused(gateway: Gateway, upstream: Upstream):
     """Idempotency-Key must be 1 to 255 printable ASCII characters."""
     result = await gateway.cancel(OK, headers={"Idempotency-Key": "k" * 256})
