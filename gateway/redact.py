@@ -197,12 +197,17 @@ class AnswerRedactor:
     secret, and every string of the caller's request long enough to be a credential, is
     replaced by the same marker. A provider may echo both what the caller sent and the
     credential it was sent: were either kept, an answer would differ on whether the caller's
-    string equals the credential, and confirm a guess."""
+    string equals the credential, and confirm a guess.
 
-    __slots__ = ("_redactor", "_sent")
+    One exception, in ``provider_response`` only: a value that is exactly one of the caller's
+    strings is the provider naming what it was asked about (RxUniverse's ``orderNumber`` is the
+    id sent), and is kept as it is."""
+
+    __slots__ = ("_echoes", "_redactor", "_sent")
 
     def __init__(self, redactor: Redactor, sent: Sequence[str]) -> None:
         self._redactor = redactor
+        self._echoes = frozenset(sent)
         self._sent = frozenset(text for text in sent if len(text) >= MIN_SECRET_LENGTH)
 
     def text(self, value: str) -> str:
@@ -214,10 +219,11 @@ class AnswerRedactor:
         return re.compile("|".join(map(re.escape, ordered))).sub(REDACTED, value)
 
     def clean(self, value: Any) -> Any:
-        """``value`` (decoded JSON) with each string redacted as ``text`` does and the values
-        under sensitive keys masked, whatever they hold."""
+        """``value`` (decoded JSON) with each string redacted as ``text`` does, except one that
+        is exactly a string the caller sent, and the values under sensitive keys masked,
+        whatever they hold."""
         if isinstance(value, str):
-            return self.text(value)
+            return value if value in self._echoes else self.text(value)
         if isinstance(value, dict):
             return {
                 self.text(str(key)): REDACTED

@@ -154,3 +154,11 @@ def test_a_lone_surrogate_in_provider_text_is_replaced_not_fatal() -> None:
     assert error is not None
     written = render_envelope(envelope(status=Status.FAILED, error=error, cancelled_at=None))
     assert orjson.loads(written)["error"]["message"].startswith("StateSet answered 502")
+
+
+def test_a_provider_response_value_that_is_the_callers_own_string_is_kept() -> None:
+    """The provider naming what it was asked about (the id sent, as RxUniverse's orderNumber
+    does) is kept; the caller's string inside a longer value is masked like a secret."""
+    answer = Redactor([SECRET]).answer(("ORDER-2024-000123",))
+    cleaned = answer.clean({"orderNumber": "ORDER-2024-000123", "note": "ORDER-2024-000123 ok"})
+    assert cleaned == {"orderNumber": "ORDER-2024-000123", "note": f"{REDACTED} ok"}
