@@ -128,6 +128,19 @@ class FakeTransport:
     def answer(self, *script: Script) -> None:
         self._script.extend(script)
 
+    def hold(self, answer: UpstreamResponse) -> tuple[asyncio.Event, asyncio.Event]:
+        """Script ``answer`` to wait for the test: ``arrived`` is set once the request is in,
+        and the answer comes when the test sets ``release``."""
+        arrived, release = asyncio.Event(), asyncio.Event()
+
+        async def hold(request: UpstreamRequest, timeout_s: float, connect_s: float) -> Any:
+            arrived.set()
+            await release.wait()
+            return answer
+
+        self.answer(hold)
+        return arrived, release
+
     @property
     def pending(self) -> int:
         """Scripted answers not used yet."""

@@ -83,21 +83,6 @@ def kit(tmp_path: Path) -> Kit:
     return make_kit(tmp_path)
 
 
-def held(kit: Kit, answer: UpstreamResponse) -> tuple[asyncio.Event, asyncio.Event]:
-    """Script an answer that waits for the test: (arrived, release)."""
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def hold(
-        request: UpstreamRequest, timeout_s: float, connect_s: float
-    ) -> UpstreamResponse:
-        arrived.set()
-        await release.wait()
-        return answer
-
-    kit.transport.answer(hold)
-    return arrived, release
-
-
 # --- the envelope -------------------------------------------------------------------------
 
 
@@ -321,7 +306,7 @@ async def test_keys_belong_to_their_caller(kit: Kit):
 
 
 async def test_a_request_still_running_answers_409_with_retry_after(kit: Kit):
-    arrived, release = held(kit, response(200, RX_OK))
+    arrived, release = kit.transport.hold(response(200, RX_OK))
     first = asyncio.create_task(cancel(kit, RX_CANCEL, key=KEY))
     await arrived.wait()
     kit.clock.advance(0.4)
@@ -338,7 +323,7 @@ async def test_a_request_still_running_answers_409_with_retry_after(kit: Kit):
 async def test_a_claim_whose_lease_ran_out_is_taken_over(kit: Kit):
     """Its holder is presumed dead: the next request is sent, and the holder's late answer
     does not replace the new one's."""
-    arrived, release = held(kit, response(200, RX_OK))
+    arrived, release = kit.transport.hold(response(200, RX_OK))
     first = asyncio.create_task(cancel(kit, RX_CANCEL, key=KEY, request_id="req-1"))
     await arrived.wait()
     kit.clock.advance(12.0)  # the lease: timeout_s 2 + 10

@@ -16,7 +16,6 @@ from gateway import __version__
 from gateway.live import Live, LiveConfig
 from gateway.loader import load
 from gateway.problems import ConfigError
-from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 from tests.conftest import BASE_CONFIG
 from tests.fakes import (
     ENV,
@@ -78,16 +77,7 @@ async def test_a_reload_serves_the_new_configuration_whole(tmp_path: Path):
 async def test_a_request_in_flight_finishes_on_the_configuration_it_started_with(tmp_path: Path):
     kit = make_kit(tmp_path)
     config = live_config(kit)
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def held(
-        request: UpstreamRequest, timeout_s: float, connect_s: float
-    ) -> UpstreamResponse:
-        arrived.set()
-        await release.wait()
-        return response(200, RX_OK)
-
-    kit.transport.answer(held)
+    arrived, release = kit.transport.hold(response(200, RX_OK))
     in_flight = asyncio.create_task(cancel(config.current, RX_CANCEL))
     await arrived.wait()
     head = BASE_CONFIG.partition("  rxuniverse-lab:\n")[0]  # the last connection

@@ -385,16 +385,7 @@ async def test_half_open_lets_exactly_one_probe_through(kit: Kit):
     for _ in range(3):
         await send(kit, out)
     kit.clock.advance(5.0)
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def held(
-        request: UpstreamRequest, timeout_s: float, connect_s: float
-    ) -> UpstreamResponse:
-        arrived.set()
-        await release.wait()
-        return response(200, RX_OK)
-
-    kit.transport.answer(held)
+    arrived, release = kit.transport.hold(response(200, RX_OK))
     probe = asyncio.create_task(send(kit, out))
     await arrived.wait()
     other = refusal(await send(kit, out))  # while the probe is out
@@ -457,16 +448,7 @@ async def test_the_rate_limit_paces_what_fits_in_the_budget(kit: Kit):
 
 
 async def test_a_full_bulkhead_refuses_without_sending(kit: Kit):
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def held(
-        request: UpstreamRequest, timeout_s: float, connect_s: float
-    ) -> UpstreamResponse:
-        arrived.set()
-        await release.wait()
-        return response(200, RX_OK)
-
-    kit.transport.answer(held)
+    arrived, release = kit.transport.hold(response(200, RX_OK))
     out = outbound(kit, limits={"concurrency": 1, "max_wait_s": 0.0})
     first = asyncio.create_task(send(kit, out))
     await arrived.wait()
@@ -482,16 +464,8 @@ async def test_a_full_bulkhead_refuses_without_sending(kit: Kit):
 
 
 async def test_a_full_bulkhead_is_waited_for_within_the_budget(kit: Kit):
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def held(
-        request: UpstreamRequest, timeout_s: float, connect_s: float
-    ) -> UpstreamResponse:
-        arrived.set()
-        await release.wait()
-        return response(200, RX_OK)
-
-    kit.transport.answer(held, response(200, RX_OK))
+    arrived, release = kit.transport.hold(response(200, RX_OK))
+    kit.transport.answer(response(200, RX_OK))
     out = outbound(kit, limits={"concurrency": 1})
     first = asyncio.create_task(send(kit, out))
     await arrived.wait()
