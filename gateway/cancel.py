@@ -32,7 +32,13 @@ from gateway.models import (
     new_cancellation_id,
 )
 from gateway.redact import cut
-from gateway.request import callers_text, fingerprint, parse_request, upstream_idempotency_key
+from gateway.request import (
+    Prepared,
+    callers_text,
+    fingerprint,
+    parse_request,
+    upstream_idempotency_key,
+)
 from gateway.routing import Caller, route
 from gateway.send import Outbound, Sender, ms
 from gateway.services import Services
@@ -45,23 +51,11 @@ from gateway.store import (
     StoredReply,
     StoreUnavailable,
 )
-from gateway.targets import Target
 from gateway.translate.build import Call, build_request, resolve_resource
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
-from gateway.translate.wire import UpstreamRequest
 
 LEASE_MARGIN_S = 10.0
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A valid, routed request and exactly what would be sent for it."""
-
-    request: CancelRequest
-    target: Target
-    resource: str
-    upstream: UpstreamRequest
 
 
 @dataclass(slots=True)
@@ -335,16 +329,15 @@ class Canceller:
                 headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
                 stored = StoredReply(reply.http_status, headers, reply.body)
             await self._store.complete(entry, facts.claim, facts.token, stored, now)
-        except StoreUnavailable as exc:
+        except Exception as exc:  # the store down, or a bug in it: the answer stands
+            bug = not isinstance(exc, StoreUnavailable)
+            envelope = orjson.loads(reply.body)
             log.error(
                 "ledger.write_failed",
                 backend=self._store.name,
                 error=str(exc),
-                envelope=orjson.loads(reply.body),
-            )
-        except Exception:  # a bug in a store: the answer stands all the same
-            log.exception(
-                "ledger.write_failed", backend=self._store.name, envelope=orjson.loads(reply.body)
+                exc_info=bug,
+                envelope=envelope,
             )
 
     def _replay(

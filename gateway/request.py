@@ -1,10 +1,11 @@
 """The canonical request: parsed from a decoded body with every problem at once, its
-idempotency fingerprint, the caller's own text (for redaction without an oracle), and the
-idempotency key a provider is sent."""
+idempotency fingerprint, the caller's own text (for redaction without an oracle), the
+idempotency key a provider is sent, and ``Prepared``: the request once routed and built."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -14,7 +15,19 @@ from pydantic_core import ErrorDetails
 from gateway.errors import invalid_request
 from gateway.inbound import RequestInfo
 from gateway.models import CancelRequest
+from gateway.targets import Target
 from gateway.translate.templates import scalar_text
+from gateway.translate.wire import UpstreamRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A valid, routed request and exactly what would be sent for it."""
+
+    request: CancelRequest
+    target: Target
+    resource: str
+    upstream: UpstreamRequest
 
 
 def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:
