@@ -325,14 +325,15 @@ def test_expressions_answer_as_jmespath_does(expression: str, document: object) 
     """A compiled expression (fast field chain or not) answers exactly as JMESPath."""
     import jmespath
 
-    from gateway.definition import _jmespath
+    from gateway.translate.paths import compile_path as _jmespath
 
     assert _jmespath(expression).search(document) == jmespath.search(expression, document)
 
 
 def test_plain_field_chains_take_the_fast_path() -> None:
     """'a.b.c' and quoted fields become a FieldChain; anything else stays JMESPath's."""
-    from gateway.definition import FieldChain, _jmespath
+    from gateway.translate.paths import FieldChain
+    from gateway.translate.paths import compile_path as _jmespath
 
     assert isinstance(_jmespath("procurement.updated_at"), FieldChain)
     assert _jmespath('"x-y".z').keys == ("x-y", "z")  # type: ignore[attr-defined]
