@@ -341,7 +341,8 @@ def test_plain_field_chains_take_the_fast_path() -> None:
 
 
 def test_a_field_compared_with_a_literal_takes_the_fast_path() -> None:
-    from gateway.definition import FieldEquals, _jmespath
+    from gateway.translate.paths import FieldEquals
+    from gateway.translate.paths import compile_path as _jmespath
 
     assert isinstance(_jmespath("status == 'cancelled'"), FieldEquals)
     assert isinstance(_jmespath("metadata.http_status_code == `200`"), FieldEquals)
