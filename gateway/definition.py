@@ -10,61 +10,34 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from jmespath.parser import ParsedResult
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
+from gateway.auth_schemes import (
+    Auth,
+    BasicAuth,
+    HeaderAuth,
+    QueryAuth,
+    Signature,
+)
 from gateway.errors import ErrorCode
-from gateway.translate.paths import compile_path
+from gateway.fields import Expression, Strict, StructureField, TemplateField
 from gateway.translate.templates import (
     CONTEXT_NAMES,
+    GENERATED_NAMES,
     REQUEST_NAMES,
-    Body,
     Template,
-    TemplateError,
     authority_of,
-    compile_structure,
     compile_template,
     scalar_text,
     structure_templates,
     unknown_names,
     unknown_reference,
 )
-
-
-def _template(value: Any) -> Template:
-    if isinstance(value, Template):
-        return value
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError("must be a string template")
-    try:
-        return compile_template(str(value))
-    except TemplateError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _structure(value: Any) -> Body:
-    try:
-        return compile_structure(value)
-    except TemplateError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-TemplateField = Annotated[Template, BeforeValidator(_template)]
-StructureField = Annotated[Any, BeforeValidator(_structure)]
-Expression = Annotated[ParsedResult, BeforeValidator(compile_path)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
 
 # Outcomes a provider's answer can be classified as: the provider-side codes of the contract.
 ProviderOutcome = Literal[
@@ -87,12 +60,12 @@ ProviderOutcome = Literal[
 CanonicalField = Literal["id", "reason", "requested_by", "notify", "notes"]
 
 
-class CredentialSpec(_Strict):
+class CredentialSpec(Strict):
     required: bool = True
     description: str = ""
 
 
-class ParamSpec(_Strict):
+class ParamSpec(Strict):
     """A provider-specific value: fixed by the connection, or also given per request."""
 
     type: Literal["string", "integer", "number", "boolean"] = "string"
@@ -136,33 +109,26 @@ _PARAM_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class FieldRule(_Strict):
+class FieldRule(Strict):
     """Limits and defaults the provider puts on a canonical request field."""
 
     required: bool = False
     max_length: int | None = Field(default=None, ge=1)
-    default: Annotated[Any, BeforeValidator(_structure)] = None
+    default: StructureField = None
 
 
-class Auth(_Strict):
-    """The credential header. A value that renders empty (no credential) sends no header."""
-
-    header: TemplateField
-    value: TemplateField
-
-
-class Success(_Strict):
+class Success(Strict):
     status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
     when: Expression | None = None  # truthy on the parsed body
     require_json: bool = True
 
 
-class AlreadyCancelled(_Strict):
+class AlreadyCancelled(Strict):
     status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
     when: Expression
 
 
-class Extract(_Strict):
+class Extract(Strict):
     cancelled_at: Expression | None = None
     provider_response: dict[str, Expression] = Field(default_factory=dict)
 
@@ -170,7 +136,7 @@ class Extract(_Strict):
 MatchValue = str | int | list[str | int]
 
 
-class RuleMatch(_Strict):
+class RuleMatch(Strict):
     status: int | list[int] | None = None
     code: MatchValue | None = None
     type: MatchValue | None = None
@@ -183,13 +149,13 @@ class RuleMatch(_Strict):
         return self
 
 
-class Rule(_Strict):
+class Rule(Strict):
     when: RuleMatch
     outcome: ProviderOutcome
     note: str = ""  # where the rule comes from in the provider's documents
 
 
-class Errors(_Strict):
+class Errors(Strict):
     """Where a provider puts its error details, and what they mean.
 
     ``code``, ``type`` and ``message`` are JMESPath expressions over the error body (use
@@ -211,9 +177,9 @@ def _absolute_path(template: Template) -> Template:
     return template
 
 
-class Resource(_Strict):
+class Resource(Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
-    path: Annotated[Template, BeforeValidator(_template), AfterValidator(_absolute_path)]
+    path: Annotated[TemplateField, AfterValidator(_absolute_path)]
     retry_safe: bool = False  # may be repeated after it was sent (README, "Resilience")
     headers: dict[str, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)
@@ -225,7 +191,7 @@ class Resource(_Strict):
     errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
 
 
-class RateLimit(_Strict):
+class RateLimit(Strict):
     """The provider's documented request rate, the default of every connection to it."""
 
     per_s: float = Field(gt=0, le=100000)
@@ -233,7 +199,7 @@ class RateLimit(_Strict):
     note: str = ""
 
 
-class ProviderDefinition(_Strict):
+class ProviderDefinition(Strict):
     name: Annotated[str, Field(max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")]
     title: str = ""
     rate_limit: RateLimit | None = None  # per connection; a connection's limits override it
@@ -241,6 +207,7 @@ class ProviderDefinition(_Strict):
     credentials: dict[str, CredentialSpec] = Field(default_factory=dict)
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     auth: Auth | None = None
+    signature: Signature | None = None
     errors: Errors = Field(default_factory=Errors)
     resources: dict[str, Resource] = Field(min_length=1)
 
@@ -269,7 +236,7 @@ class ProviderDefinition(_Strict):
             check("base_url", self.base_url)
             authority = compile_template(authority_of(self.base_url.source))
             found += [("base_url", problem) for problem in self.host_problems(authority)]
-        if self.auth is not None:
+        if isinstance(self.auth, HeaderAuth):
             check("auth.header", self.auth.header)
             check("auth.value", self.auth.value, credentials_allowed=True)
             found += [
@@ -281,6 +248,14 @@ class ProviderDefinition(_Strict):
                 for name in self.auth.header.names
                 if self.per_request(name)
             ]
+        elif isinstance(self.auth, BasicAuth):
+            check("auth.username", self.auth.username, credentials_allowed=True)
+            check("auth.password", self.auth.password, credentials_allowed=True)
+        elif isinstance(self.auth, QueryAuth):
+            check("auth.value", self.auth.value, credentials_allowed=True)
+        if self.signature is not None:
+            for template in self.signature.templates():
+                check("signature", template, credentials_allowed=True)
         for rname, res in self.resources.items():
             check(f"resources.{rname}.path", res.path)
             for key, tpl in res.headers.items():
@@ -293,6 +268,20 @@ class ProviderDefinition(_Strict):
                 for tpl in structure_templates(rule.default):
                     check(f"resources.{rname}.fields.{fname}.default", tpl)
         return found
+
+    def per_attempt(self, resource: str) -> bool:
+        """Does this resource's request name a value made anew for each attempt (a time, a
+        UUID), so that each attempt renders it again (and signs it again)?"""
+        res = self.resources[resource]
+        templates: list[Template] = [res.path, *res.headers.values(), *res.query.values()]
+        templates += structure_templates(res.body)
+        if self.base_url is not None:
+            templates.append(self.base_url)
+        if self.signature is not None:
+            templates += self.signature.templates()
+        if self.auth is not None:
+            templates += self.auth.templates()
+        return any(name in GENERATED_NAMES for t in templates for name in t.names)
 
     def per_request(self, name: str) -> bool:
         """Does a request give the value of this reference (a field, a per-request param)?"""

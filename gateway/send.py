@@ -56,6 +56,14 @@ class Outbound:
     resource: str
     policy: Policy
     request: UpstreamRequest
+    # For a definition with values made anew for each attempt (a time, a UUID, a signature
+    # over them): the request as the next attempt sends it.
+    rebuild: Callable[[], UpstreamRequest] | None = None
+
+    def for_attempt(self, attempt: int) -> UpstreamRequest:
+        if attempt == 1 or self.rebuild is None:
+            return self.request
+        return self.rebuild()
 
     @property
     def title(self) -> str:
@@ -99,7 +107,7 @@ class Sender:
             progress(
                 UpstreamInfo(
                     method=request.method,
-                    url=request.url,
+                    url=request.shown_url,
                     status=tried.status,
                     attempts=attempts,
                     latency_ms=ms(self._clock.monotonic() - first),
@@ -201,7 +209,8 @@ class Sender:
         self, outbound: Outbound, deadline: float, attempt: int, log: FilteringBoundLogger
     ) -> Tried:
         """Send once and classify the answer."""
-        target, policy, request = outbound.target, outbound.policy, outbound.request
+        target, policy = outbound.target, outbound.policy
+        request = outbound.for_attempt(attempt)
         provider = target.definition.name
         started = self._clock.monotonic()
         timeout = deadline - started
@@ -212,11 +221,11 @@ class Sender:
             provider=provider,
             connection=target.name,
             method=request.method,
-            url=request.url,
+            url=request.shown_url,
         )
         if span.traceparent is not None:
             request = request.with_header("traceparent", span.traceparent)
-        log.info("upstream.request", method=request.method, url=request.url, attempt=attempt)
+        log.info("upstream.request", method=request.method, url=request.shown_url, attempt=attempt)
         try:
             response = await self._transport(request, timeout, policy.connect_timeout_s)
         except UpstreamFailure as failure:

@@ -59,9 +59,14 @@ class Target:
     timeout_s: float
     # The auth header rendered once, when it depends on nothing but the connection.
     fixed_auth: tuple[str, str] | None = field(init=False, repr=False, compare=False)
+    # The resources whose requests are rendered again for each attempt (generated values).
+    per_attempt: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed_auth", _fixed_auth(self))
+        resources = self.definition.resources
+        again = frozenset(name for name in resources if self.definition.per_attempt(name))
+        object.__setattr__(self, "per_attempt", again)
 
     def __repr__(self) -> str:  # credentials stay out of every repr
         return f"Target(name={self.name!r}, provider={self.definition.name!r})"
@@ -74,13 +79,14 @@ def _fixed_auth(target: Target) -> tuple[str, str] | None:
     """The auth header when its templates name only credentials and the connection (they
     usually do); ``None`` to render it per request, which also reports what is wrong with it."""
     auth = target.definition.auth
-    if auth is None:
-        return None
-    names = [*auth.header.names, *auth.value.names]
-    if not all(name.startswith(_CONNECTION_NAMES) for name in names):
+    templates = [] if auth is None else auth.templates()
+    names = [name for template in templates for name in template.names]
+    if not templates or not all(name.startswith(_CONNECTION_NAMES) for name in names):
         return None
     try:
-        return auth_header(auth, target.credentials, {"connection.name": target.name})
+        return auth_header(
+            target.definition.auth, target.credentials, {"connection.name": target.name}
+        )
     except TemplateError:
         return None
 

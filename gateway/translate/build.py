@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -16,7 +17,8 @@ from gateway.definition import ParamSpec, ProviderDefinition, Resource
 from gateway.errors import invalid_request
 from gateway.models import CancelRequest
 from gateway.targets import Target
-from gateway.translate.auth import auth_header
+from gateway.translate.auth import auth_header, auth_query
+from gateway.translate.sign import signed
 from gateway.translate.templates import (
     Context,
     TemplateError,
@@ -39,6 +41,19 @@ class Call:
     request_id: str
     traceparent: str
     tracestate: str | None = None
+    now: datetime | None = None  # the attempt's time and id (``now.*``, ``uuid``)
+    uuid: str = ""
+
+    def generated(self) -> dict[str, Any]:
+        if self.now is None:
+            return {}
+        moment = self.now.astimezone(UTC)
+        return {
+            "now.unix": int(moment.timestamp()),
+            "now.unix_ms": int(moment.timestamp() * 1000),
+            "now.rfc3339": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "uuid": self.uuid or None,
+        }
 
 
 def resolve_resource(definition: ProviderDefinition, requested: str | None) -> str:
@@ -68,6 +83,7 @@ def build_request(
         "caller.name": call.caller,
         "connection.name": target.name,
         **{f"params.{k}": v for k, v in params.items()},
+        **call.generated(),
     }
     ctx.update(canonical_fields(resource, req, ctx, problems))
     if problems:
@@ -77,6 +93,7 @@ def build_request(
         url = target.base_url.render(ctx) + resource.path.render(ctx, encode_segment)
         query = _render_query(resource, ctx)
         headers, secret = _render_headers(target, resource, ctx)
+        in_query = auth_query(definition.auth, target.credentials, ctx)
     except TemplateError as exc:
         raise invalid_request(("request", str(exc))) from exc
     if query:
@@ -91,7 +108,15 @@ def build_request(
         body = orjson.dumps(render_structure(resource.body, ctx))
         if not any(name.lower() == "content-type" for name, _ in headers):
             headers.append(("Content-Type", "application/json"))
-    return UpstreamRequest(resource.method, url, tuple(headers), body, frozenset(secret))
+    request = UpstreamRequest(resource.method, url, tuple(headers), body, frozenset(secret))
+    if in_query is not None:
+        request = request.with_secret_query(*in_query)
+    if definition.signature is not None:
+        try:
+            request = signed(definition.signature, request, target.credentials, ctx)
+        except TemplateError as exc:
+            raise invalid_request(("request", str(exc))) from exc
+    return request
 
 
 def merge_params(

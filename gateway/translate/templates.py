@@ -37,8 +37,12 @@ CONTEXT_NAMES = frozenset(
         "idempotency_key",
         "caller.name",
         "connection.name",
+        *("now.unix", "now.unix_ms", "now.rfc3339", "uuid"),  # generated for each attempt
     }
 )
+# Values the gateway makes anew for each attempt: a definition naming one is rendered again
+# (and signed again) before every attempt.
+GENERATED_NAMES = frozenset({"now.unix", "now.unix_ms", "now.rfc3339", "uuid"})
 # The names whose values come with each request, chosen by the caller.
 REQUEST_NAMES = frozenset(
     {"id", "resource", "reason", "requested_by", "notify", "notes", "idempotency_key"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from urllib.parse import quote, unquote
 
 from gateway.redact import REDACTED
 
@@ -14,14 +15,40 @@ class UpstreamRequest:
     url: str  # already percent-encoded: sent as is, never re-quoted or normalised
     headers: tuple[tuple[str, str], ...]
     body: bytes | None = None
-    # Header names whose values are credentials: masked wherever the request is shown.
+    # Header names (lower case) and query parameter names whose values are credentials or
+    # signatures: masked wherever the request is shown (envelopes, logs, previews).
     secret_headers: frozenset[str] = field(default_factory=frozenset)
+    secret_query: frozenset[str] = field(default_factory=frozenset)
 
     def __repr__(self) -> str:  # credentials never appear in a repr
         return (
-            f"UpstreamRequest(method={self.method!r}, url={self.url!r}, "
+            f"UpstreamRequest(method={self.method!r}, url={self.shown_url!r}, "
             f"headers={self.shown_headers()!r}, body={self.body!r})"
         )
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with the values of its secret query parameters masked."""
+        if not self.secret_query:
+            return self.url
+        base, _, query = self.url.partition("?")
+        pairs = (pair.partition("=") for pair in query.split("&"))
+        shown = (
+            f"{name}={REDACTED}" if unquote(name) in self.secret_query else name + eq + value
+            for name, eq, value in pairs
+        )
+        return f"{base}?{'&'.join(shown)}"
+
+    def with_secret_header(self, name: str, value: str) -> UpstreamRequest:
+        """``name`` set to a value that is a credential or a signature."""
+        request = self.with_header(name, value)
+        return replace(request, secret_headers=self.secret_headers | {name.lower()})
+
+    def with_secret_query(self, name: str, value: str) -> UpstreamRequest:
+        """A query parameter added whose value is a credential or a signature."""
+        pair = f"{quote(name, safe='')}={quote(value, safe='')}"
+        url = f"{self.url}{'&' if '?' in self.url else '?'}{pair}"
+        return replace(self, url=url, secret_query=self.secret_query | {name})
 
     def with_header(self, name: str, value: str) -> UpstreamRequest:
         """The same request with header ``name`` (any case) set to ``value``."""

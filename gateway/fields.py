@@ -1,0 +1,49 @@
+"""The definition format's building blocks: a strict, frozen model, and fields that compile
+as they validate (a template, a structure of templates, a JMESPath expression)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from jmespath.parser import ParsedResult
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from gateway.translate.paths import compile_path
+from gateway.translate.templates import (
+    HEADER_NAME,
+    Body,
+    Template,
+    TemplateError,
+    compile_structure,
+    compile_template,
+)
+
+
+def _template(value: Any) -> Template:
+    if isinstance(value, Template):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("must be a string template")
+    try:
+        return compile_template(str(value))
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+NAME = HEADER_NAME.pattern  # a header's or a query parameter's name
+
+
+def structure(value: Any) -> Body:
+    try:
+        return compile_structure(value)
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+TemplateField = Annotated[Template, BeforeValidator(_template)]
+StructureField = Annotated[Any, BeforeValidator(structure)]
+Expression = Annotated[ParsedResult, BeforeValidator(compile_path)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
