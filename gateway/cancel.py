@@ -51,7 +51,7 @@ from gateway.store import (
     StoredReply,
     StoreUnavailable,
 )
-from gateway.translate.build import Call, build_request, resolve_resource
+from gateway.translate.build import Call, build_attempts, resolve_resource
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 
 LEASE_MARGIN_S = 10.0
@@ -140,7 +140,7 @@ class Canceller:
             raise invalid_request()  # nothing to route or build: the parse said why
         target = route(self._runtime.targets, caller, request.connection)
         facts.provider = target.definition.name
-        facts.resource = resolve_resource(target.definition, request.resource)
+        resource = facts.resource = resolve_resource(target.definition, request.resource)
         call = Call(
             cancellation_id=facts.cancellation_id,
             caller=caller.name,
@@ -149,8 +149,8 @@ class Canceller:
             traceparent=info.trace.child_traceparent(),
             tracestate=info.trace.state,
         )
-        upstream = build_request(target, facts.resource, request, call)
-        return Prepared(request, target, facts.resource, upstream)
+        upstream, rebuild = build_attempts(target, resource, request, call, self._clock.now)
+        return Prepared(request, target, resource, upstream, rebuild)
 
     def _new_facts(self, caller: Caller) -> _Facts:
         """A new cancellation: its id and when it was asked for."""
@@ -266,7 +266,9 @@ class Canceller:
                 ttl_s=self._key_ttl_s,
             )
         await self._begin(facts, log)
-        outbound = Outbound(prepared.target, prepared.resource, policy, prepared.upstream)
+        outbound = Outbound(
+            prepared.target, prepared.resource, policy, prepared.upstream, prepared.rebuild
+        )
 
         def progress(upstream: UpstreamInfo) -> None:
             facts.upstream = upstream

@@ -5,6 +5,7 @@ idempotency key a provider is sent, and ``Prepared``: the request once routed an
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,8 @@ class Prepared:
     request: CancelRequest
     target: Target
     resource: str
-    upstream: UpstreamRequest
+    upstream: UpstreamRequest  # what the first attempt sends
+    rebuild: Callable[[], UpstreamRequest] | None = None  # each later one, made anew
 
 
 def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:

@@ -1,4 +1,5 @@
-"""Build the provider's request from the canonical one. Pure: no I/O, no clock.
+"""Build the provider's request from the canonical one. Pure: no I/O; the time and the UUIDs
+a definition may name are given (``Call``), or made by ``build_attempts`` for each attempt.
 
 Every problem the caller can fix is collected and raised at once as one ``invalid_request``
 with ``fields``, before anything is sent.
@@ -6,10 +7,11 @@ with ``fields``, before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import orjson
 
@@ -117,6 +119,25 @@ def build_request(
         except TemplateError as exc:
             raise invalid_request(("request", str(exc))) from exc
     return request
+
+
+def build_attempts(
+    target: Target,
+    resource: str,
+    req: CancelRequest,
+    call: Call,
+    now: Callable[[], datetime],
+) -> tuple[UpstreamRequest, Callable[[], UpstreamRequest] | None]:
+    """The first attempt's request and, when the resource names values made anew for each
+    attempt (a time, a UUID, a signature over them), what makes each later attempt's."""
+    if resource not in target.per_attempt:
+        return build_request(target, resource, req, call), None
+
+    def attempt() -> UpstreamRequest:
+        fresh = replace(call, now=now(), uuid=str(uuid4()))
+        return build_request(target, resource, req, fresh)
+
+    return attempt(), attempt
 
 
 def merge_params(
