@@ -169,7 +169,7 @@ class Canceller:
             resource_id=prepared.request.id,
             upstream_request=PreviewRequest(
                 method=upstream.method,
-                url=upstream.url,
+                url=upstream.shown_url,
                 headers=upstream.shown_headers(),
                 body=None if upstream.body is None else orjson.loads(upstream.body),
             ),
