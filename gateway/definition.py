@@ -141,11 +141,15 @@ class RuleMatch(Strict):
     code: MatchValue | None = None
     type: MatchValue | None = None
     message: MatchValue | None = None
+    body: Expression | None = None  # JMESPath, truthy on the answer (``data.errors[0]``)
 
     @model_validator(mode="after")
     def _not_empty(self) -> RuleMatch:
-        if self.status is None and self.code is None and self.type is None and self.message is None:
-            raise ValueError("a rule must match on at least one of status, code, type, message")
+        given = (self.status, self.code, self.type, self.message, self.body)
+        if all(value is None for value in given):
+            raise ValueError(
+                "a rule must match on at least one of status, code, type, message, body"
+            )
         return self
 
 
@@ -153,6 +157,22 @@ class Rule(Strict):
     when: RuleMatch
     outcome: ProviderOutcome
     note: str = ""  # where the rule comes from in the provider's documents
+
+
+class RetryHint(Strict):
+    """A provider's word on when to come back: a ``header`` or a JMESPath into the ``body``,
+    read as seconds or milliseconds to wait, a unix time in seconds or milliseconds, or an
+    HTTP date."""
+
+    header: str | None = None
+    body: Expression | None = None
+    unit: Literal["seconds", "milliseconds", "unix", "unix_ms", "http_date"] = "seconds"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RetryHint:
+        if (self.header is None) == (self.body is None):
+            raise ValueError("give exactly one of header or body")
+        return self
 
 
 class Errors(Strict):
@@ -167,6 +187,8 @@ class Errors(Strict):
     type: Expression | None = None
     message: Expression | None = None
     rules: list[Rule] = Field(default_factory=list)
+    # Where the provider says when to come back, tried in order before Retry-After.
+    retry_after: list[RetryHint] = Field(default_factory=list)
 
 
 def _absolute_path(template: Template) -> Template:

@@ -17,7 +17,7 @@ import orjson
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
-from gateway.definition import Errors, ProviderDefinition, Rule
+from gateway.definition import Errors, ProviderDefinition, RetryHint, Rule
 from gateway.errors import ErrorCode, Status, spec
 from gateway.translate.wire import UpstreamResponse
 
@@ -100,10 +100,10 @@ def classify(
     errors = definition.errors_for(resource_name)
     details = _details(errors, body)
     provider_code = details["code"] or details["message"]
-    retry_after = _retry_after(response.headers.get("retry-after"), now)
+    retry_after = _wait(errors.retry_after, response, body, now)
     described = details["message"]
 
-    rule = _first_rule(errors.rules, status, details)
+    rule = _first_rule(errors.rules, status, details, body)
     if rule is not None:
         if rule.outcome == "already_cancelled":
             return Outcome(
@@ -224,10 +224,14 @@ def _scalar(value: Any) -> str | None:
     return text[:MAX_PROVIDER_TEXT] or None
 
 
-def _first_rule(rules: list[Rule], status: int, details: dict[str, str | None]) -> Rule | None:
+def _first_rule(
+    rules: list[Rule], status: int, details: dict[str, str | None], body: Any
+) -> Rule | None:
     for rule in rules:
         when = rule.when
         if when.status is not None and status not in _as_list(when.status):
+            continue
+        if when.body is not None and not _truthy(_search(when.body, body)):
             continue
         if all(
             expected is None or _equal_any(details[key], expected)
@@ -252,20 +256,47 @@ def _equal_any(actual: str | None, expected: Any) -> bool:
     return any(folded == str(e).strip().casefold() for e in _as_list(expected))
 
 
-def _retry_after(value: str | None, now: datetime) -> float | None:
-    """``Retry-After`` as seconds or an HTTP date, clamped; ``None`` when absent or unreadable."""
-    if not value:
+def _wait(
+    hints: list[RetryHint], response: UpstreamResponse, body: Any, now: datetime
+) -> float | None:
+    """Seconds to wait, from the definition's hints in order, then ``Retry-After`` (seconds or
+    an HTTP date); clamped, ``None`` when none is given or readable."""
+    for hint in hints:
+        given = response.headers.get(hint.header.lower()) if hint.header else None
+        if hint.body is not None:
+            found = _search(hint.body, body)
+            given = None if isinstance(found, bool) else found
+        seconds = _seconds(given, hint.unit, now)
+        if seconds is not None:
+            return seconds
+    return _seconds(response.headers.get("retry-after"), "seconds", now, dates=True)
+
+
+def _seconds(value: Any, unit: str, now: datetime, *, dates: bool = False) -> float | None:
+    """``value`` read in ``unit`` as seconds from ``now`` (``dates``: a text that is not a
+    number may be an HTTP date, as in Retry-After)."""
+    if value is None or value == "":
         return None
-    value = value.strip()
+    text = str(value).strip()
     try:
-        seconds = float(value)
+        number = float(text) if unit != "http_date" else None
     except ValueError:
+        number = None
+    if number is None:
+        if unit != "http_date" and not dates:
+            return None
         try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+            number, unit = (parsedate_to_datetime(text) - now).total_seconds(), "seconds"
         except (TypeError, ValueError, IndexError):
             return None
-    if seconds != seconds:  # NaN
+    if number != number:  # NaN
         return None
+    seconds = {
+        "seconds": number,
+        "milliseconds": number / 1000,
+        "unix": number - now.timestamp(),
+        "unix_ms": number / 1000 - now.timestamp(),
+    }[unit]
     low, high = RETRY_AFTER_CLAMP_S
     return round(min(max(seconds, low), high), 3)
 
