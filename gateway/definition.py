@@ -206,11 +206,24 @@ class Resource(Strict):
     headers: dict[str, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)
     body: StructureField = None
+    # How the body is written: JSON (GraphQL is JSON: a query and its variables), or as a form
+    # (application/x-www-form-urlencoded: a flat mapping). A Content-Type in ``headers`` (a
+    # vendor's +json type) replaces the default one.
+    body_encoding: Literal["json", "form"] = "json"
     fields: dict[CanonicalField, FieldRule] = Field(default_factory=dict)
     success: Success = Field(default_factory=Success)
     already_cancelled: AlreadyCancelled | None = None
     extract: Extract = Field(default_factory=Extract)
     errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
+
+    @model_validator(mode="after")
+    def _form_is_flat(self) -> Resource:
+        if self.body_encoding == "form" and not (
+            isinstance(self.body, dict)
+            and all(not isinstance(v, dict | list) for v in self.body.values())
+        ):
+            raise ValueError("a form body is a mapping of names to single values")
+        return self
 
 
 class RateLimit(Strict):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 from uuid import uuid4
 
 import orjson
@@ -107,9 +108,14 @@ def build_request(
 
     body: bytes | None = None
     if resource.body is not None:
-        body = orjson.dumps(render_structure(resource.body, ctx))
+        rendered = render_structure(resource.body, ctx)
+        if resource.body_encoding == "form":
+            body = urlencode({k: scalar_text(v) for k, v in rendered.items()}).encode()
+            kind = "application/x-www-form-urlencoded"
+        else:
+            body, kind = orjson.dumps(rendered), "application/json"
         if not any(name.lower() == "content-type" for name, _ in headers):
-            headers.append(("Content-Type", "application/json"))
+            headers.append(("Content-Type", kind))
     request = UpstreamRequest(resource.method, url, tuple(headers), body, frozenset(secret))
     if in_query is not None:
         request = request.with_secret_query(*in_query)
