@@ -4,12 +4,14 @@ query parameter (``auth``), and with a computed ``signature``. ``translate/auth.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from gateway.fields import NAME, Strict, TemplateField
-from gateway.translate.templates import Template, compile_template
+from gateway.fields import NAME, Expression, Strict, StructureField, TemplateField
+from gateway.translate.paths import compile_path
+from gateway.translate.templates import Template, compile_template, structure_templates
 
 
 class HeaderAuth(Strict):
@@ -47,14 +49,98 @@ class QueryAuth(Strict):
         return [self.value]
 
 
+class TokenCall(Strict):
+    """The request that fetches a token: its URL (another host may serve tokens), method,
+    headers, and a ``form`` or JSON ``body``; where the token is in the answer (``token``,
+    JMESPath: ``@`` for an answer that is the bare token) and how long it lives (``expires_in``,
+    seconds, else ``lifetime_s``)."""
+
+    url: TemplateField
+    method: Literal["POST", "GET"] = "POST"
+    headers: dict[str, TemplateField] = Field(default_factory=dict)
+    form: dict[str, TemplateField] | None = None
+    body: StructureField = None
+    basic: BasicAuth | None = None  # the client's own credentials as HTTP Basic
+    token: Expression = Field(default_factory=lambda: compile_path("access_token"))
+    expires_in: Expression | None = Field(default_factory=lambda: compile_path("expires_in"))
+    lifetime_s: float = Field(default=3600.0, gt=0, le=366 * 86400)
+
+    def templates(self) -> list[Template]:
+        found = [self.url, *self.headers.values(), *(self.form or {}).values()]
+        found += structure_templates(self.body)
+        return found + (self.basic.templates() if self.basic else [])
+
+
+class TokenAuth(Strict):
+    """A token fetched before the call, cached per connection until shortly before it expires
+    (fetched once for concurrent requests), sent as ``value`` (with ``{token}``) in ``header``,
+    and fetched again once when the provider refuses it (``provider_auth_failed``: a 401, or an
+    answer the definition's rules call so). ``type: oauth2_client_credentials`` builds the
+    OAuth2 token request from ``token_url``, ``client_id``, ``client_secret`` (``client_auth``:
+    ``body`` or ``basic``), ``scope``, ``audience`` and ``extra`` form fields; ``type: session``
+    takes the login request as ``login``."""
+
+    type: Literal["oauth2_client_credentials", "session"]
+    header: Annotated[str, Field(pattern=NAME)] = "Authorization"
+    value: TemplateField = Field(default_factory=lambda: compile_template("Bearer {token}"))
+    # oauth2_client_credentials
+    token_url: TemplateField | None = None
+    client_id: TemplateField | None = None
+    client_secret: TemplateField | None = None
+    client_auth: Literal["body", "basic"] = "body"
+    scope: str | None = None
+    audience: str | None = None
+    extra: dict[str, TemplateField] = Field(default_factory=dict)
+    token_headers: dict[str, TemplateField] = Field(default_factory=dict)
+    # session
+    login: TokenCall | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> TokenAuth:
+        if self.type == "session" and self.login is None:
+            raise ValueError("a session auth needs its login request (login)")
+        if self.type == "oauth2_client_credentials" and None in (
+            self.token_url,
+            self.client_id,
+            self.client_secret,
+        ):
+            raise ValueError("OAuth2 client credentials need token_url, client_id, client_secret")
+        return self
+
+    @cached_property
+    def token_call(self) -> TokenCall:
+        """The request that fetches the token."""
+        if self.login is not None:
+            return self.login
+        if self.token_url is None or self.client_id is None or self.client_secret is None:
+            raise ValueError("OAuth2 client credentials need token_url, client_id, client_secret")
+        form = {"grant_type": compile_template("client_credentials")}
+        if self.scope:
+            form["scope"] = compile_template(self.scope.replace("{", "{{").replace("}", "}}"))
+        if self.audience:
+            form["audience"] = compile_template(self.audience.replace("{", "{{").replace("}", "}}"))
+        form.update(self.extra)
+        basic = None
+        if self.client_auth == "basic":
+            basic = BasicAuth(type="basic", username=self.client_id, password=self.client_secret)
+        else:
+            form.update(client_id=self.client_id, client_secret=self.client_secret)
+        return TokenCall(url=self.token_url, headers=self.token_headers, form=form, basic=basic)
+
+    def templates(self) -> list[Template]:
+        return [self.value, *self.token_call.templates()]
+
+
 def _auth_type(value: Any) -> str:
-    return str(value.get("type", "header")) if isinstance(value, dict) else str(value.type)
+    kind = value.get("type", "header") if isinstance(value, dict) else value.type
+    return "token" if kind in ("oauth2_client_credentials", "session") else str(kind)
 
 
 Auth = Annotated[
     Annotated[HeaderAuth, Tag("header")]
     | Annotated[BasicAuth, Tag("basic")]
-    | Annotated[QueryAuth, Tag("query")],
+    | Annotated[QueryAuth, Tag("query")]
+    | Annotated[TokenAuth, Tag("token")],
     Discriminator(_auth_type),
 ]
 

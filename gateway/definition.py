@@ -23,6 +23,7 @@ from gateway.auth_schemes import (
     HeaderAuth,
     QueryAuth,
     Signature,
+    TokenAuth,
 )
 from gateway.errors import ErrorCode
 from gateway.fields import Expression, Strict, StructureField, TemplateField
@@ -288,6 +289,22 @@ class ProviderDefinition(Strict):
             check("auth.password", self.auth.password, credentials_allowed=True)
         elif isinstance(self.auth, QueryAuth):
             check("auth.value", self.auth.value, credentials_allowed=True)
+        elif isinstance(self.auth, TokenAuth):
+            check("auth.value", self.auth.value)
+            call = self.auth.token_call
+            for template in call.templates():
+                check("auth (token request)", template, credentials_allowed=True)
+            # What chooses the token's host: the authority, or all before the path when the
+            # URL starts with a placeholder (a param holding the scheme and host).
+            source = call.url.source
+            origin = authority_of(source) if "://" in source else source.partition("/")[0]
+            token_host = compile_template(origin)
+            found += [("auth (token request)", p) for p in self.host_problems(token_host)]
+        found += [
+            (where, "{token} is only the fetched token's, in auth.value")
+            for where, template in self._all_templates()
+            if "token" in template.names
+        ]
         if self.signature is not None:
             for template in self.signature.templates():
                 check("signature", template, credentials_allowed=True)
@@ -302,6 +319,19 @@ class ProviderDefinition(Strict):
             for fname, rule in res.fields.items():
                 for tpl in structure_templates(rule.default):
                     check(f"resources.{rname}.fields.{fname}.default", tpl)
+        return found
+
+    def _all_templates(self) -> list[tuple[str, Template]]:
+        """Every template but a token auth's value, with where it is."""
+        found = [("base_url", self.base_url)] if self.base_url else []
+        for rname, res in self.resources.items():
+            where = f"resources.{rname}"
+            found += [(where, t) for t in (res.path, *res.headers.values(), *res.query.values())]
+            found += [(where, t) for t in structure_templates(res.body)]
+        if self.signature is not None:
+            found += [("signature", t) for t in self.signature.templates()]
+        if self.auth is not None and not isinstance(self.auth, TokenAuth):
+            found += [("auth", t) for t in self.auth.templates()]
         return found
 
     def per_attempt(self, resource: str) -> bool:

@@ -46,6 +46,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets: frozenset[str] = frozenset()
+        self._dynamic: dict[str, tuple[str, ...]] = {}
         self._pattern: re.Pattern[str] | None = None
         self._sensitive: dict[Any, bool] = {}  # key -> is its value masked?
         self._safe: set[str] = set()  # JSON keys whose values are not masked
@@ -56,9 +57,22 @@ class Redactor:
         """Also remove these from now on (a reloaded configuration's new credentials); the
         old ones stay, as earlier events may still be written."""
         self._secrets = self._secrets | {s for s in secrets if s}
-        forms = {form for secret in self._secrets for form in encoded_forms(secret)}
+        self._compile()
+
+    def set_dynamic(self, key: str, secret: str) -> None:
+        """A secret the gateway obtained (a fetched token) under ``key``: the newest two of a
+        key are removed, older ones forgotten, so that refreshes do not grow the redactor."""
+        kept = self._dynamic.get(key, ())
+        if secret and secret not in kept:
+            self._dynamic[key] = (secret, *kept[:1])
+            self._compile()
+
+    def _compile(self) -> None:
+        dynamic = {secret for kept in self._dynamic.values() for secret in kept}
+        secrets = self._secrets | dynamic
+        forms = {form for secret in secrets for form in encoded_forms(secret)}
         # Longest first, so a secret that contains another is removed whole.
-        values = sorted(forms | self._secrets, key=len, reverse=True)
+        values = sorted(forms | secrets, key=len, reverse=True)
         pattern = re.compile("|".join(map(re.escape, values))) if values else None
         # As each appears inside a JSON string: escaping is character by character, so a
         # secret inside a string value is, serialized, its escaped form inside the line. (A

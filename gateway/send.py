@@ -11,11 +11,13 @@ from dataclasses import dataclass, replace
 
 from structlog.typing import FilteringBoundLogger
 
+from gateway.auth_schemes import TokenAuth
 from gateway.errors import ErrorCode, GatewayError, spec
 from gateway.models import UpstreamInfo
 from gateway.resilience import Guards, Policy, backoff_s, retry_reason
 from gateway.services import Services
 from gateway.targets import Target
+from gateway.tokens import TokenFailure
 from gateway.translate.classify import Outcome, classify
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import UpstreamFailure
@@ -31,6 +33,8 @@ class Tried:
     sent: bool = False  # may the request have reached the provider?
     unreadable: bool = False  # an answer came that could not be read (too large, not HTTP)
     failed: bool = False  # counts against the breaker: no answer, or a 5xx
+    final: bool = False  # nothing repeating could change (the token endpoint said no)
+    token_cached: bool = False  # sent with a token from the cache (worth fetching again)
 
 
 async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
@@ -78,6 +82,7 @@ class Sender:
         self._rand = services.rand
         self._metrics = services.metrics
         self._spans = services.spans
+        self._tokens = services.tokens
 
     async def send(
         self,
@@ -95,6 +100,7 @@ class Sender:
         guards.budget.record_request()
         outcome: Outcome | None = None
         attempts = 0
+        renewed = False  # a refused token is fetched again once
         while True:
             tried = await self._attempt(outbound, guards, deadline, attempts + 1, log)
             if isinstance(tried, GatewayError):
@@ -113,6 +119,17 @@ class Sender:
                     latency_ms=ms(self._clock.monotonic() - first),
                 )
             )
+            if (
+                tried.token_cached
+                and not renewed
+                and tried.outcome.code is ErrorCode.PROVIDER_AUTH_FAILED
+                and attempts < policy.retry.max_attempts
+            ):
+                renewed = True
+                self._tokens.forget(outbound.target)
+                self._metrics.retried(connection, "token_refused")
+                log.info("upstream.retry", attempt=attempts, reason="token_refused", delay_ms=0.0)
+                continue
             delay, note = self._retry_delay(
                 outbound, tried, attempts, retry_safe, deadline, guards, log
             )
@@ -211,6 +228,12 @@ class Sender:
         """Send once and classify the answer."""
         target, policy = outbound.target, outbound.policy
         request = outbound.for_attempt(attempt)
+        token_cached = False
+        if isinstance(target.definition.auth, TokenAuth):
+            try:
+                request, token_cached = await self._tokens.authorize(target, request, deadline)
+            except TokenFailure as failure:
+                return self._without_token(outbound, failure, attempt, log)
         provider = target.definition.name
         started = self._clock.monotonic()
         timeout = deadline - started
@@ -262,7 +285,29 @@ class Sender:
         self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
         code = outcome.code.value if outcome.code else None
         span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
-        return Tried(outcome, status=response.status, sent=True, failed=response.status >= 500)
+        failed = response.status >= 500
+        return Tried(outcome, response.status, sent=True, failed=failed, token_cached=token_cached)
+
+    def _without_token(
+        self, outbound: Outbound, failure: TokenFailure, attempt: int, log: FilteringBoundLogger
+    ) -> Tried:
+        """No token, so the cancellation was not sent: the token endpoint's answer is the
+        outcome. A refusal (4xx) is final; a failure may be repeated like one never sent."""
+        log.warning(
+            "upstream.token_failed",
+            code=failure.code.value,
+            status=failure.status,
+            message=failure.message,
+            attempt=attempt,
+        )
+        outcome = Outcome(
+            spec(failure.code).status,
+            failure.code,
+            f"{outbound.title}: {failure.message}",
+            provider_status=failure.status,
+        )
+        final = failure.code in (ErrorCode.PROVIDER_AUTH_FAILED, ErrorCode.PROVIDER_MISCONFIGURED)
+        return Tried(outcome, sent=False, failed=not final, final=final)
 
     def _retry_delay(
         self,
@@ -276,6 +321,8 @@ class Sender:
     ) -> tuple[float | None, str | None]:
         """Seconds to wait before the next attempt, or None when this outcome is final; and,
         when a repeat the rules allow is not made, why (for the envelope's message)."""
+        if tried.final:
+            return None, None
         if tried.status == 429:
             reason = "rate_limited"
         else:

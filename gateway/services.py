@@ -21,6 +21,7 @@ from gateway.redact import Redactor
 from gateway.resilience import GuardRegistry, full_jitter
 from gateway.spans import NoSpans, OtelSpans, Spans
 from gateway.store import Store, create_store
+from gateway.tokens import Tokens
 from gateway.upstream import Transport
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Services:
     metrics: Metrics
     spans: Spans
     guards: GuardRegistry  # breakers, budgets and limits, kept across reloads
+    tokens: Tokens  # fetched tokens, per connection, kept across reloads
     rand: Callable[[], float] = full_jitter  # the backoff's jitter
 
 
@@ -67,5 +69,6 @@ def build_services(
         metrics=metrics or Metrics(),
         spans=spans,
         guards=GuardRegistry(clock.monotonic),
+        tokens=Tokens(transport, clock, redactor),
         rand=rand,
     )

@@ -38,6 +38,7 @@ CONTEXT_NAMES = frozenset(
         "caller.name",
         "connection.name",
         *("now.unix", "now.unix_ms", "now.rfc3339", "uuid"),  # generated for each attempt
+        "token",  # a token auth's fetched token, in its value only
     }
 )
 # Values the gateway makes anew for each attempt: a definition naming one is rendered again
