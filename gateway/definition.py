@@ -340,6 +340,8 @@ class ProviderDefinition(Strict):
         res = self.resources[resource]
         templates: list[Template] = [res.path, *res.headers.values(), *res.query.values()]
         templates += structure_templates(res.body)
+        for rule in res.fields.values():
+            templates += structure_templates(rule.default)
         if self.base_url is not None:
             templates.append(self.base_url)
         if self.signature is not None:

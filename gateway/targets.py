@@ -17,6 +17,7 @@ from gateway.problems import Problem, suggest
 from gateway.redact import MIN_SECRET_LENGTH
 from gateway.translate.auth import auth_header
 from gateway.translate.templates import (
+    GENERATED_NAMES,
     HOST_LABEL,
     Context,
     Template,
@@ -65,7 +66,9 @@ class Target:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed_auth", _fixed_auth(self))
         resources = self.definition.resources
-        again = frozenset(name for name in resources if self.definition.per_attempt(name))
+        # A connection's own base URL may name a generated value too (in its path).
+        own = any(name in GENERATED_NAMES for name in self.base_url.path.names)
+        again = frozenset(n for n in resources if own or self.definition.per_attempt(n))
         object.__setattr__(self, "per_attempt", again)
 
     def __repr__(self) -> str:  # credentials stay out of every repr
