@@ -684,11 +684,6 @@ def test_a_definition_without_generated_values_is_built_once(
     assert first == build_request(target, "plain", make_request(reason="r"), call)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ProviderDefinition.per_attempt does not look at fields.*.default, so a default "
-    "naming {uuid} or {now.*} is rendered without generated values and left out",
-)
 def test_a_field_default_naming_a_generated_value_is_rendered_per_attempt(
     make_target: MakeTarget, make_request: MakeRequest, call: Call
 ) -> None:
@@ -707,11 +702,6 @@ def test_a_field_default_naming_a_generated_value_is_rendered_per_attempt(
     assert b'"nonce":"' in first.body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Target.per_attempt looks at the definition's base_url only, not the connection's: "
-    "a connection's base URL naming {now.unix} loads, then every cancellation is refused",
-)
 def test_a_connection_base_url_naming_a_generated_value_is_rendered_per_attempt(
     make_target: MakeTarget, make_request: MakeRequest, call: Call
 ) -> None:
