@@ -131,8 +131,13 @@ class TokenAuth(Strict):
         return [self.value, *self.token_call.templates()]
 
 
-def _auth_type(value: Any) -> str:
-    kind = value.get("type", "header") if isinstance(value, dict) else value.type
+def _auth_type(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("type", "header")
+    elif isinstance(value, Strict):
+        kind = getattr(value, "type", None)
+    else:
+        return None  # not a mapping: pydantic says so
     return "token" if kind in ("oauth2_client_credentials", "session") else str(kind)
 
 
@@ -141,7 +146,12 @@ Auth = Annotated[
     | Annotated[BasicAuth, Tag("basic")]
     | Annotated[QueryAuth, Tag("query")]
     | Annotated[TokenAuth, Tag("token")],
-    Discriminator(_auth_type),
+    Discriminator(
+        _auth_type,
+        custom_error_type="auth_type",
+        custom_error_message="must be a mapping whose type is one of header, basic, query, "
+        "oauth2_client_credentials, session",
+    ),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
@@ -62,10 +63,18 @@ _FAILURES: tuple[tuple[type[BaseException], ErrorCode, bool, str], ...] = (
 )
 
 
-def map_failure(exc: BaseException) -> UpstreamFailure:
+def map_failure(exc: BaseException, request: UpstreamRequest | None = None) -> UpstreamFailure:
     for kind, code, sent, what in _FAILURES:
         if isinstance(exc, kind):
-            return UpstreamFailure(code, what, sent, str(exc).strip())
+            detail = str(exc).strip()
+            if request is not None and request.secret_query:
+                # aiohttp quotes the URL it called (an answer that is not HTTP, a connect
+                # timeout): its signature and query credentials are masked, as wherever shown.
+                detail = detail.replace(request.url, request.shown_url)
+                detail = detail.replace(
+                    urlsplit(request.url).query, urlsplit(request.shown_url).query
+                )
+            return UpstreamFailure(code, what, sent, detail)
     raise exc
 
 
@@ -130,7 +139,7 @@ class AiohttpTransport:
         except UpstreamFailure:
             raise
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise map_failure(exc) from None
+            raise map_failure(exc, request) from None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """At most ``max_body`` bytes after decompression: a larger answer is refused."""
