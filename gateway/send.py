@@ -35,6 +35,7 @@ class Tried:
     failed: bool = False  # counts against the breaker: no answer, or a 5xx
     final: bool = False  # nothing repeating could change (the token endpoint said no)
     token_cached: bool = False  # sent with a token from the cache (worth fetching again)
+    url: str | None = None  # the attempt's URL as shown (each attempt may be built anew)
 
 
 async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
@@ -113,7 +114,7 @@ class Sender:
             progress(
                 UpstreamInfo(
                     method=request.method,
-                    url=request.shown_url,
+                    url=tried.url or request.shown_url,
                     status=tried.status,
                     attempts=attempts,
                     latency_ms=ms(self._clock.monotonic() - first),
@@ -273,7 +274,8 @@ class Sender:
             )
             span.finish(http_status=None, outcome=outcome.status.value, code=failure.code.value)
             unreadable = failure.code is ErrorCode.PROVIDER_BAD_RESPONSE
-            return Tried(outcome, sent=failure.sent, unreadable=unreadable, failed=True)
+            shown = request.shown_url
+            return Tried(outcome, sent=failure.sent, unreadable=unreadable, failed=True, url=shown)
         except BaseException:
             span.finish(http_status=None, outcome="abandoned", code=None)
             raise
@@ -286,7 +288,10 @@ class Sender:
         code = outcome.code.value if outcome.code else None
         span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
         failed = response.status >= 500
-        return Tried(outcome, response.status, sent=True, failed=failed, token_cached=token_cached)
+        shown = request.shown_url
+        return Tried(
+            outcome, response.status, True, failed=failed, token_cached=token_cached, url=shown
+        )
 
     def _without_token(
         self, outbound: Outbound, failure: TokenFailure, attempt: int, log: FilteringBoundLogger

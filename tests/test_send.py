@@ -269,6 +269,24 @@ async def test_attempt_timeout_bounds_each_attempt_and_leaves_room_for_another(k
     assert run.progress[-1].latency_ms == 400.0  # 0.3 s attempt, 0.1 s backoff, instant answer
 
 
+async def test_an_attempt_built_anew_is_sent_and_reported_as_built(kit: Kit):
+    """A request rebuilt for each attempt (a fresh timestamp): each attempt sends its own, and
+    progress reports the URL of the attempt it describes."""
+    urls = iter(f"{UPSTREAM}/rxuniverse-lab/72544?t={n}" for n in (2, 3))
+    out = outbound(kit)
+    out = replace(out, rebuild=lambda: replace(out.request, url=next(urls)))
+    kit.transport.answer(response(503, RX_503), response(503, RX_503), response(200, RX_OK))
+    run = Run(kit)
+    await run.send(out)
+    sent = [request.url for request in kit.transport.sent]
+    assert sent == [
+        out.request.url,
+        f"{UPSTREAM}/rxuniverse-lab/72544?t=2",
+        f"{UPSTREAM}/rxuniverse-lab/72544?t=3",
+    ]
+    assert [p.url for p in run.progress] == sent
+
+
 async def test_progress_hears_of_every_attempt(kit: Kit):
     def slow(request: UpstreamRequest, timeout_s: float, connect_s: float) -> UpstreamResponse:
         kit.clock.advance(0.05)
