@@ -13,17 +13,20 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from gateway.api import CONFIG
 from gateway.app import create_app
 from gateway.cancel import Canceller
+from gateway.definition import ProviderDefinition
 from gateway.envelope import gateway_envelope
 from gateway.errors import GatewayError
 from gateway.inbound import RequestInfo
 from gateway.loader import Runtime, load
 from gateway.logging import capture_library_logs, make_logger
-from gateway.problems import ConfigError
+from gateway.problems import ConfigError, Problem, validation_problems
+from gateway.prove import prove
 from gateway.redact import Redactor
 from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_stopped
@@ -32,6 +35,7 @@ from gateway.simulate import SIMULATED, create_simulator_app
 from gateway.store.memory import MemoryStore
 from gateway.tracing import request_id_from, trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
+from gateway.yamlfile import read_yaml
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 # Package data, so the demo runs from an installed wheel as from a checkout.
@@ -73,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "file", help="a JSON cancellation, as POSTed to /v1/cancellations; - for stdin"
     )
     preview.set_defaults(run=cmd_preview)
+
+    prove_ = commands.add_parser(
+        "test-provider", help="run a provider definition's examples and show each result"
+    )
+    prove_.add_argument("file", help="a provider definition (YAML)")
+    prove_.set_defaults(run=cmd_test_provider)
 
     simulate = commands.add_parser("simulate", help="serve emulations of the built-in providers")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -123,11 +133,48 @@ def load_or_report(path: Path) -> Runtime | None:
         return None
 
 
+def cmd_test_provider(args: argparse.Namespace) -> int:
+    """Each example of the definition: expected and got, a table; exit 1 when one fails or the
+    file does not load."""
+    problems: list[Problem] = []
+    raw = read_yaml(Path(args.file), problems)
+    definition = None
+    if raw is not None:
+        try:
+            definition = ProviderDefinition.model_validate(raw)
+        except ValidationError as exc:
+            problems += validation_problems(ProviderDefinition, exc, args.file, frozenset())
+    if definition is None:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    checked, warnings = prove(definition)
+    rows = [("", "example", "expected", "got")]
+    rows += [
+        ("ok", f"{c.kind}: {c.name}", c.expected, "as expected")
+        if c.ok
+        else ("FAIL", f"{c.kind}: {c.name}", c.expected, c.got)
+        for c in checked
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[3]
+        )
+    for warning in warnings:
+        print(f"warning: {args.file}: {warning}", file=sys.stderr)
+    failed = sum(not c.ok for c in checked)
+    print(f"{len(checked) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     runtime = load_or_report(path)
     if runtime is None:
         return 1
+    for warning in runtime.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     config = runtime.config
     used = sorted({t.definition.name for t in runtime.targets.values()})
     print(

@@ -26,6 +26,7 @@ from gateway.auth_schemes import (
     TokenAuth,
 )
 from gateway.errors import ErrorCode
+from gateway.examples import Examples
 from gateway.fields import Expression, Strict, StructureField, TemplateField
 from gateway.translate.templates import (
     CONTEXT_NAMES,
@@ -246,6 +247,7 @@ class ProviderDefinition(Strict):
     signature: Signature | None = None
     errors: Errors = Field(default_factory=Errors)
     resources: dict[str, Resource] = Field(min_length=1)
+    examples: Examples = Field(default_factory=Examples)  # its proof (gateway/examples.py)
 
     @model_validator(mode="after")
     def _references_are_known(self) -> ProviderDefinition:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
 from gateway.problems import ConfigError, Problem, validation_problems
+from gateway.prove import problems_of
 from gateway.providers import builtin_files
 from gateway.resilience import Policy
 from gateway.targets import Target, check_callers, resolve_target
@@ -48,6 +49,7 @@ class Runtime:
     secrets: frozenset[str] = field(repr=False)
     version: str = ""
     policies: Mapping[str, Policy] = field(default_factory=dict)  # by connection name
+    warnings: tuple[Problem, ...] = ()  # what loads, but the definitions' examples leave open
 
     @property
     def drain_timeout_s(self) -> float:
@@ -77,7 +79,8 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
     config = _validate(GatewayConfig, raw, str(path), problems, skip=unresolved)
     files, sources = _provider_files(path.parent, raw, config, problems)
     failed: set[str] = set()
-    providers = load_providers(path.parent, files, problems, failed)
+    warnings: list[Problem] = []
+    providers = load_providers(path.parent, files, problems, failed, warnings)
 
     found: list[Problem] = []
     connections = config.connections if config else _parsable_connections(raw)
@@ -106,7 +109,9 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
         name: Policy.of(config.connections[name], target.definition)
         for name, target in targets.items()
     }
-    return Runtime(path, config, providers, targets, frozenset(secrets), version, policies)
+    return Runtime(
+        path, config, providers, targets, frozenset(secrets), version, policies, tuple(warnings)
+    )
 
 
 def _provider_files(
@@ -147,13 +152,18 @@ def _within(loc: str, prefixes: Set[tuple[str, ...]]) -> bool:
 
 
 def load_providers(
-    base: Path, extra: Iterable[str], problems: list[Problem], failed: set[str] | None = None
+    base: Path,
+    extra: Iterable[str],
+    problems: list[Problem],
+    failed: set[str] | None = None,
+    warnings: list[Problem] | None = None,
 ) -> dict[str, ProviderDefinition]:
     """The built-in definitions, then the config's own files, which may replace them by name.
 
     ``failed`` receives the names of the definitions that did not load (the name they give
     and their file's), so that what uses them is not also reported as unknown; a built-in
-    one of those names was meant to be replaced, and is not used instead.
+    one of those names was meant to be replaced, and is not used instead. A definition whose
+    ``examples`` fail is refused too; ``warnings`` receives what its examples leave unproven.
     """
     found: dict[str, ProviderDefinition] = {}
     sources: list[tuple[str, str]] = [
@@ -175,6 +185,12 @@ def load_providers(
     for name, text in sources:
         raw = parse_yaml(text, name, problems)
         definition = None if raw is None else _validate(ProviderDefinition, raw, name, problems)
+        if definition is not None:
+            wrong, unproven = problems_of(definition, name)
+            if warnings is not None:
+                warnings.extend(unproven)
+            problems.extend(wrong)
+            definition = None if wrong else definition
         if definition is not None:
             found[definition.name] = definition
             refused.discard(definition.name)

@@ -8,7 +8,7 @@ here raises on a strange body: HTML, an empty body, wrong types all classify.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -42,6 +42,7 @@ class Outcome:
     provider_response: dict[str, Any] = field(default_factory=dict)
     unmapped: bool = False  # decided by the generic table: the definition may need a rule
     detail: str | None = None  # the provider's (or the network's) text, after the message
+    rule: int | None = None  # the index of the error rule that decided, if one did
     note: str | None = None  # the gateway's word on the attempts (why no more were made)
 
     @property
@@ -105,14 +106,19 @@ def classify(
 
     rule = _first_rule(errors.rules, status, details, body)
     if rule is not None:
+        index = errors.rules.index(rule)
         if rule.outcome == "already_cancelled":
             return Outcome(
-                Status.ALREADY_CANCELLED, provider_status=status, provider_code=provider_code
+                Status.ALREADY_CANCELLED,
+                provider_status=status,
+                provider_code=provider_code,
+                rule=index,
             )
         code = ErrorCode(rule.outcome)
-        return _failure(
+        failure = _failure(
             code, f"{title} answered {status}", status, provider_code, retry_after, described
         )
+        return replace(failure, rule=index)
 
     if 200 <= status < 300:
         shape = "a body that is not JSON" if body is _NO_JSON else "a body"

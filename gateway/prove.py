@@ -1,0 +1,141 @@
+"""Running a definition's ``examples:`` (``gateway/examples.py``): each documented answer
+classified, each documented request built, and compared with what the example expects."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from pydantic import ValidationError
+
+from gateway.config import ConnectionConfig
+from gateway.definition import ProviderDefinition
+from gateway.errors import GatewayError
+from gateway.examples import EXAMPLE_NOW, AnswerExample, Checked, RequestExample
+from gateway.problems import Problem
+from gateway.targets import resolve_target
+from gateway.translate.build import Call, build_request, resolve_resource
+from gateway.translate.classify import Outcome, classify
+from gateway.translate.wire import UpstreamResponse
+
+# What a request example is built with, besides what it gives (README, "Examples").
+EXAMPLE_CALL = Call(
+    cancellation_id="cxl_example",
+    caller="example",
+    idempotency_key="example-key",
+    request_id="req-example",
+    traceparent="00-0000000000000000000000000000000e-000000000000000e-01",
+)
+
+
+def prove(definition: ProviderDefinition) -> tuple[list[Checked], list[str]]:
+    """Every example's result, and warnings: the error rules no answer example matched."""
+    checked: list[Checked] = []
+    matched: set[int] = set()
+    for example in definition.examples.answers:
+        result, outcome = _answer(definition, example)
+        checked.append(result)
+        if outcome is not None and outcome.rule is not None:
+            matched.add(outcome.rule)
+    checked += [_request(definition, example) for example in definition.examples.requests]
+    warnings = []
+    if definition.examples.answers:  # a definition without examples is warned of as a whole
+        for index, rule in enumerate(definition.errors.rules):
+            if index not in matched:
+                when = rule.when.model_dump(exclude_none=True, mode="json")
+                warnings.append(f"errors.rules.{index} ({when}) is matched by no answer example")
+    elif definition.resources:
+        warnings.append("has no examples: nothing shows it reads its provider's answers right")
+    return checked, warnings
+
+
+def problems_of(definition: ProviderDefinition, file: str) -> tuple[list[Problem], list[Problem]]:
+    """A definition's failed examples as problems, and its warnings, for ``check-config``."""
+    checked, warnings = prove(definition)
+    failed = [
+        Problem(file, f"examples.{c.kind}s: {c.name}", f"expected {c.expected}, got {c.got}")
+        for c in checked
+        if not c.ok
+    ]
+    return failed, [Problem(file, "examples", warning) for warning in warnings]
+
+
+def _answer(
+    definition: ProviderDefinition, example: AnswerExample
+) -> tuple[Checked, Outcome | None]:
+    try:
+        resource = resolve_resource(definition, example.resource)
+    except GatewayError as exc:
+        return Checked("answer", example.name, "a resource", exc.message, False), None
+    headers = {name.lower(): value for name, value in example.headers.items()}
+    response = UpstreamResponse(example.status, headers, example.raw())
+    outcome = classify(definition, resource, response, EXAMPLE_NOW)
+    expect = example.expect
+    got: dict[str, Any] = {
+        "status": outcome.status.value,
+        "code": outcome.code.value if outcome.code else None,
+    }
+    wanted: dict[str, Any] = {"status": expect.status, "code": expect.code}
+    for key in ("provider_code", "cancelled_at", "retry_after_s"):
+        if getattr(expect, key) is not None:
+            wanted[key], got[key] = getattr(expect, key), getattr(outcome, key)
+    if expect.provider_response is not None:
+        wanted["provider_response"] = expect.provider_response
+        got["provider_response"] = {
+            k: outcome.provider_response.get(k) for k in expect.provider_response
+        }
+    return _checked("answer", example.name, wanted, got), outcome
+
+
+def _request(definition: ProviderDefinition, example: RequestExample) -> Checked:
+    problems: list[Problem] = []
+    try:
+        connection = ConnectionConfig.model_validate(
+            {"provider": definition.name, **example.connection.model_dump(exclude_none=True)}
+        )
+        canonical = example.canonical()
+    except ValidationError as exc:
+        return Checked("request", example.name, "a valid example", _first(exc), False)
+    target = resolve_target("example", connection, {definition.name: definition}, "", problems)
+    if target is None:
+        reason = "; ".join(f"{p.loc}: {p.message}" for p in problems)
+        return Checked("request", example.name, "a valid connection", reason, False)
+    call = replace(EXAMPLE_CALL, now=example.now, uuid=example.uuid)
+    try:
+        resource = resolve_resource(definition, canonical.resource)
+        built = build_request(target, resource, canonical, call)
+    except GatewayError as exc:
+        return Checked("request", example.name, "a request", exc.message, False)
+    expect = example.expect
+    sent = {name.lower(): value for name, value in built.headers}
+    wanted: dict[str, Any] = {"method": expect.method, "url": expect.url}
+    got: dict[str, Any] = {"method": built.method, "url": built.url}
+    if expect.headers:
+        wanted["headers"] = {name.lower(): value for name, value in expect.headers.items()}
+        got["headers"] = {name: sent.get(name) for name in wanted["headers"]}
+    if expect.form is not None:
+        wanted["form"] = expect.form
+        got["form"] = dict(parse_qsl((built.body or b"").decode()))
+    else:
+        wanted["body"] = expect.body
+        got["body"] = None if built.body is None else orjson.loads(built.body)
+    return _checked("request", example.name, wanted, got)
+
+
+def _checked(kind: Any, name: str, wanted: dict[str, Any], got: dict[str, Any]) -> Checked:
+    differ = {key for key in wanted if wanted[key] != got.get(key)}
+    shown = sorted(differ) or sorted(wanted)
+    return Checked(
+        kind,
+        name,
+        ", ".join(f"{key} {wanted[key]!r}" for key in shown),
+        ", ".join(f"{key} {got.get(key)!r}" for key in shown),
+        not differ,
+    )
+
+
+def _first(exc: ValidationError) -> str:
+    error = exc.errors(include_input=False, include_url=False)[0]
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
