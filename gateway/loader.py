@@ -186,7 +186,7 @@ def load_providers(
         raw = parse_yaml(text, name, problems)
         definition = None if raw is None else _validate(ProviderDefinition, raw, name, problems)
         if definition is not None:
-            wrong, unproven = problems_of(definition, name)
+            wrong, unproven = _proven(definition, name, text)
             if warnings is not None:
                 warnings.extend(unproven)
             problems.extend(wrong)
@@ -203,6 +203,23 @@ def load_providers(
     if failed is not None:
         failed.update(refused)
     return found
+
+
+_PROOFS: dict[tuple[str, str], tuple[list[Problem], list[Problem]]] = {}
+
+
+def _proven(
+    definition: ProviderDefinition, name: str, text: str
+) -> tuple[list[Problem], list[Problem]]:
+    """The definition's examples run once per text of its file: a proof depends on nothing
+    else, and every load (a start, a reload, every test) reads the built-in files again."""
+    key = (name, text)
+    if key not in _PROOFS:
+        if len(_PROOFS) > 256:  # files edited many times over: start again
+            _PROOFS.clear()
+        _PROOFS[key] = problems_of(definition, name)
+    wrong, unproven = _PROOFS[key]
+    return list(wrong), list(unproven)
 
 
 def _definition_files(location: Path) -> list[Path] | None:

@@ -85,7 +85,8 @@ def test_valid_config_exits_0_with_one_ok_line(
 
     out, err = capsys.readouterr()
     assert code == 0
-    assert err == ""
+    # Warnings only: what the definitions' examples leave unproven (a rule no document shows).
+    assert all(line.startswith("warning: gateway/providers/") for line in err.splitlines())
     lines = out.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"ok: {path}: ")
