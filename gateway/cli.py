@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
 from structlog.typing import FilteringBoundLogger
 
 from gateway.api import CONFIG
@@ -25,8 +24,8 @@ from gateway.errors import GatewayError
 from gateway.inbound import RequestInfo
 from gateway.loader import Runtime, load
 from gateway.logging import capture_library_logs, make_logger
-from gateway.problems import ConfigError, Problem, validation_problems
-from gateway.prove import prove
+from gateway.problems import ConfigError
+from gateway.prove import load_definition, prove, table
 from gateway.redact import Redactor
 from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_stopped
@@ -35,7 +34,6 @@ from gateway.simulate import SIMULATED, create_simulator_app
 from gateway.store.memory import MemoryStore
 from gateway.tracing import request_id_from, trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
-from gateway.yamlfile import read_yaml
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 # Package data, so the demo runs from an installed wheel as from a checkout.
@@ -87,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulate = commands.add_parser("simulate", help="serve emulations of the built-in providers")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=port_number, default=8081)
+    simulate.add_argument(
+        "--definition",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also serve this provider definition from its examples, under /<its name>",
+    )
     simulate.set_defaults(run=cmd_simulate)
 
     demo = commands.add_parser("demo", help="the gateway in front of the simulators, on loopback")
@@ -133,39 +138,25 @@ def load_or_report(path: Path) -> Runtime | None:
         return None
 
 
+def _definition(file: str) -> ProviderDefinition | None:
+    """The provider definition in ``file``, or None with every problem printed."""
+    definition, problems = load_definition(Path(file))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return definition
+
+
 def cmd_test_provider(args: argparse.Namespace) -> int:
     """Each example of the definition: expected and got, a table; exit 1 when one fails or the
     file does not load."""
-    problems: list[Problem] = []
-    raw = read_yaml(Path(args.file), problems)
-    definition = None
-    if raw is not None:
-        try:
-            definition = ProviderDefinition.model_validate(raw)
-        except ValidationError as exc:
-            problems += validation_problems(ProviderDefinition, exc, args.file, frozenset())
+    definition = _definition(args.file)
     if definition is None:
-        for problem in problems:
-            print(problem, file=sys.stderr)
         return 1
     checked, warnings = prove(definition)
-    rows = [("", "example", "expected", "got")]
-    rows += [
-        ("ok", f"{c.kind}: {c.name}", c.expected, "as expected")
-        if c.ok
-        else ("FAIL", f"{c.kind}: {c.name}", c.expected, c.got)
-        for c in checked
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[3]
-        )
+    print("\n".join(table(checked)))
     for warning in warnings:
         print(f"warning: {args.file}: {warning}", file=sys.stderr)
-    failed = sum(not c.ok for c in checked)
-    print(f"{len(checked) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return 1 if any(not c.ok for c in checked) else 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -314,11 +305,22 @@ def log_started(
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     log = make_logger()
+    definitions = []
+    for file in args.definition:
+        definition = _definition(file)
+        if definition is None:
+            return 1
+        if definition.name in SIMULATED:
+            print(f"{file}: {definition.name!r} is a built-in's simulator already", file=sys.stderr)
+            return 1
+        definitions.append(definition)
+    served = [*SIMULATED, *(d.name for d in definitions)]
 
     def started(urls: Sequence[str]) -> None:
-        log.info("simulator.started", urls=list(urls), providers=list(SIMULATED))
+        log.info("simulator.started", urls=list(urls), providers=served)
 
-    listener = Listener(create_simulator_app(), args.host, args.port, drain_timeout_s=1.0)
+    app = create_simulator_app(definitions=definitions)
+    listener = Listener(app, args.host, args.port, drain_timeout_s=1.0)
     try:
         run(serve_until_stopped([listener], started))
     except CannotListen as exc:

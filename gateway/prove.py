@@ -4,6 +4,7 @@ classified, each documented request built, and compared with what the example ex
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -14,11 +15,12 @@ from gateway.config import ConnectionConfig
 from gateway.definition import ProviderDefinition
 from gateway.errors import GatewayError
 from gateway.examples import EXAMPLE_NOW, AnswerExample, Checked, RequestExample
-from gateway.problems import Problem
+from gateway.problems import Problem, validation_problems
 from gateway.targets import resolve_target
 from gateway.translate.build import Call, build_request, resolve_resource
 from gateway.translate.classify import Outcome, classify
 from gateway.translate.wire import UpstreamResponse
+from gateway.yamlfile import read_yaml
 
 # What a request example is built with, besides what it gives (README, "Examples").
 EXAMPLE_CALL = Call(
@@ -139,3 +141,36 @@ def _checked(kind: Any, name: str, wanted: dict[str, Any], got: dict[str, Any]) 
 def _first(exc: ValidationError) -> str:
     error = exc.errors(include_input=False, include_url=False)[0]
     return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+
+
+def load_definition(file: Path) -> tuple[ProviderDefinition | None, list[Problem]]:
+    """The provider definition in ``file`` alone, or None and what is wrong with it."""
+    problems: list[Problem] = []
+    raw = read_yaml(file, problems)
+    if raw is not None:
+        try:
+            return ProviderDefinition.model_validate(raw), problems
+        except ValidationError as exc:
+            problems += validation_problems(ProviderDefinition, exc, str(file), frozenset())
+    return None, problems
+
+
+def table(checked: list[Checked]) -> list[str]:
+    """The examples' results as a table, then a line of counts."""
+    rows = [("", "example", "expected", "got")]
+    rows += [
+        (
+            "ok" if c.ok else "FAIL",
+            f"{c.kind}: {c.name}",
+            c.expected,
+            "as expected" if c.ok else c.got,
+        )
+        for c in checked
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + " " + row[3]
+        for row in rows
+    ]
+    failed = sum(not c.ok for c in checked)
+    return [*lines, f"{len(checked) - failed} passed, {failed} failed"]

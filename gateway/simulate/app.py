@@ -8,12 +8,14 @@ of the ``redirect`` scenario).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType, ModuleType
 
 from aiohttp import web
 
+from gateway.definition import ProviderDefinition
 from gateway.simulate import rxuniverse, shipper, shoplazza, stateset
+from gateway.simulate.examples import add_definition_routes
 from gateway.simulate.faults import REDIRECT_TARGET, Provider, redirected
 from gateway.simulate.replies import Call, Reply, system_now
 from gateway.simulate.state import (
@@ -44,8 +46,10 @@ def create_simulator_app(
     *,
     state: SimulatorState | None = None,
     clock: Clock = system_now,
+    definitions: Sequence[ProviderDefinition] = (),
 ) -> web.Application:
-    """One app that emulates every built-in provider under ``/<provider>``."""
+    """One app that emulates every built-in provider under ``/<provider>``, and each of
+    ``definitions`` under ``/<its name>`` from its examples (``examples.py``)."""
     app = web.Application(middlewares=[journal_middleware])
     app[KEYS_KEY] = keys if keys is not None else SimulatorKeys()
     app[STATE_KEY] = state if state is not None else SimulatorState()
@@ -54,6 +58,8 @@ def create_simulator_app(
     for module in MODULES:
         for path, handler in module.ROUTES:
             app.router.add_route("*", module.PREFIX + path, handler)
+    for definition in definitions:
+        add_definition_routes(app, definition)
     for name, provider in PROVIDERS.items():
         # Registered last: resolution is in order, so these only catch unknown paths.
         app.router.add_route("*", f"/{name}", unknown_path(provider))

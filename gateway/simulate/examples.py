@@ -1,0 +1,106 @@
+"""A simulator for any definition, made from its ``examples:``: each resource's route under
+``/<name>``, answering the documented answers, and its token endpoint when it fetches one.
+
+The object id chooses the answer: the answer example whose name, lower case with spaces as
+hyphens, equals the id (``already-cancelled``); any other id gets the resource's first example
+that is a success. A token auth's endpoint (its URL's path, under ``/<name>``) answers a new
+token each time, and the resources answer 401 to a request without a token it issued; a
+signature is not checked (its recipe is pinned by known-answer tests, not by a simulator).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import web
+
+from gateway.auth_schemes import TokenAuth
+from gateway.definition import ProviderDefinition
+from gateway.examples import AnswerExample
+from gateway.translate.paths import FieldChain
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def add_definition_routes(app: web.Application, definition: ProviderDefinition) -> None:
+    """Routes that answer as ``definition``'s examples say, under ``/<definition.name>``."""
+    prefix = f"/{definition.name}"
+    issued: set[str] = set()
+    auth = definition.auth
+    tokens = isinstance(auth, TokenAuth)
+    if isinstance(auth, TokenAuth):
+        call = auth.token_call
+        path = _token_path(call.url.source)
+        app.router.add_route(call.method, prefix + path, _token_endpoint(call.token, issued))
+    for name, resource in definition.resources.items():
+        answers = [
+            a
+            for a in definition.examples.answers
+            if a.resource in (None, name) or len(definition.resources) == 1
+        ]
+        header = auth.header if isinstance(auth, TokenAuth) else None
+        route = prefix + _route(resource.path.source)
+        app.router.add_route(resource.method, route, _answering(answers, header, issued, tokens))
+
+
+def _token_path(url: str) -> str:
+    """The path of a token URL template: after its host, or after the placeholder that holds
+    the scheme and host (``{params.token_host}/v3/token``)."""
+    if "://" in url:
+        return urlsplit(_PLACEHOLDER.sub("x", url)).path or "/"
+    return "/" + url.partition("/")[2]
+
+
+def slug(name: str) -> str:
+    return "-".join(name.lower().split())
+
+
+def _route(path: str) -> str:
+    """A definition's path template as an aiohttp route: each placeholder one segment."""
+    names = itertools.count()
+    route = _PLACEHOLDER.sub(
+        lambda m: "{id}" if m.group(1) == "id" else f"{{p{next(names)}}}", path
+    )
+    return route.replace("{{", "{").replace("}}", "}")
+
+
+def _answering(
+    answers: list[AnswerExample], header: str | None, issued: set[str], tokens: bool
+) -> Handler:
+    by_slug = {slug(a.name): a for a in answers}
+    success = next((a for a in answers if a.expect.status == "cancelled"), None)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if tokens and header is not None:
+            sent = request.headers.get(header, "")
+            if not any(token in sent for token in issued):
+                return web.json_response({"error": "unauthorized"}, status=401)
+        chosen = by_slug.get(request.match_info.get("id", "")) or success
+        if chosen is None:
+            return web.json_response({"error": "no example answers this request"}, status=501)
+        return web.Response(status=chosen.status, body=chosen.raw(), headers=chosen.headers)
+
+    return handler
+
+
+def _token_endpoint(where: object, issued: set[str]) -> Handler:
+    counter = itertools.count(1)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        token = f"simulated-token-{next(counter)}"
+        issued.add(token)
+        body: object = token  # a bare token, as for `token: "@"`
+        if isinstance(where, FieldChain):  # `access_token`, `data.token`: nested as named
+            for key in reversed(where.keys):
+                body = {key: body}
+            if len(where.keys) == 1:
+                body = {**body, "expires_in": 3600}  # type: ignore[dict-item]
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    return handler
