@@ -20,7 +20,8 @@ from urllib.parse import quote, quote_plus
 import orjson
 
 REDACTED = "[REDACTED]"
-MIN_SECRET_LENGTH = 8  # the shortest credential check-config accepts (caller keys: 16)
+MIN_SECRET_LENGTH = 8
+_DYNAMIC_KEPT = 8  # the shortest credential check-config accepts (caller keys: 16)
 SENSITIVE_KEYS = frozenset(
     {
         "authorization",
@@ -60,11 +61,12 @@ class Redactor:
         self._compile()
 
     def set_dynamic(self, key: str, secret: str) -> None:
-        """A secret the gateway obtained (a fetched token) under ``key``: the newest two of a
-        key are removed, older ones forgotten, so that refreshes do not grow the redactor."""
+        """A secret the gateway obtained (a fetched token) under ``key``: the newest eight of
+        a key are removed (requests still running may have been sent an older one), older
+        ones forgotten, so that refreshes do not grow the redactor."""
         kept = self._dynamic.get(key, ())
         if secret and secret not in kept:
-            self._dynamic[key] = (secret, *kept[:1])
+            self._dynamic[key] = (secret, *kept[: _DYNAMIC_KEPT - 1])
             self._compile()
 
     def _compile(self) -> None:

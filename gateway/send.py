@@ -34,7 +34,7 @@ class Tried:
     unreadable: bool = False  # an answer came that could not be read (too large, not HTTP)
     failed: bool = False  # counts against the breaker: no answer, or a 5xx
     final: bool = False  # nothing repeating could change (the token endpoint said no)
-    token_cached: bool = False  # sent with a token from the cache (worth fetching again)
+    cached_token: str | None = None  # the cached token it was sent with (worth renewing)
     url: str | None = None  # the attempt's URL as shown (each attempt may be built anew)
 
 
@@ -120,17 +120,18 @@ class Sender:
                     latency_ms=ms(self._clock.monotonic() - first),
                 )
             )
-            if (
-                tried.token_cached
-                and not renewed
-                and tried.outcome.code is ErrorCode.PROVIDER_AUTH_FAILED
-                and attempts < policy.retry.max_attempts
-            ):
-                renewed = True
-                self._tokens.forget(outbound.target)
-                self._metrics.retried(connection, "token_refused")
-                log.info("upstream.retry", attempt=attempts, reason="token_refused", delay_ms=0.0)
-                continue
+            refused = tried.outcome.code is ErrorCode.PROVIDER_AUTH_FAILED
+            if refused and tried.cached_token is not None:
+                # The provider no longer takes the cached token: the next request fetches
+                # another, and this one is repeated once with it, when repeats are left.
+                self._tokens.forget(outbound.target, tried.cached_token)
+                if not renewed and attempts < policy.retry.max_attempts:
+                    renewed = True
+                    self._metrics.retried(connection, "token_refused")
+                    log.info(
+                        "upstream.retry", attempt=attempts, reason="token_refused", delay_ms=0.0
+                    )
+                    continue
             delay, note = self._retry_delay(
                 outbound, tried, attempts, retry_safe, deadline, guards, log
             )
@@ -229,10 +230,10 @@ class Sender:
         """Send once and classify the answer."""
         target, policy = outbound.target, outbound.policy
         request = outbound.for_attempt(attempt)
-        token_cached = False
+        cached_token = None
         if isinstance(target.definition.auth, TokenAuth):
             try:
-                request, token_cached = await self._tokens.authorize(target, request, deadline)
+                request, cached_token = await self._tokens.authorize(target, request, deadline)
             except TokenFailure as failure:
                 return self._without_token(outbound, failure, attempt, log)
         provider = target.definition.name
@@ -290,7 +291,7 @@ class Sender:
         failed = response.status >= 500
         shown = request.shown_url
         return Tried(
-            outcome, response.status, True, failed=failed, token_cached=token_cached, url=shown
+            outcome, response.status, True, failed=failed, cached_token=cached_token, url=shown
         )
 
     def _without_token(

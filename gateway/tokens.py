@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from base64 import b64encode
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 from uuid import uuid4
 
 import orjson
+from jmespath.exceptions import JMESPathError
 
 from gateway.auth_schemes import TokenAuth, TokenCall
 from gateway.clock import Clock
 from gateway.errors import ErrorCode
-from gateway.redact import Redactor
+from gateway.models import CONTROL
+from gateway.redact import MIN_SECRET_LENGTH, Redactor
 from gateway.targets import Target
 from gateway.translate.auth import with_credentials
 from gateway.translate.build import Call
@@ -31,6 +33,9 @@ from gateway.upstream import Transport, UpstreamFailure
 
 # A token is renewed this long before it expires (at most a tenth of its life).
 RENEW_MARGIN_S = 60.0
+# The longest a token request may take: it serves every request waiting, each of which stops
+# waiting at its own deadline.
+TOKEN_TIMEOUT_S = 10.0
 
 
 class TokenFailure(Exception):
@@ -46,94 +51,137 @@ class TokenFailure(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    value: str
+    value: str = field(repr=False)
     renew_at: float  # monotonic seconds
 
 
+Key = tuple[str, int]
+
+
 class Tokens:
+    """The tokens of every connection whose definition fetches one, in this process (each
+    ``--workers`` process fetches its own)."""
+
     def __init__(self, transport: Transport, clock: Clock, redactor: Redactor) -> None:
         self._transport = transport
         self._clock = clock
         self._redactor = redactor
-        self._cached: dict[tuple[str, int], _Token] = {}
-        self._fetching: dict[tuple[str, int], asyncio.Future[_Token]] = {}
+        self._cached: dict[Key, _Token] = {}
+        self._fetching: dict[Key, asyncio.Task[_Token]] = {}
 
     async def authorize(
         self, target: Target, request: UpstreamRequest, deadline: float
-    ) -> tuple[UpstreamRequest, bool]:
-        """``request`` with the connection's token in its header, and whether the token came
+    ) -> tuple[UpstreamRequest, str | None]:
+        """``request`` with the connection's token in its header, and the token when it came
         from the cache (one the provider refuses is worth fetching again once)."""
         auth = target.definition.auth
         assert isinstance(auth, TokenAuth)
-        key = _key(target)
+        key = _key(target, auth)
         cached = self._cached.get(key)
-        fresh = cached is None or cached.renew_at <= self._clock.monotonic()
-        token = await self._token(target, auth, key, deadline) if fresh else cached
-        assert token is not None
-        value = auth.value.render({"token": token.value}, str)
-        if value is None:
-            raise TokenFailure(ErrorCode.PROVIDER_AUTH_FAILED, "the token is empty", None, True)
-        return request.with_secret_header(auth.header, header_value(auth.header, value)), not fresh
+        if cached is not None and cached.renew_at > self._clock.monotonic():
+            return _with_token(auth, request, cached.value), cached.value
+        token = await self._token(target, auth, key, deadline)
+        return _with_token(auth, request, token.value), None
 
-    def forget(self, target: Target) -> None:
-        """The provider refused the cached token: the next request fetches another."""
-        self._cached.pop(_key(target), None)
+    def forget(self, target: Target, token: str) -> None:
+        """The provider refused ``token``: the next request fetches another, unless one has
+        been fetched meanwhile (forgetting that one would make every refused request fetch)."""
+        auth = target.definition.auth
+        assert isinstance(auth, TokenAuth)
+        key = _key(target, auth)
+        cached = self._cached.get(key)
+        if cached is not None and cached.value == token:
+            del self._cached[key]
 
-    async def _token(
-        self, target: Target, auth: TokenAuth, key: tuple[str, int], deadline: float
-    ) -> _Token:
-        waiting = self._fetching.get(key)
-        if waiting is not None:  # another request is fetching it: one fetch for all
-            return await asyncio.shield(waiting)
-        future: asyncio.Future[_Token] = asyncio.get_running_loop().create_future()
-        self._fetching[key] = future
+    async def _token(self, target: Target, auth: TokenAuth, key: Key, deadline: float) -> _Token:
+        """The one fetch of this key in flight, started if none is: a task of its own, so that
+        a request that stops waiting (cancelled, out of time) does not stop it for the others."""
+        task = self._fetching.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(target, auth, key))
+            self._fetching[key] = task
+            task.add_done_callback(lambda _: self._fetching.pop(key, None))
         try:
-            token = await self._fetch(target, auth.token_call, deadline)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: the waiters get it, nobody else must
-            raise
-        finally:
-            del self._fetching[key]
-        self._cached[key] = token
-        self._redactor.set_dynamic(f"token:{target.name}", token.value)
-        future.set_result(token)
-        return token
+            async with asyncio.timeout(max(deadline - self._clock.monotonic(), 0.001)):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            raise TokenFailure(
+                ErrorCode.PROVIDER_TIMEOUT, "no token within the budget", None, True
+            ) from None
 
-    async def _fetch(self, target: Target, call: TokenCall, deadline: float) -> _Token:
+    async def _fetch(self, target: Target, auth: TokenAuth, key: Key) -> _Token:
+        call = auth.token_call
         request = _token_request(target, call, self._clock)
-        timeout = deadline - self._clock.monotonic()
-        if timeout <= 0:
-            raise TokenFailure(ErrorCode.PROVIDER_TIMEOUT, "no time left for a token", None, False)
         try:
-            response = await self._transport(request, timeout)
+            response = await self._transport(request, TOKEN_TIMEOUT_S)
         except UpstreamFailure as failure:
             raise TokenFailure(
                 failure.code, f"the token request failed: {failure.message}", None, failure.sent
             ) from None
         status = response.status
         if not 200 <= status < 300:
-            code = ErrorCode.PROVIDER_ERROR if status >= 500 else ErrorCode.PROVIDER_AUTH_FAILED
+            code = (
+                ErrorCode.PROVIDER_ERROR
+                if status >= 500
+                else ErrorCode.RATE_LIMITED
+                if status == 429
+                else ErrorCode.PROVIDER_BAD_RESPONSE
+                if status < 400
+                else ErrorCode.PROVIDER_AUTH_FAILED
+            )
             raise TokenFailure(code, f"the token endpoint answered {status}", status, True)
+        value, lifetime = _read(call, response.body)
+        if value is None:
+            message = f"the token endpoint answered {status} without a usable token"
+            raise TokenFailure(ErrorCode.PROVIDER_BAD_RESPONSE, message, status, True)
         try:
-            body: Any = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            body = None
-        value = call.token.search(body) if body is not None else None
-        if not isinstance(value, str) or not value:
-            message = f"the token endpoint answered {status} without a token"
-            raise TokenFailure(ErrorCode.PROVIDER_AUTH_FAILED, message, status, True)
-        lifetime = call.expires_in.search(body) if call.expires_in is not None else None
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
-            lifetime = call.lifetime_s
+            _with_token(auth, UpstreamRequest("GET", "", ()), value)
+        except TemplateError:
+            raise TokenFailure(
+                ErrorCode.PROVIDER_BAD_RESPONSE, "the token cannot be sent", status, True
+            ) from None
         margin = min(RENEW_MARGIN_S, lifetime / 10)
-        return _Token(value, self._clock.monotonic() + lifetime - margin)
+        token = _Token(value, self._clock.monotonic() + lifetime - margin)
+        # Cached only once it is known to be sendable, and redacted from then on.
+        self._cached = {k: t for k, t in self._cached.items() if k[0] != key[0]}
+        self._cached[key] = token
+        self._redactor.set_dynamic(f"token:{target.name}", token.value)
+        return token
 
 
-def _key(target: Target) -> tuple[str, int]:
-    """A token belongs to a connection and the credentials that fetched it: a reload that
-    changes them fetches a new one."""
-    return target.name, hash(tuple(sorted(target.credentials.items())))
+def _read(call: TokenCall, body: bytes) -> tuple[str | None, float]:
+    """The token in the answer (None unless a string of credential length with no control
+    characters) and its life in seconds."""
+    try:
+        document: Any = orjson.loads(body)
+        value = call.token.search(document)
+        lifetime = call.expires_in.search(document) if call.expires_in is not None else None
+    except (orjson.JSONDecodeError, JMESPathError, TypeError, ValueError):
+        return None, call.lifetime_s
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH or CONTROL.search(value):
+        value = None
+    if isinstance(lifetime, str):
+        try:
+            lifetime = float(lifetime)
+        except ValueError:
+            lifetime = None
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+        lifetime = call.lifetime_s
+    return value, float(lifetime)
+
+
+def _with_token(auth: TokenAuth, request: UpstreamRequest, token: str) -> UpstreamRequest:
+    value = auth.value.render({"token": token}, str)
+    if value is None:
+        raise TemplateError("the token's header renders empty")
+    return request.with_secret_header(auth.header, header_value(auth.header, value))
+
+
+def _key(target: Target, auth: TokenAuth) -> Key:
+    """A token belongs to a connection and what fetched it (credentials, params, the token
+    request): a reload that changes any of them fetches a new one."""
+    params = tuple(sorted((k, str(v)) for k, v in target.params.items()))
+    return target.name, hash((tuple(sorted(target.credentials.items())), params, repr(auth)))
 
 
 def _token_request(target: Target, call: TokenCall, clock: Clock) -> UpstreamRequest:

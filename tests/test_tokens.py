@@ -3,6 +3,7 @@ forgotten when refused; no socket, a fake clock."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def issued(token: str, expires_in: int = 900) -> object:
 
 async def test_the_token_request_is_the_oauth2_client_credentials_grant(tmp_path: Path):
     tokens, transport, clock, target = setup(tmp_path)
-    transport.answer(issued("t1"))
+    transport.answer(issued("token-one-1"))
     request, cached = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
     [sent] = transport.sent
     assert (sent.method, sent.url) == ("POST", "https://auth.market.example/v3/token")
@@ -57,42 +58,42 @@ async def test_the_token_request_is_the_oauth2_client_credentials_grant(tmp_path
     headers = dict(sent.headers)
     assert headers["Content-Type"] == "application/x-www-form-urlencoded"
     assert headers["Authorization"].startswith("Basic ")
-    assert dict(request.headers)["WM_SEC.ACCESS_TOKEN"] == "t1"
+    assert dict(request.headers)["WM_SEC.ACCESS_TOKEN"] == "token-one-1"
     assert request.shown_headers()["WM_SEC.ACCESS_TOKEN"] == "[REDACTED]"
-    assert cached is False
+    assert cached is None  # fetched, not from the cache
 
 
 async def test_a_token_is_reused_until_shortly_before_it_expires(tmp_path: Path):
     """900 s of life, renewed 60 s before: reused at 839 s, fetched anew at 840 s."""
     tokens, transport, clock, target = setup(tmp_path)
-    transport.answer(issued("t1"), issued("t2"))
+    transport.answer(issued("token-one-1"), issued("token-two-2"))
     await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
     clock.advance(839)
     request, cached = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
-    assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("t1", True)
+    assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("token-one-1", "token-one-1")
     clock.advance(1)
     request, cached = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
-    assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("t2", False)
+    assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("token-two-2", None)
     assert len(transport.sent) == 2
 
 
 async def test_a_short_lived_token_is_renewed_at_nine_tenths_of_its_life(tmp_path: Path):
     tokens, transport, clock, target = setup(tmp_path)
-    transport.answer(issued("t1", expires_in=100), issued("t2", expires_in=100))
+    transport.answer(issued("token-one-1", expires_in=100), issued("token-two-2", expires_in=100))
     await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
     clock.advance(89)
-    assert (await tokens.authorize(target, CANCEL, clock.monotonic() + 5))[1] is True
+    assert (await tokens.authorize(target, CANCEL, clock.monotonic() + 5))[1] == "token-one-1"
     clock.advance(1)
-    assert (await tokens.authorize(target, CANCEL, clock.monotonic() + 5))[1] is False
+    assert (await tokens.authorize(target, CANCEL, clock.monotonic() + 5))[1] is None
 
 
 async def test_a_forgotten_token_is_fetched_again(tmp_path: Path):
     tokens, transport, clock, target = setup(tmp_path)
-    transport.answer(issued("t1"), issued("t2"))
+    transport.answer(issued("token-one-1"), issued("token-two-2"))
     await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
-    tokens.forget(target)
+    tokens.forget(target, "token-one-1")
     request, _ = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
-    assert dict(request.headers)["WM_SEC.ACCESS_TOKEN"] == "t2"
+    assert dict(request.headers)["WM_SEC.ACCESS_TOKEN"] == "token-two-2"
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,12 @@ async def test_a_forgotten_token_is_fetched_again(tmp_path: Path):
     [
         (response(401, {"error": "invalid_client"}), ErrorCode.PROVIDER_AUTH_FAILED, 401),
         (response(503, {"error": "down"}), ErrorCode.PROVIDER_ERROR, 503),
-        (response(200, {"token_type": "Bearer"}), ErrorCode.PROVIDER_AUTH_FAILED, 200),
+        (response(200, {"token_type": "Bearer"}), ErrorCode.PROVIDER_BAD_RESPONSE, 200),
+        (response(200, {"access_token": "short"}), ErrorCode.PROVIDER_BAD_RESPONSE, 200),
+        (response(200, {"access_token": "line\r\nbreak-1"}), ErrorCode.PROVIDER_BAD_RESPONSE, 200),
+        (response(200, {"access_token": {"a": 1}}), ErrorCode.PROVIDER_BAD_RESPONSE, 200),
+        (response(429, {"error": "slow down"}), ErrorCode.RATE_LIMITED, 429),
+        (response(302, {}), ErrorCode.PROVIDER_BAD_RESPONSE, 302),
     ],
 )
 async def test_a_token_endpoint_that_gives_no_token_says_why(
@@ -113,13 +119,56 @@ async def test_a_token_endpoint_that_gives_no_token_says_why(
     assert (failure.value.code, failure.value.status) == (code, status)
 
 
-async def test_the_newest_tokens_are_redacted_older_ones_forgotten(tmp_path: Path):
+async def test_the_newest_eight_tokens_are_redacted_older_ones_forgotten(tmp_path: Path):
     _, transport, clock, target = setup(tmp_path)
     redactor = Redactor([])
     tokens = Tokens(transport, clock, redactor)
-    transport.answer(issued("tok-one-aaaa"), issued("tok-two-bbbb"), issued("tok-three-cc"))
-    for _ in range(3):
+    names = [f"token-number-{n:02d}" for n in range(10)]
+    transport.answer(*(issued(name) for name in names))
+    for _ in range(10):
+        _, cached = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+        assert cached is None
+        tokens.forget(target, dict(_.headers)["WM_SEC.ACCESS_TOKEN"])
+    shown = redactor.text(" ".join(names)).split()
+    assert shown == names[:2] + ["[REDACTED]"] * 8
+
+
+async def test_a_refused_token_is_forgotten_only_if_it_is_still_the_cached_one(tmp_path: Path):
+    """Requests refused with an old token must not throw away the one fetched meanwhile."""
+    tokens, transport, clock, target = setup(tmp_path)
+    transport.answer(issued("token-one-1"), issued("token-two-2"))
+    await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+    tokens.forget(target, "token-one-1")
+    await tokens.authorize(target, CANCEL, clock.monotonic() + 5)  # fetches token-two-2
+    tokens.forget(target, "token-one-1")  # a late refusal of the old token
+    _, cached = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+    assert cached == "token-two-2"
+    assert len(transport.sent) == 2
+
+
+async def test_a_waiter_that_gives_up_does_not_stop_the_fetch_for_the_others(tmp_path: Path):
+    """The request that started the fetch is cancelled: the fetch goes on, the other
+    request waiting for it gets the token."""
+    tokens, transport, clock, target = setup(tmp_path)
+    arrived, release = transport.hold(issued("token-one-1"))
+    first = asyncio.ensure_future(tokens.authorize(target, CANCEL, clock.monotonic() + 5))
+    await arrived.wait()
+    second = asyncio.ensure_future(tokens.authorize(target, CANCEL, clock.monotonic() + 5))
+    await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+    request, _ = await second
+    assert dict(request.headers)["WM_SEC.ACCESS_TOKEN"] == "token-one-1"
+    assert len(transport.sent) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_an_unsendable_token_is_not_cached(tmp_path: Path):
+    """A token with a line break: refused (no 500), and the next request fetches again."""
+    tokens, transport, clock, target = setup(tmp_path)
+    transport.answer(response(200, {"access_token": "bad\r\ntoken-1"}), issued("token-two-2"))
+    with pytest.raises(TokenFailure):
         await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
-        tokens.forget(target)
-    text = "tok-one-aaaa tok-two-bbbb tok-three-cc"
-    assert redactor.text(text) == "tok-one-aaaa [REDACTED] [REDACTED]"
+    request, cached = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+    assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("token-two-2", None)
