@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from jmespath.parser import ParsedResult
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 from gateway.translate.paths import compile_path
 from gateway.translate.templates import (
@@ -42,7 +42,10 @@ def structure(value: Any) -> Body:
 
 TemplateField = Annotated[Template, BeforeValidator(_template)]
 StructureField = Annotated[Any, BeforeValidator(structure)]
-Expression = Annotated[ParsedResult, BeforeValidator(compile_path)]
+# Written back as its text (a definition shown, a rule named in a warning).
+Expression = Annotated[
+    ParsedResult, BeforeValidator(compile_path), PlainSerializer(lambda p: p.expression)
+]
 
 
 class Strict(BaseModel):

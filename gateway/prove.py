@@ -35,22 +35,32 @@ EXAMPLE_CALL = Call(
 def prove(definition: ProviderDefinition) -> tuple[list[Checked], list[str]]:
     """Every example's result, and warnings: the error rules no answer example matched."""
     checked: list[Checked] = []
-    matched: set[int] = set()
+    matched: set[tuple[str, int]] = set()  # (where the rules are, the index of the rule)
     for example in definition.examples.answers:
-        result, outcome = _answer(definition, example)
+        result, outcome, resource = _answer(definition, example)
         checked.append(result)
-        if outcome is not None and outcome.rule is not None:
-            matched.add(outcome.rule)
+        if outcome is not None and outcome.rule is not None and resource is not None:
+            matched.add((_rules_of(definition, resource), outcome.rule))
     checked += [_request(definition, example) for example in definition.examples.requests]
     warnings = []
-    if definition.examples.answers:  # a definition without examples is warned of as a whole
-        for index, rule in enumerate(definition.errors.rules):
-            if index not in matched:
+    if not definition.examples.answers:
+        warnings.append("has no answer examples: nothing shows it reads its provider's answers")
+        return checked, warnings
+    lists = {"errors": definition.errors}
+    lists |= {
+        f"resources.{n}.errors": r.errors for n, r in definition.resources.items() if r.errors
+    }
+    for where, errors in lists.items():
+        for index, rule in enumerate(errors.rules):
+            if (where, index) not in matched:
                 when = rule.when.model_dump(exclude_none=True, mode="json")
-                warnings.append(f"errors.rules.{index} ({when}) is matched by no answer example")
-    elif definition.resources:
-        warnings.append("has no examples: nothing shows it reads its provider's answers right")
+                warnings.append(f"{where}.rules.{index} ({when}) is matched by no answer example")
     return checked, warnings
+
+
+def _rules_of(definition: ProviderDefinition, resource: str) -> str:
+    """Where the rules that classify ``resource``'s answers are."""
+    return f"resources.{resource}.errors" if definition.resources[resource].errors else "errors"
 
 
 def problems_of(definition: ProviderDefinition, file: str) -> tuple[list[Problem], list[Problem]]:
@@ -66,11 +76,11 @@ def problems_of(definition: ProviderDefinition, file: str) -> tuple[list[Problem
 
 def _answer(
     definition: ProviderDefinition, example: AnswerExample
-) -> tuple[Checked, Outcome | None]:
+) -> tuple[Checked, Outcome | None, str | None]:
     try:
         resource = resolve_resource(definition, example.resource)
     except GatewayError as exc:
-        return Checked("answer", example.name, "a resource", exc.message, False), None
+        return Checked("answer", example.name, "a resource", exc.message, False), None, None
     headers = {name.lower(): value for name, value in example.headers.items()}
     response = UpstreamResponse(example.status, headers, example.raw())
     outcome = classify(definition, resource, response, EXAMPLE_NOW)
@@ -88,7 +98,7 @@ def _answer(
         got["provider_response"] = {
             k: outcome.provider_response.get(k) for k in expect.provider_response
         }
-    return _checked("answer", example.name, wanted, got), outcome
+    return _checked("answer", example.name, wanted, got), outcome, resource
 
 
 def _request(definition: ProviderDefinition, example: RequestExample) -> Checked:
@@ -122,8 +132,18 @@ def _request(definition: ProviderDefinition, example: RequestExample) -> Checked
         got["form"] = dict(parse_qsl((built.body or b"").decode()))
     else:
         wanted["body"] = expect.body
-        got["body"] = None if built.body is None else orjson.loads(built.body)
+        got["body"] = _decoded(built.body)
     return _checked("request", example.name, wanted, got)
+
+
+def _decoded(body: bytes | None) -> Any:
+    """A built body as its JSON value (or its text, when it is not JSON: a form's)."""
+    if body is None:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
 
 
 def _checked(kind: Any, name: str, wanted: dict[str, Any], got: dict[str, Any]) -> Checked:

@@ -66,6 +66,34 @@ def test_a_rule_no_answer_exercises_is_a_warning() -> None:
     ]
 
 
+def test_a_rule_with_a_body_predicate_is_named_by_its_expression() -> None:
+    extra = '\n    - when: {body: "fault.hold"}\n      outcome: not_cancellable\n\n# The proof'
+    _, warnings = prove(ProviderDefinition.model_validate(acme("\n\n# The proof", extra)))
+    assert warnings == ["errors.rules.2 ({'body': 'fault.hold'}) is matched by no answer example"]
+
+
+def test_a_resources_own_rules_are_checked_against_its_answers() -> None:
+    """The pickup resource classifies with its own rules; the provider's two rules stay
+    matched by the shipment answers and the pickup's rule is the one reported."""
+    own = "      require_json: false     # answers 204 with no body\n    errors:\n      rules:\n"
+    own += "        - when: {code: PICKUP_DONE}\n          outcome: not_cancellable\n"
+    definition = ProviderDefinition.model_validate(
+        acme("      require_json: false     # answers 204 with no body\n", own)
+    )
+    checked, warnings = prove(definition)
+    assert all(c.ok for c in checked)
+    assert warnings == [
+        "resources.pickup.errors.rules.0 ({'code': 'PICKUP_DONE'}) is matched by no answer example"
+    ]
+
+
+def test_a_definition_without_answer_examples_is_warned_of_as_a_whole() -> None:
+    bare = acme()
+    bare["examples"] = {"requests": bare["examples"]["requests"]}  # type: ignore[index]
+    _, warnings = prove(ProviderDefinition.model_validate(bare))
+    assert warnings == ["has no answer examples: nothing shows it reads its provider's answers"]
+
+
 def write(tmp_path: Path, change: str = "", to: str = "") -> Path:
     (tmp_path / "acme.yaml").write_text(yaml.safe_dump(acme(change, to)))
     config = tmp_path / "gateway.yaml"
