@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from structlog.typing import FilteringBoundLogger
@@ -162,6 +163,7 @@ class Canceller:
         nothing in a preview depends on whether a value equals a secret."""
         prepared = self.prepare(caller, json_body(body), info, self._new_facts(caller))
         upstream = prepared.upstream
+        resource = prepared.target.definition.resources[prepared.resource]
         return Preview(
             connection=prepared.target.name,
             provider=prepared.target.definition.name,
@@ -171,7 +173,7 @@ class Canceller:
                 method=upstream.method,
                 url=upstream.shown_url,
                 headers=upstream.shown_headers(),
-                body=None if upstream.body is None else orjson.loads(upstream.body),
+                body=_shown_body(upstream.body, resource.body_encoding),
             ),
             request_id=info.request_id,
             trace_id=info.trace.trace_id,
@@ -403,3 +405,12 @@ class Canceller:
             render_envelope(envelope),
             reply_headers(info.request_id, result.retry_after_s),
         )
+
+
+def _shown_body(body: bytes | None, encoding: str) -> object | None:
+    """A built body as a preview shows it: its JSON value, or a form's fields as a mapping."""
+    if body is None:
+        return None
+    if encoding == "form":
+        return dict(parse_qsl(body.decode(), keep_blank_values=True))
+    return orjson.loads(body)
