@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from gateway.fields import NAME, Expression, Strict, StructureField, TemplateField
+from gateway.fields import NAME, Expression, HeaderName, Strict, StructureField, TemplateField
 from gateway.translate.paths import compile_path
 from gateway.translate.templates import Template, compile_template, structure_templates
 
@@ -57,7 +57,7 @@ class TokenCall(Strict):
 
     url: TemplateField
     method: Literal["POST", "GET"] = "POST"
-    headers: dict[str, TemplateField] = Field(default_factory=dict)
+    headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
     form: dict[str, TemplateField] | None = None
     body: StructureField = None
     basic: BasicAuth | None = None  # the client's own credentials as HTTP Basic
@@ -81,7 +81,7 @@ class TokenAuth(Strict):
     takes the login request as ``login``."""
 
     type: Literal["oauth2_client_credentials", "session"]
-    header: Annotated[str, Field(pattern=NAME)] = "Authorization"
+    header: HeaderName = "Authorization"
     value: TemplateField = Field(default_factory=lambda: compile_template("Bearer {token}"))
     # oauth2_client_credentials
     token_url: TemplateField | None = None
@@ -91,7 +91,7 @@ class TokenAuth(Strict):
     scope: str | None = None
     audience: str | None = None
     extra: dict[str, TemplateField] = Field(default_factory=dict)
-    token_headers: dict[str, TemplateField] = Field(default_factory=dict)
+    token_headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
     # session
     login: TokenCall | None = None
 
@@ -186,7 +186,7 @@ class Signature(Strict):
     key: TemplateField | None = None  # required for an HMAC
     message: list[MessagePart] = Field(min_length=1)
     encoding: Literal["hex", "hex-upper", "base64"] = "hex"
-    header: Annotated[str, Field(pattern=NAME)] | None = None
+    header: HeaderName | None = None
     query: Annotated[str, Field(pattern=NAME)] | None = None
 
     @model_validator(mode="after")

@@ -413,4 +413,5 @@ def _shown_body(body: bytes | None, encoding: str) -> object | None:
         return None
     if encoding == "form":
         return dict(parse_qsl(body.decode(), keep_blank_values=True))
-    return orjson.loads(body)
+    shown: object = orjson.loads(body)
+    return shown

@@ -27,7 +27,7 @@ from gateway.auth_schemes import (
 )
 from gateway.errors import ErrorCode
 from gateway.examples import Examples
-from gateway.fields import Expression, Strict, StructureField, TemplateField
+from gateway.fields import Expression, HeaderName, Strict, StructureField, TemplateField
 from gateway.translate.templates import (
     CONTEXT_NAMES,
     GENERATED_NAMES,
@@ -205,7 +205,7 @@ class Resource(Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
     path: Annotated[TemplateField, AfterValidator(_absolute_path)]
     retry_safe: bool = False  # may be repeated after it was sent (README, "Resilience")
-    headers: dict[str, TemplateField] = Field(default_factory=dict)
+    headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)
     body: StructureField = None
     # How the body is written: JSON (GraphQL is JSON: a query and its variables), or as a form

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from gateway.fields import Strict
 from gateway.models import CancelRequest
@@ -77,6 +77,12 @@ class RequestExample(Strict):
     uuid: str = "00000000-0000-4000-8000-000000000000"
     expect: RequestExpectation
     source: str = ""
+
+    @field_validator("now")
+    @classmethod
+    def _utc(cls, now: datetime) -> datetime:
+        """A time written without an offset is UTC (as the providers' clocks are read)."""
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
 
     def canonical(self) -> CancelRequest:
         return CancelRequest.model_validate({"connection": "example", **self.request})

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from jmespath.parser import ParsedResult
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from gateway.translate.paths import compile_path
 from gateway.translate.templates import (
@@ -31,6 +31,7 @@ def _template(value: Any) -> Template:
 
 
 NAME = HEADER_NAME.pattern  # a header's or a query parameter's name
+HeaderName = Annotated[str, Field(pattern=NAME)]  # refused at load, not at send
 
 
 def structure(value: Any) -> Body:

@@ -218,6 +218,8 @@ def test_rule_outcome_must_be_a_provider_outcome(outcome: str) -> None:
         ("params.region.type", "date"),
         ("params.region.pattern", "([unclosed"),
         ("params.region.max_length", 0),
+        ("resources.order.headers", {"X Caller": "{caller.name}"}),  # not a header name
+        ("resources.order.headers", {"X-Caller:": "{caller.name}"}),
     ],
 )
 def test_structural_mistakes_are_rejected(path: str, value: Any) -> None:

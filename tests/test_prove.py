@@ -4,6 +4,7 @@ and in `cancel-gateway test-provider`; a rule no example exercises is a warning.
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from gateway.cli import main
 from gateway.definition import ProviderDefinition
+from gateway.examples import RequestExample
 from gateway.prove import prove
 from tests.conftest import CALLER_KEY
 
@@ -92,6 +94,16 @@ def test_a_definition_without_answer_examples_is_warned_of_as_a_whole() -> None:
     bare["examples"] = {"requests": bare["examples"]["requests"]}  # type: ignore[index]
     _, warnings = prove(ProviderDefinition.model_validate(bare))
     assert warnings == ["has no answer examples: nothing shows it reads its provider's answers"]
+
+
+def test_a_request_examples_time_without_an_offset_is_utc() -> None:
+    stated = [
+        RequestExample.model_validate(
+            {"name": "t", "request": {}, "now": now, "expect": {"method": "POST", "url": "u"}}
+        ).now
+        for now in ("2026-03-01T12:00:00", "2026-03-01T12:00:00Z")
+    ]
+    assert stated[0] == stated[1] == datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 def write(tmp_path: Path, change: str = "", to: str = "") -> Path:
