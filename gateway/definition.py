@@ -310,6 +310,18 @@ class ProviderDefinition(Strict):
         if self.signature is not None:
             for template in self.signature.templates():
                 check("signature", template, credentials_allowed=True)
+            signing_key = self.signature.key
+            if signing_key is not None and (
+                not any(n.startswith("credentials.") for n in signing_key.names)
+                or any(self.per_request(n) for n in signing_key.names)
+            ):
+                found.append(
+                    (
+                        "signature.key",
+                        "the key is the connection's secret: it must name a credential and "
+                        "nothing a request gives",
+                    )
+                )
         for rname, res in self.resources.items():
             check(f"resources.{rname}.path", res.path)
             for key, tpl in res.headers.items():

@@ -330,6 +330,16 @@ SIGNATURE = {"algorithm": "hmac-sha256", "key": "{credentials.api_key}", "messag
         pytest.param(
             {**SIGNATURE, "header": "X Sig"}, "should match pattern", id="header-not-a-token"
         ),
+        pytest.param(
+            {**SIGNATURE, "key": "written-in-the-file", "header": "X-Sig"},
+            "must name a credential",
+            id="literal-key",
+        ),
+        pytest.param(
+            {**SIGNATURE, "key": "{credentials.api_key}{id}", "header": "X-Sig"},
+            "nothing a request gives",
+            id="key-with-a-callers-value",
+        ),
     ],
 )
 def test_a_bad_signature_is_refused(signature: dict[str, Any], problem: str) -> None:
