@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from structlog.typing import FilteringBoundLogger
@@ -163,7 +162,6 @@ class Canceller:
         nothing in a preview depends on whether a value equals a secret."""
         prepared = self.prepare(caller, json_body(body), info, self._new_facts(caller))
         upstream = prepared.upstream
-        resource = prepared.target.definition.resources[prepared.resource]
         return Preview(
             connection=prepared.target.name,
             provider=prepared.target.definition.name,
@@ -173,7 +171,7 @@ class Canceller:
                 method=upstream.method,
                 url=upstream.shown_url,
                 headers=upstream.shown_headers(),
-                body=_shown_body(upstream.body, resource.body_encoding),
+                body=upstream.shown_body(),
             ),
             request_id=info.request_id,
             trace_id=info.trace.trace_id,
@@ -405,13 +403,3 @@ class Canceller:
             render_envelope(envelope),
             reply_headers(info.request_id, result.retry_after_s),
         )
-
-
-def _shown_body(body: bytes | None, encoding: str) -> object | None:
-    """A built body as a preview shows it: its JSON value, or a form's fields as a mapping."""
-    if body is None:
-        return None
-    if encoding == "form":
-        return dict(parse_qsl(body.decode(), keep_blank_values=True))
-    shown: object = orjson.loads(body)
-    return shown

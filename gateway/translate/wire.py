@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote
+
+import orjson
 
 from gateway.redact import REDACTED
 
@@ -38,6 +40,20 @@ class UpstreamRequest:
             for name, eq, value in pairs
         )
         return f"{base}?{'&'.join(shown)}"
+
+    def shown_body(self) -> object | None:
+        """The body as a preview shows it: a form's fields as a mapping, else its JSON value
+        (or its text, should it be neither). A body never holds a credential."""
+        if self.body is None:
+            return None
+        kind = next((v for n, v in self.headers if n.lower() == "content-type"), "")
+        if kind.startswith("application/x-www-form-urlencoded"):
+            return dict(parse_qsl(self.body.decode(), keep_blank_values=True))
+        try:
+            shown: object = orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return self.body.decode("utf-8", "replace")
+        return shown
 
     def with_secret_header(self, name: str, value: str) -> UpstreamRequest:
         """``name`` set to a value that is a credential or a signature."""

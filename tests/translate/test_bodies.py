@@ -89,3 +89,15 @@ def test_no_body_sends_none_and_no_content_type() -> None:
 def test_a_form_body_must_be_a_flat_mapping(body: Any) -> None:
     with pytest.raises(ValidationError, match="a form body is a mapping"):
         build({"body_encoding": "form", "body": body})
+
+
+def test_a_body_is_shown_as_its_fields_or_its_json_value() -> None:
+    """What a dry run shows: a form's fields as a mapping (an empty value kept), a JSON body
+    (under a vendor's type too) as its value, no body as null."""
+    form = build({"body_encoding": "form", "body": {"id": "{id}", "note": ""}})
+    assert form.shown_body() == {"id": "o-1", "note": ""}
+    vendor = build({"body": {"id": "{id}"}, "headers": {"Content-Type": "application/vnd.x+json"}})
+    assert vendor.shown_body() == {"id": "o-1"}
+    assert build({}).shown_body() is None
+    text = UpstreamRequest("POST", "https://x.example", (("Content-Type", "text/plain"),), b"hi")
+    assert text.shown_body() == "hi"
