@@ -65,6 +65,15 @@ class TokenCall(Strict):
     expires_in: Expression | None = Field(default_factory=lambda: compile_path("expires_in"))
     lifetime_s: float = Field(default=3600.0, gt=0, le=366 * 86400)
 
+    @model_validator(mode="after")
+    def _one_authorization(self) -> TokenCall:
+        if self.basic is not None and any(n.lower() == "authorization" for n in self.headers):
+            raise ValueError(
+                "the token request's Authorization header carries the client's Basic "
+                "credentials: leave it out of the headers"
+            )
+        return self
+
     def templates(self) -> list[Template]:
         found = [self.url, *self.headers.values(), *(self.form or {}).values()]
         found += structure_templates(self.body)

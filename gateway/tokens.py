@@ -3,7 +3,7 @@
 all the requests that need it at the same time, and forgotten when the provider refuses it.
 
 A token is a secret: the header that carries it is masked wherever a request is shown, and the
-log's redactor learns each token as it arrives (only the connection's newest two are kept, so
+log's redactor learns each token as it arrives (only the connection's newest eight are kept, so
 the redactor does not grow with every refresh).
 """
 
@@ -196,13 +196,16 @@ def _token_request(target: Target, call: TokenCall, clock: Clock) -> UpstreamReq
             (n, header_value(n, str(t.render(ctx, str) or ""))) for n, t in call.headers.items()
         ]
         body: bytes | None = None
+        kind = ""
         if call.form is not None:
             form = {name: t.render(ctx, str) for name, t in call.form.items()}
             body = urlencode({k: v for k, v in form.items() if v is not None}).encode()
-            headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+            kind = "application/x-www-form-urlencoded"
         elif call.body is not None:
             body = orjson.dumps(render_structure(call.body, ctx))
-            headers.append(("Content-Type", "application/json"))
+            kind = "application/json"
+        if body is not None and not any(n.lower() == "content-type" for n, _ in headers):
+            headers.append(("Content-Type", kind))  # a type in the headers replaces the default
         secret = set()
         if call.basic is not None:
             user = _rendered(call.basic.username.render(ctx, str), "username")

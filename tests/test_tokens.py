@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ErrorCode
+from gateway.problems import ConfigError
 from gateway.redact import Redactor
 from gateway.tokens import TokenFailure, Tokens
 from gateway.translate.wire import UpstreamRequest
@@ -61,6 +62,34 @@ async def test_the_token_request_is_the_oauth2_client_credentials_grant(tmp_path
     assert dict(request.headers)["WM_SEC.ACCESS_TOKEN"] == "token-one-1"
     assert request.shown_headers()["WM_SEC.ACCESS_TOKEN"] == "[REDACTED]"
     assert cached is None  # fetched, not from the cache
+
+
+def setup_with(tmp_path: Path, change: str, to: str) -> tuple[Tokens, FakeTransport, object]:
+    text = (FIXTURES / "oauth-market.yaml").read_text()
+    assert change in text
+    files = {"oauth-market.yaml": text.replace(change, to)}
+    runtime = load_runtime(tmp_path, CONFIG, files=files)
+    transport = FakeTransport()
+    tokens = Tokens(transport, FakeClock(), Redactor(runtime.secrets))
+    return tokens, transport, runtime.targets["market"]
+
+
+async def test_a_content_type_in_the_token_headers_replaces_the_default(tmp_path: Path):
+    tokens, transport, target = setup_with(
+        tmp_path,
+        "    WM_SVC.NAME:",
+        "    content-type: application/x-www-form-urlencoded; charset=UTF-8\n    WM_SVC.NAME:",
+    )
+    transport.answer(issued("token-one-1"))
+    await tokens.authorize(target, CANCEL, 5.0)
+    [sent] = transport.sent
+    types = [v for n, v in sent.headers if n.lower() == "content-type"]
+    assert types == ["application/x-www-form-urlencoded; charset=UTF-8"]
+
+
+def test_an_authorization_header_beside_basic_client_auth_is_refused(tmp_path: Path):
+    with pytest.raises(ConfigError, match="leave it out of the headers"):
+        setup_with(tmp_path, "    WM_SVC.NAME:", "    Authorization: Basic abc\n    WM_SVC.NAME:")
 
 
 async def test_a_token_is_reused_until_shortly_before_it_expires(tmp_path: Path):
