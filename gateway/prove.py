@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from pydantic import ValidationError
 
 from gateway.config import ConnectionConfig
@@ -132,18 +131,8 @@ def _request(definition: ProviderDefinition, example: RequestExample) -> Checked
         got["form"] = dict(parse_qsl((built.body or b"").decode()))
     else:
         wanted["body"] = expect.body
-        got["body"] = _decoded(built.body)
+        got["body"] = built.shown_body()
     return _checked("request", example.name, wanted, got)
-
-
-def _decoded(body: bytes | None) -> Any:
-    """A built body as its JSON value (or its text, when it is not JSON: a form's)."""
-    if body is None:
-        return None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body.decode("utf-8", "replace")
 
 
 def _checked(kind: Any, name: str, wanted: dict[str, Any], got: dict[str, Any]) -> Checked:
