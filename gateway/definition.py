@@ -375,11 +375,7 @@ class ProviderDefinition(Strict):
         connection fixes may be there, so that no request chooses where credentials go."""
         found: list[str] = []
         for name in authority.names:
-            prefix, _, rest = name.partition(".")
-            spec = self.params.get(rest) if prefix == "params" else None
-            if spec is not None and not spec.per_request:
-                continue
-            if spec is not None or name in REQUEST_NAMES:
+            if self.per_request(name):
                 found.append(
                     f"{{{name}}} is given per request: only params the connection fixes may "
                     "make the host or port, so that no caller chooses where credentials go"
