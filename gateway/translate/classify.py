@@ -8,7 +8,7 @@ here raises on a strange body: HTML, an empty body, wrong types all classify.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -104,9 +104,9 @@ def classify(
     retry_after = _wait(errors.retry_after, response, body, now)
     described = details["message"]
 
-    rule = _first_rule(errors.rules, status, details, body)
-    if rule is not None:
-        index = errors.rules.index(rule)
+    index = _first_rule(errors.rules, status, details, body)
+    if index is not None:
+        rule = errors.rules[index]
         if rule.outcome == "already_cancelled":
             return Outcome(
                 Status.ALREADY_CANCELLED,
@@ -115,10 +115,15 @@ def classify(
                 rule=index,
             )
         code = ErrorCode(rule.outcome)
-        failure = _failure(
-            code, f"{title} answered {status}", status, provider_code, retry_after, described
+        return _failure(
+            code,
+            f"{title} answered {status}",
+            status,
+            provider_code,
+            retry_after,
+            described,
+            rule=index,
         )
-        return replace(failure, rule=index)
 
     if 200 <= status < 300:
         shape = "a body that is not JSON" if body is _NO_JSON else "a body"
@@ -160,6 +165,7 @@ def _failure(
     retry_after_s: float | None = None,
     detail: str | None = None,
     unmapped: bool = False,
+    rule: int | None = None,
 ) -> Outcome:
     return Outcome(
         spec(code).status,
@@ -170,6 +176,7 @@ def _failure(
         retry_after_s,
         unmapped=unmapped,
         detail=detail,
+        rule=rule,
     )
 
 
@@ -232,8 +239,9 @@ def _scalar(value: Any) -> str | None:
 
 def _first_rule(
     rules: list[Rule], status: int, details: dict[str, str | None], body: Any
-) -> Rule | None:
-    for rule in rules:
+) -> int | None:
+    """The index of the first rule the answer matches."""
+    for index, rule in enumerate(rules):
         when = rule.when
         if when.status is not None and status not in _as_list(when.status):
             continue
@@ -247,7 +255,7 @@ def _first_rule(
                 ("message", when.message),
             )
         ):
-            return rule
+            return index
     return None
 
 
