@@ -32,8 +32,9 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
     prefix = f"/{definition.name}"
     issued: set[str] = set()
     auth = definition.auth
-    tokens = isinstance(auth, TokenAuth)
+    header = None  # the header a fetched token must arrive in
     if isinstance(auth, TokenAuth):
+        header = auth.header
         call = auth.token_call
         path = _token_path(call.url.source)
         app.router.add_route(call.method, prefix + path, _token_endpoint(call.token, issued))
@@ -43,9 +44,8 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
             for a in definition.examples.answers
             if a.resource in (None, name) or len(definition.resources) == 1
         ]
-        header = auth.header if isinstance(auth, TokenAuth) else None
         route = prefix + _route(resource.path.source)
-        app.router.add_route(resource.method, route, _answering(answers, header, issued, tokens))
+        app.router.add_route(resource.method, route, _answering(answers, header, issued))
 
 
 def _token_path(url: str) -> str:
@@ -69,14 +69,12 @@ def _route(path: str) -> str:
     return route.replace("{{", "{").replace("}}", "}")
 
 
-def _answering(
-    answers: list[AnswerExample], header: str | None, issued: set[str], tokens: bool
-) -> Handler:
+def _answering(answers: list[AnswerExample], header: str | None, issued: set[str]) -> Handler:
     by_slug = {slug(a.name): a for a in answers}
     success = next((a for a in answers if a.expect.status == "cancelled"), None)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        if tokens and header is not None:
+        if header is not None:
             sent = request.headers.get(header, "")
             if not any(token in sent for token in issued):
                 return web.json_response({"error": "unauthorized"}, status=401)
