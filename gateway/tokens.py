@@ -10,7 +10,6 @@ the redactor does not grow with every refresh).
 from __future__ import annotations
 
 import asyncio
-from base64 import b64encode
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -25,8 +24,8 @@ from gateway.errors import ErrorCode
 from gateway.models import CONTROL
 from gateway.redact import MIN_SECRET_LENGTH, Redactor
 from gateway.targets import Target
-from gateway.translate.auth import with_credentials
-from gateway.translate.build import Call
+from gateway.translate.auth import basic_value, with_credentials
+from gateway.translate.build import generated_values
 from gateway.translate.templates import TemplateError, header_value, render_structure
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import Transport, UpstreamFailure
@@ -186,7 +185,7 @@ def _key(target: Target, auth: TokenAuth) -> Key:
 
 def _token_request(target: Target, call: TokenCall, clock: Clock) -> UpstreamRequest:
     params = {f"params.{k}": v for k, v in target.params.items()}
-    generated = Call("", "", "", "", "", now=clock.now(), uuid=str(uuid4())).generated()
+    generated = generated_values(clock.now(), str(uuid4()))
     ctx = with_credentials(
         {"connection.name": target.name, **params, **generated}, target.credentials
     )
@@ -210,8 +209,7 @@ def _token_request(target: Target, call: TokenCall, clock: Clock) -> UpstreamReq
         if call.basic is not None:
             user = _rendered(call.basic.username.render(ctx, str), "username")
             password = call.basic.password.render(ctx, str) or ""
-            pair = b64encode(f"{user}:{password}".encode()).decode()
-            headers.append(("Authorization", f"Basic {pair}"))
+            headers.append(("Authorization", basic_value(user, password)))
             secret.add("authorization")
     except TemplateError as exc:
         raise TokenFailure(ErrorCode.PROVIDER_MISCONFIGURED, str(exc), None, False) from None

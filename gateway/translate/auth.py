@@ -41,11 +41,13 @@ def auth_header(
         password = auth.password.render(given, str)
         if username is None or password is None:
             return None
-        pair = f"{username}:{password}".encode()
-        return "Authorization", header_value(
-            "Authorization", f"Basic {base64.b64encode(pair).decode()}"
-        )
+        return "Authorization", header_value("Authorization", basic_value(username, password))
     return None
+
+
+def basic_value(username: str, password: str) -> str:
+    """HTTP Basic's Authorization value (RFC 7617)."""
+    return f"Basic {base64.b64encode(f'{username}:{password}'.encode()).decode()}"
 
 
 def auth_query(

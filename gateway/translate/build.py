@@ -48,15 +48,18 @@ class Call:
     uuid: str = ""
 
     def generated(self) -> dict[str, Any]:
-        if self.now is None:
-            return {}
-        moment = self.now.astimezone(UTC)
-        return {
-            "now.unix": int(moment.timestamp()),
-            "now.unix_ms": int(moment.timestamp() * 1000),
-            "now.rfc3339": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "uuid": self.uuid or None,
-        }
+        return {} if self.now is None else generated_values(self.now, self.uuid)
+
+
+def generated_values(now: datetime, uuid: str) -> dict[str, Any]:
+    """The values made for one attempt (``now.*``, ``uuid``), as templates name them."""
+    moment = now.astimezone(UTC)
+    return {
+        "now.unix": int(moment.timestamp()),
+        "now.unix_ms": int(moment.timestamp() * 1000),
+        "now.rfc3339": moment.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "uuid": uuid or None,
+    }
 
 
 def resolve_resource(definition: ProviderDefinition, requested: str | None) -> str:
