@@ -13,14 +13,12 @@ import re
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlsplit
-
-from pydantic import BaseModel, ValidationError
 
 from gateway.config import ConnectionConfig, GatewayConfig
 from gateway.definition import ProviderDefinition
-from gateway.problems import ConfigError, Problem, validation_problems
+from gateway.problems import ConfigError, Problem, validate
 from gateway.prove import problems_of
 from gateway.providers import builtin_files
 from gateway.resilience import Policy
@@ -29,7 +27,6 @@ from gateway.yamlfile import parse_yaml, read_yaml, unreadable
 
 # ${NAME} or ${NAME:-default}; a default may hold one level of braces (a URL template).
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
-M = TypeVar("M", bound=BaseModel)
 SECRET_PATHS = (
     ("callers", "*", "key"),
     ("connections", "*", "credentials", "*"),
@@ -76,7 +73,7 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
     secrets: set[str] = set()
     unresolved: set[tuple[str, ...]] = set()
     raw = _substitute(raw, environ, (), str(path), problems, unresolved, secrets)
-    config = _validate(GatewayConfig, raw, str(path), problems, skip=unresolved)
+    config = validate(GatewayConfig, raw, str(path), problems, skip=unresolved)
     files, sources = _provider_files(path.parent, raw, config, problems)
     failed: set[str] = set()
     warnings: list[Problem] = []
@@ -140,7 +137,7 @@ def _parsable_connections(raw: Mapping[str, Any]) -> dict[str, ConnectionConfig]
         return {}
     parsed: dict[str, ConnectionConfig] = {}
     for name, entry in entries.items():
-        connection = _validate(ConnectionConfig, entry, "", [])
+        connection = validate(ConnectionConfig, entry, "", [])
         if connection is not None:
             parsed[str(name)] = connection
     return parsed
@@ -184,7 +181,7 @@ def load_providers(
     refused: set[str] = set()
     for name, text in sources:
         raw = parse_yaml(text, name, problems)
-        definition = None if raw is None else _validate(ProviderDefinition, raw, name, problems)
+        definition = None if raw is None else validate(ProviderDefinition, raw, name, problems)
         if definition is not None:
             wrong, unproven = _proven(definition, name, text)
             if warnings is not None:
@@ -281,20 +278,6 @@ def _is_secret(loc: tuple[str, ...]) -> bool:
         and all(p in ("*", part) for p, part in zip(pattern, loc, strict=True))
         for pattern in SECRET_PATHS
     )
-
-
-def _validate(
-    model: type[M],
-    raw: Any,
-    file: str,
-    problems: list[Problem],
-    skip: Set[tuple[str, ...]] = frozenset(),
-) -> M | None:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems.extend(validation_problems(model, exc, file, skip))
-        return None
 
 
 def _version(raw: Any, provider_files: Iterable[bytes]) -> str:

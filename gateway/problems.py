@@ -6,7 +6,7 @@ import difflib
 import types
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -89,3 +89,21 @@ def _unwrapped(kind: Any) -> Any:
             kind = members[0]
         else:
             return kind
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(
+    model: type[M],
+    raw: Any,
+    file: str,
+    problems: list[Problem],
+    skip: Set[tuple[str, ...]] = frozenset(),
+) -> M | None:
+    """``raw`` as ``model``, or None with its problems added (those under ``skip`` left out)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(validation_problems(model, exc, file, skip))
+        return None

@@ -14,7 +14,7 @@ from gateway.config import ConnectionConfig
 from gateway.definition import ProviderDefinition
 from gateway.errors import GatewayError
 from gateway.examples import EXAMPLE_NOW, AnswerExample, Checked, RequestExample
-from gateway.problems import Problem, validation_problems
+from gateway.problems import Problem, validate
 from gateway.targets import resolve_target
 from gateway.translate.build import Call, build_request, resolve_resource
 from gateway.translate.classify import Outcome, classify
@@ -156,12 +156,9 @@ def load_definition(file: Path) -> tuple[ProviderDefinition | None, list[Problem
     """The provider definition in ``file`` alone, or None and what is wrong with it."""
     problems: list[Problem] = []
     raw = read_yaml(file, problems)
-    if raw is not None:
-        try:
-            return ProviderDefinition.model_validate(raw), problems
-        except ValidationError as exc:
-            problems += validation_problems(ProviderDefinition, exc, str(file), frozenset())
-    return None, problems
+    if raw is None:
+        return None, problems
+    return validate(ProviderDefinition, raw, str(file), problems), problems
 
 
 def table(checked: list[Checked]) -> list[str]:
