@@ -21,15 +21,18 @@ from gateway.errors import ErrorCode, Source, Status
 
 # Control characters (C0, DEL, C1): refused in every line of text a request gives, and in
 # credentials; free text (notes) may hold tab, line feed and carriage return.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# The same two rules for the OpenAPI document, in the ECMA-262 syntax JSON Schema patterns use.
+# Written once in the \uXXXX syntax both Python's re and ECMA-262 (JSON Schema, the OpenAPI
+# document) read.
+_CONTROL = r"\u0000-\u001f\u007f-\u009f"
+_CONTROL_BUT_WHITESPACE = r"\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f"
+CONTROL = re.compile(f"[{_CONTROL}]")
+CONTROL_BUT_WHITESPACE = re.compile(f"[{_CONTROL_BUT_WHITESPACE}]")
+NO_CONTROL_PATTERN = f"^[^{_CONTROL}]*$"
+TEXT_PATTERN = f"^[^{_CONTROL_BUT_WHITESPACE}]*$"
 MAX_IDEMPOTENCY_KEY = 255  # characters of an Idempotency-Key
 MAX_BATCH = 100  # items of one batch
 MAX_BATCH_KEY = MAX_IDEMPOTENCY_KEY - 5  # a batch's key: item i uses key#i, "#99" included
 CANCELLATION_ID = re.compile(r"cxl_[0-9a-z]{26}")  # what new_cancellation_id makes
-NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
-TEXT_PATTERN = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
 # JSON numbers past a double's range are refused with the body (no Infinity).
 _LARGEST_DOUBLE = sys.float_info.max
 

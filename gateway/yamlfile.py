@@ -143,10 +143,7 @@ def parse_yaml(text: str, name: str, problems: list[Problem]) -> Any:
         problems.append(Problem(name, where, problem))
         return None
     except (ValueError, TypeError, OverflowError):  # PyYAML's own converters, on odd values
-        message = (
-            "holds a value YAML cannot convert (a number too long, a date that does not exist)"
-        )
-        problems.append(Problem(name, "YAML", message))
+        problems.append(Problem(name, "YAML", _UNCONVERTIBLE))
         return None
     if not isinstance(data, dict):
         problems.append(Problem(name, "", "must be a YAML mapping"))
