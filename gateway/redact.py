@@ -20,8 +20,8 @@ from urllib.parse import quote, quote_plus
 import orjson
 
 REDACTED = "[REDACTED]"
-MIN_SECRET_LENGTH = 8
-_DYNAMIC_KEPT = 8  # the shortest credential check-config accepts (caller keys: 16)
+MIN_SECRET_LENGTH = 8  # the shortest credential check-config accepts (caller keys: 16)
+_DYNAMIC_KEPT = 8  # the newest fetched tokens kept per connection
 SENSITIVE_KEYS = frozenset(
     {
         "authorization",

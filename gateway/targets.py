@@ -29,8 +29,6 @@ from gateway.translate.templates import (
     unknown_reference,
 )
 
-MIN_CREDENTIAL_LENGTH = MIN_SECRET_LENGTH
-
 
 @dataclass(frozen=True, slots=True)
 class BaseUrl:
@@ -135,14 +133,14 @@ def resolve_target(
             problems.append(
                 Problem(file, f"{loc}.credentials.{cname}", "contains control characters")
             )
-        elif 0 < len(value) < MIN_CREDENTIAL_LENGTH:
+        elif 0 < len(value) < MIN_SECRET_LENGTH:
             # Too short to be real (a typo, a placeholder), and every answer and log line is
             # searched for it: a short value would match ordinary text.
             problems.append(
                 Problem(
                     file,
                     f"{loc}.credentials.{cname}",
-                    f"must be at least {MIN_CREDENTIAL_LENGTH} characters (or empty when optional)",
+                    f"must be at least {MIN_SECRET_LENGTH} characters (or empty when optional)",
                 )
             )
         credentials[cname] = value
@@ -219,7 +217,7 @@ def _base_url(
                 Problem(
                     file,
                     f"{loc.rsplit('.', 1)[0]}.{ref}",
-                    "must be a host name label matching ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                    f"must be a host name label matching {HOST_LABEL.pattern}",
                 )
             )
     return base
