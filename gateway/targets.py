@@ -60,9 +60,15 @@ class Target:
     fixed_auth: tuple[str, str] | None = field(init=False, repr=False, compare=False)
     # The resources whose requests are rendered again for each attempt (generated values).
     per_attempt: frozenset[str] = field(init=False, repr=False, compare=False)
+    # What a fetched token belongs to (tokens.py): the connection and everything that fetched
+    # it (credentials, params, the auth), so that a reload changing any of them fetches anew.
+    token_key: tuple[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed_auth", _fixed_auth(self))
+        params = tuple(sorted((k, str(v)) for k, v in self.params.items()))
+        fetched_by = (tuple(sorted(self.credentials.items())), params, repr(self.definition.auth))
+        object.__setattr__(self, "token_key", (self.name, hash(fetched_by)))
         resources = self.definition.resources
         # A connection's own base URL may name a generated value too (in its path).
         own = any(name in GENERATED_NAMES for name in self.base_url.path.names)

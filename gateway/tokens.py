@@ -51,6 +51,7 @@ class TokenFailure(Exception):
 @dataclass(frozen=True, slots=True)
 class _Token:
     value: str = field(repr=False)
+    header: str = field(repr=False)  # the value of ``auth.header`` that carries it
     renew_at: float  # monotonic seconds
 
 
@@ -75,22 +76,18 @@ class Tokens:
         from the cache (one the provider refuses is worth fetching again once)."""
         auth = target.definition.auth
         assert isinstance(auth, TokenAuth)
-        key = _key(target, auth)
-        cached = self._cached.get(key)
+        cached = self._cached.get(target.token_key)
         if cached is not None and cached.renew_at > self._clock.monotonic():
-            return _with_token(auth, request, cached.value), cached.value
-        token = await self._token(target, auth, key, deadline)
-        return _with_token(auth, request, token.value), None
+            return request.with_secret_header(auth.header, cached.header), cached.value
+        token = await self._token(target, auth, target.token_key, deadline)
+        return request.with_secret_header(auth.header, token.header), None
 
     def forget(self, target: Target, token: str) -> None:
         """The provider refused ``token``: the next request fetches another, unless one has
         been fetched meanwhile (forgetting that one would make every refused request fetch)."""
-        auth = target.definition.auth
-        assert isinstance(auth, TokenAuth)
-        key = _key(target, auth)
-        cached = self._cached.get(key)
+        cached = self._cached.get(target.token_key)
         if cached is not None and cached.value == token:
-            del self._cached[key]
+            del self._cached[target.token_key]
 
     async def _token(self, target: Target, auth: TokenAuth, key: Key, deadline: float) -> _Token:
         """The one fetch of this key in flight, started if none is: a task of its own, so that
@@ -134,13 +131,13 @@ class Tokens:
             message = f"the token endpoint answered {status} without a usable token"
             raise TokenFailure(ErrorCode.PROVIDER_BAD_RESPONSE, message, status, True)
         try:
-            _with_token(auth, UpstreamRequest("GET", "", ()), value)
+            header = _header(auth, value)
         except TemplateError:
             raise TokenFailure(
                 ErrorCode.PROVIDER_BAD_RESPONSE, "the token cannot be sent", status, True
             ) from None
         margin = min(RENEW_MARGIN_S, lifetime / 10)
-        token = _Token(value, self._clock.monotonic() + lifetime - margin)
+        token = _Token(value, header, self._clock.monotonic() + lifetime - margin)
         # Cached only once it is known to be sendable, and redacted from then on.
         self._cached = {k: t for k, t in self._cached.items() if k[0] != key[0]}
         self._cached[key] = token
@@ -169,18 +166,12 @@ def _read(call: TokenCall, body: bytes) -> tuple[str | None, float]:
     return value, float(lifetime)
 
 
-def _with_token(auth: TokenAuth, request: UpstreamRequest, token: str) -> UpstreamRequest:
+def _header(auth: TokenAuth, token: str) -> str:
+    """The value of the header that carries ``token``, rendered once per token."""
     value = auth.value.render({"token": token}, str)
     if value is None:
         raise TemplateError("the token's header renders empty")
-    return request.with_secret_header(auth.header, header_value(auth.header, value))
-
-
-def _key(target: Target, auth: TokenAuth) -> Key:
-    """A token belongs to a connection and what fetched it (credentials, params, the token
-    request): a reload that changes any of them fetches a new one."""
-    params = tuple(sorted((k, str(v)) for k, v in target.params.items()))
-    return target.name, hash((tuple(sorted(target.credentials.items())), params, repr(auth)))
+    return header_value(auth.header, value)
 
 
 def _token_request(target: Target, call: TokenCall, clock: Clock) -> UpstreamRequest:
