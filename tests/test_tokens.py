@@ -201,3 +201,20 @@ async def test_an_unsendable_token_is_not_cached(tmp_path: Path):
         await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
     request, cached = await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
     assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("token-two-2", None)
+
+
+async def test_a_reload_that_changes_the_credentials_fetches_a_new_token(tmp_path: Path):
+    """The same connection, reloaded with another client secret, does not reuse the token the
+    old secret fetched; reloaded unchanged, it does."""
+    tokens, transport, clock, target = setup(tmp_path)
+    files = {"oauth-market.yaml": (FIXTURES / "oauth-market.yaml").read_text()}
+    same = load_runtime(tmp_path, CONFIG, files=files).targets["market"]
+    changed_config = CONFIG.replace("client-secret-not-real", "client-secret-rotated-not-real")
+    changed = load_runtime(tmp_path, changed_config, files=files).targets["market"]
+    transport.answer(issued("token-one-1"), issued("token-two-2"))
+    await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+    _, cached = await tokens.authorize(same, CANCEL, clock.monotonic() + 5)
+    assert cached == "token-one-1"
+    request, cached = await tokens.authorize(changed, CANCEL, clock.monotonic() + 5)
+    assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("token-two-2", None)
+    assert len(transport.sent) == 2
