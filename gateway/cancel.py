@@ -192,17 +192,11 @@ class Canceller:
         except GatewayError as exc:
             result = exc
         except Exception:
-            log.exception("cancellation.crashed")
-            result = GatewayError(
-                ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
-            )
+            result = _crashed(log, info)
         try:
             reply = self._reply(facts, result, info)
         except Exception:  # a bug: the answer is still an envelope, recorded and logged
-            log.exception("cancellation.crashed")
-            result = GatewayError(
-                ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
-            )
+            result = _crashed(log, info)
             reply = self._reply(facts, result, info)
         await self._settle(facts, result, reply, log)
         error_code = result.code.value if result.code else None
@@ -403,3 +397,10 @@ class Canceller:
             render_envelope(envelope),
             reply_headers(info.request_id, result.retry_after_s),
         )
+
+
+def _crashed(log: FilteringBoundLogger, info: RequestInfo) -> GatewayError:
+    """A bug met while cancelling: logged with its traceback (called in the ``except``),
+    answered as ``internal_error``."""
+    log.exception("cancellation.crashed")
+    return GatewayError(ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})")
