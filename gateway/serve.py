@@ -50,12 +50,11 @@ class Listener:
     keepalive_timeout_s: float = 15.0  # idle connections, and requests whose headers trickle
     envelopes: bool = False  # answer malformed HTTP with the app's ERROR_ANSWER
     backlog: int = 4096  # aiohttp's 128 drops SYNs of a burst of connections: 1 s+ retries
-    error_answer: ErrorAnswer | None = None  # instead of the app's
 
     def answer(self) -> ErrorAnswer | None:
         """How this listener answers what aiohttp cannot parse; None: aiohttp's plain text."""
-        if self.error_answer is not None or not self.envelopes:
-            return self.error_answer
+        if not self.envelopes:
+            return None
         found = self.app.get(ERROR_ANSWER)
         if found is None:
             raise TypeError("envelopes=True, but the app carries no ERROR_ANSWER")

@@ -39,7 +39,7 @@ class Services:
     spans: Spans
     guards: GuardRegistry  # breakers, budgets and limits, kept across reloads
     tokens: Tokens  # fetched tokens, per connection, kept across reloads
-    rand: Callable[[], float] = full_jitter  # the backoff's jitter
+    rand: Callable[[], float]  # the backoff's jitter
 
 
 def build_services(

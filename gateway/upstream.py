@@ -69,8 +69,8 @@ def map_failure(exc: BaseException, request: UpstreamRequest | None = None) -> U
             detail = str(exc).strip()
             if request is not None and request.secret_query:
                 # aiohttp quotes the URL it called (an answer that is not HTTP, a connect
-                # timeout): its signature and query credentials are masked, as wherever shown.
-                detail = detail.replace(request.url, request.shown_url)
+                # timeout): its signature and query credentials are masked, as wherever shown
+                # (the URL's query replaced is the URL replaced).
                 detail = detail.replace(
                     urlsplit(request.url).query, urlsplit(request.shown_url).query
                 )
