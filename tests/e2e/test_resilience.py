@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BASE_CONFIG, GatewayFactory, Upstream
+from tests.fakes import PLAIN_POST  # a POST with no idempotency key: unsafe to repeat
 
 pytestmark = pytest.mark.e2e
 
@@ -23,19 +24,6 @@ SHIPPER_503 = {"metadata": {"http_status_code": 503, "errors": [{"message": "una
 STATESET_OK = {"id": "asn_1", "status": "cancelled", "cancelled_at": "2024-01-16T10:30:00Z"}
 RX_OK = {"orderNumber": "72544", "trayNumber": "1", "poNumber": "P", "message": ""}
 SHOPLAZZA_OK = {"procurement": {"state": 4, "updated_at": "2024-05-21T09:59:29Z"}}
-
-# A provider whose cancel is a POST with no idempotency key: not safe to repeat once sent.
-PLAIN_POST = """\
-name: plainpost
-credentials:
-  token: {}
-auth: {header: X-Token, value: "{credentials.token}"}
-resources:
-  order:
-    method: POST
-    path: /orders/{id}/cancel
-    body: {reason: "{reason}"}
-"""
 
 
 class Hands:
