@@ -35,6 +35,7 @@ from gateway.models import (
     Reloaded,
 )
 from gateway.problems import Problem
+from gateway.tracing import REQUEST_ID
 
 _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (CancelRequest, "validation"),
@@ -73,7 +74,7 @@ _EVERY_ANSWER = {
     "X-Request-ID": _header(
         "The caller's X-Request-ID when it is 1 to 200 printable ASCII characters without "
         "spaces, else one the gateway made.",
-        {"type": "string", "pattern": "^[!-~]{1,200}$"},
+        {"type": "string", "pattern": REQUEST_ID.pattern},
         required=True,
     ),
     "X-Config-Version": _header(
@@ -185,8 +186,6 @@ def _describe_provider_rules(request: dict[str, Any]) -> None:
 
 
 def openapi_document() -> dict[str, Any]:
-    # api.py imports this module to serve the document: its limits are read once both are.
-
     _, definitions = models_json_schema(_MODELS, ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = definitions["$defs"]
     _describe_provider_rules(schemas["CancelRequest"])

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+REQUEST_ID = re.compile(r"^[!-~]{1,200}$")  # printable ASCII, no space (also the API's)
 # W3C tracestate: at most 32 comma-separated members of printable ASCII; 512 characters is
 # the length the recommendation asks every vendor to pass on at least.
 _TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")
@@ -51,6 +51,6 @@ def trace_from(header: str | None, tracestate: str | None = None) -> Trace:
 
 def request_id_from(header: str | None) -> str:
     """The caller's ``X-Request-ID`` when it is printable ASCII of sane length, else a new one."""
-    if header and _REQUEST_ID.fullmatch(header):
+    if header and REQUEST_ID.fullmatch(header):
         return header
     return os.urandom(16).hex()
