@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -39,7 +39,7 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.inbound import RequestInfo
 from gateway.live import LiveConfig
 from gateway.loader import Runtime
-from gateway.logging import log_context, unparsed_reason
+from gateway.logging import capture_library_logs, log_context, make_logger, unparsed_reason
 from gateway.metrics import Metrics
 from gateway.redact import Redactor
 from gateway.serve import ERROR_ANSWER, ErrorAnswer
@@ -216,6 +216,18 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             request.headers.get("Authorization")
         )
     return await handler(request)
+
+
+def gateway_app(
+    runtime: Runtime, *, stream: TextIO | None = None, batched: bool = False, **options: Any
+) -> tuple[web.Application, FilteringBoundLogger]:
+    """The gateway's app and its log (which also takes the libraries' log records)."""
+    redactor = Redactor(runtime.secrets)  # the log's: a reload adds its new secrets to it
+    log = make_logger(
+        level=runtime.config.logging.level, stream=stream, redactor=redactor, batched=batched
+    )
+    capture_library_logs(log)
+    return create_app(runtime, log=log, redactor=redactor, **options), log
 
 
 def error_answer(app: web.Application) -> ErrorAnswer:

@@ -16,17 +16,16 @@ from pathlib import Path
 from structlog.typing import FilteringBoundLogger
 
 from gateway.api import CONFIG
-from gateway.app import create_app
+from gateway.app import gateway_app
 from gateway.cancel import Canceller
 from gateway.definition import ProviderDefinition
 from gateway.envelope import gateway_envelope
 from gateway.errors import GatewayError
 from gateway.inbound import RequestInfo
 from gateway.loader import Runtime, load
-from gateway.logging import capture_library_logs, make_logger
+from gateway.logging import make_logger
 from gateway.problems import ConfigError
 from gateway.prove import load_definition, prove, table
-from gateway.redact import Redactor
 from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_stopped
 from gateway.services import build_services
@@ -253,12 +252,9 @@ def serve_gateway(
     if runtime is None:
         return 1
     server = runtime.config.server
-    redactor = Redactor(runtime.secrets)
-    log = make_logger(level=runtime.config.logging.level, redactor=redactor, batched=True)
-    app = create_app(
+    app, log = gateway_app(
         runtime,
-        log=log,
-        redactor=redactor,
+        batched=True,
         loader=functools.partial(load, path, os.environ),
         metrics_dir=metrics_dir,
     )
@@ -272,7 +268,6 @@ def serve_gateway(
         envelopes=True,
         backlog=server.backlog,
     )
-    capture_library_logs(log)
 
     def started(urls: Sequence[str]) -> None:
         log_started(log, urls, path, runtime)
@@ -286,8 +281,12 @@ def serve_gateway(
     except CannotListen as exc:
         print(exc, file=sys.stderr)
         return 1
-    log.info("gateway.stopped", pid=os.getpid(), config_version=app[CONFIG].current.version)
+    log_stopped(log, app[CONFIG].current.version)
     return 0
+
+
+def log_stopped(log: FilteringBoundLogger, config_version: str) -> None:
+    log.info("gateway.stopped", pid=os.getpid(), config_version=config_version)
 
 
 def log_started(
@@ -346,12 +345,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             errors.extend(map(str, exc.problems))
             raise
-        redactor = Redactor(runtime.secrets)  # the log's: a reload adds its new secrets to it
-        level = runtime.config.logging.level
-        log = make_logger(level=level, stream=sys.stderr, redactor=redactor)
-        capture_library_logs(log)
+        app, log = gateway_app(runtime, stream=sys.stderr)
         built.append((runtime, log, len(urls)))
-        app = create_app(runtime, log=log, redactor=redactor)
         return Listener(app, "127.0.0.1", args.port, 5.0, envelopes=True)
 
     def started(urls: Sequence[str]) -> None:
@@ -372,7 +367,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{exc} (choose another with {flag})", file=sys.stderr)
         return 1
     runtime, log, _ = built[0]
-    log.info("gateway.stopped", pid=os.getpid(), config_version=runtime.version)
+    log_stopped(log, runtime.version)
     print("demo stopped", flush=True)
     return 0
 
