@@ -146,13 +146,13 @@ class Redactor:
 
     def _learn_safe(self, key: Any) -> bool:
         """A key of JSON (a str) whose value is not masked? Remembered when it is."""
-        if type(key) is not str or self._masked(key):
+        if type(key) is not str or self.masked_key(key):
             return False
         if len(self._safe) < _REMEMBERED_KEYS:
             self._safe.add(key)
         return True
 
-    def _masked(self, key: Any) -> bool:
+    def masked_key(self, key: Any) -> bool:
         """Is the value under this key masked, whatever it holds? Remembered for plain str
         keys only: a str enum equal to one has another ``str()``, and must not answer for it."""
         masked = self._sensitive.get(key)
@@ -174,7 +174,7 @@ class Redactor:
         if kind is dict or isinstance(value, MutableMapping):
             cleaned = {}
             for key, item in value.items():
-                masked = self._masked(key)
+                masked = self.masked_key(key)
                 if type(key) is str:  # a secret used as a key is removed from the key too
                     key = self.text(key)
                 if masked:
@@ -243,7 +243,7 @@ class AnswerRedactor:
         if isinstance(value, dict):
             return {
                 self.text(str(key)): REDACTED
-                if str(key).lower() in SENSITIVE_KEYS
+                if self._redactor.masked_key(key)
                 else self.clean(item)
                 for key, item in value.items()
             }
