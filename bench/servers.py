@@ -122,13 +122,8 @@ def upstream(delay_ms: int, children: Children, log: Path) -> Iterator[Server]:
     port = free_port()
     argv = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
     argv += ["--delay-ms", str(delay_ms)]
-    with log.open("wb") as out:
-        process = children.start(argv, env=environment(), out=out)
-    try:
-        wait_listening(process, port, 1, log)
+    with _listening(argv, port, 1, children, log) as process:
         yield process, port
-    finally:
-        children.stop(process)
 
 
 @contextlib.contextmanager
@@ -146,11 +141,20 @@ def server(target: str, upstream_port: int, children: Children, folder: Path) ->
         config, workers = gateway_config(folder, upstream_port, gateway), gateway.workers
         argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port)]
         argv += ["--workers", str(workers)]
+    with _listening(argv, port, workers, children, log) as process:
+        yield process, port
+
+
+@contextlib.contextmanager
+def _listening(
+    argv: list[str], port: int, workers: int, children: Children, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` started with its output in ``log``, once it listens on ``port``; stopped after."""
     with log.open("wb") as out:
         process = children.start(argv, env=environment(), out=out)
     try:
         wait_listening(process, port, workers, log)
-        yield process, port
+        yield process
     finally:
         children.stop(process)
 
