@@ -10,7 +10,6 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
-from structlog.typing import FilteringBoundLogger
 
 from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, reply_headers
@@ -33,17 +32,14 @@ from gateway.openapi import openapi_document
 from gateway.problems import ConfigError
 from gateway.routing import Caller
 from gateway.services import Services
-from gateway.spans import Spans
 from gateway.store import StoreUnavailable
 
-LOG = web.AppKey("log", FilteringBoundLogger)
 CONFIG = web.AppKey("config", LiveConfig)
 SERVICES = web.AppKey("services", Services)
 SERVER = web.AppKey("server", ServerConfig)  # as started: these settings need a restart
 INFO = web.RequestKey("info", RequestInfo)
 CURRENT = web.RequestKey("current", Live)  # the configuration this request runs on
 CALLER = web.RequestKey("caller", Caller)
-SPANS = web.AppKey("spans", Spans)
 ACCESS_LOG = web.AppKey("access_log", bool)
 OPENAPI = web.AppKey("openapi", bytes)
 
@@ -69,7 +65,7 @@ async def create_cancellation(request: web.Request) -> web.Response:
     canceller = request[CURRENT].canceller
     if dry_run:
         preview = canceller.preview(request[CALLER], body, request[INFO])
-        request.app[LOG].info(
+        request.app[SERVICES].log.info(
             "cancellation.previewed",
             caller=request[CALLER].name,
             connection=preview.connection,
@@ -155,14 +151,14 @@ async def _read_body(request: web.Request) -> bytes:
         # The client's fault, not a bug: one warning line, no traceback, and an answer (which
         # a client that left never reads).
         reason = _first_line(exc)
-        request.app[LOG].warning("request.body_unreadable", reason=reason)
+        request.app[SERVICES].log.warning("request.body_unreadable", reason=reason)
         raise GatewayError(
             ErrorCode.INVALID_REQUEST,
             f"the request body could not be read: {reason}",
             fields=[("body", "could not be read")],
         ) from None
     except TimeoutError:
-        request.app[LOG].warning("request.body_timeout", timeout_s=server.body_timeout_s)
+        request.app[SERVICES].log.warning("request.body_timeout", timeout_s=server.body_timeout_s)
         raise GatewayError(
             ErrorCode.INVALID_REQUEST,
             f"the request body did not arrive within {server.body_timeout_s:g} s",
@@ -195,7 +191,7 @@ async def get_cancellation(request: web.Request) -> web.Response:
     try:
         entry = await store.lookup(cancellation_id, request[CALLER].name)
     except StoreUnavailable as exc:
-        request.app[LOG].error("store.unavailable", backend=store.name, error=str(exc))
+        request.app[SERVICES].log.error("store.unavailable", backend=store.name, error=str(exc))
         raise GatewayError(
             ErrorCode.STORE_UNAVAILABLE, "the ledger does not answer", retry_after_s=1
         ) from None
@@ -264,7 +260,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await store.ping()
     except StoreUnavailable as exc:
-        request.app[LOG].warning("store.unavailable", backend=store.name, error=str(exc))
+        request.app[SERVICES].log.warning("store.unavailable", backend=store.name, error=str(exc))
         return _model(
             Readiness(status="unavailable", config_version=version, store=store.name), 503
         )

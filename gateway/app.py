@@ -27,10 +27,8 @@ from gateway.api import (
     CONFIG,
     CURRENT,
     INFO,
-    LOG,
     SERVER,
     SERVICES,
-    SPANS,
     error_response,
 )
 from gateway.clock import Clock
@@ -100,10 +98,8 @@ def create_app(
         tracer_provider=tracer_provider,
     )
     app[SERVICES] = services
-    app[LOG] = services.log
     app[CONFIG] = LiveConfig(runtime, services, loader)
     app[SERVER] = server
-    app[SPANS] = services.spans
     app[ACCESS_LOG] = runtime.config.logging.access_log
     app[ERROR_ANSWER] = error_answer(app)
 
@@ -138,7 +134,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     trace = trace_from(request.headers.get("traceparent"), request.headers.get("tracestate"))
-    with app[SPANS].server(request.method, route, trace) as span:
+    with app[SERVICES].spans.server(request.method, route, trace) as span:
         info = RequestInfo(
             request_id=request_id_from(request.headers.get("X-Request-ID")),
             trace=span.trace,
@@ -158,7 +154,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             duration_s = time.perf_counter() - started
             app[SERVICES].metrics.http_answered(request.method, route, response.status, duration_s)
             if app[ACCESS_LOG]:
-                app[LOG].info(
+                app[SERVICES].log.info(
                     "http.request",
                     method=request.method,
                     path=request.path,
@@ -199,7 +195,9 @@ async def errors_to_envelope(request: web.Request, handler: Handler) -> web.Stre
     except asyncio.CancelledError:
         raise
     except Exception:
-        request.app[LOG].exception("request.crashed", method=request.method, path=request.path)
+        request.app[SERVICES].log.exception(
+            "request.crashed", method=request.method, path=request.path
+        )
         info = request[INFO]
         error = GatewayError(
             ErrorCode.INTERNAL_ERROR, f"internal error (request {info.request_id})"
@@ -260,9 +258,9 @@ def error_answer(app: web.Application) -> ErrorAnswer:
         }
         if unparsed:
             assert exc is not None
-            app[LOG].warning("request.unparsed", reason=unparsed_reason(exc), **fields)
+            app[SERVICES].log.warning("request.unparsed", reason=unparsed_reason(exc), **fields)
         else:
-            app[LOG].error("request.crashed", exc_info=exc or True, **fields)
+            app[SERVICES].log.error("request.crashed", exc_info=exc or True, **fields)
         # The method of a request that could not be parsed is unknown: counted as "other".
         method = "" if unparsed else request.method
         app[SERVICES].metrics.http_answered(method, "unparsed" if unparsed else "unhandled", status)
