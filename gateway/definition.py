@@ -227,6 +227,21 @@ class Resource(Strict):
             raise ValueError("a form body is a mapping of names to single values")
         return self
 
+    def request_templates(self, where: str) -> list[tuple[str, Template]]:
+        """The templates of the request (path, headers, query, body), each with where it is."""
+        found = [(f"{where}.path", self.path)]
+        found += [(f"{where}.headers.{name}", t) for name, t in self.headers.items()]
+        found += [(f"{where}.query.{name}", t) for name, t in self.query.items()]
+        return found + [(f"{where}.body", t) for t in structure_templates(self.body)]
+
+    def default_templates(self, where: str) -> list[tuple[str, Template]]:
+        """The templates of the fields' defaults, each with where it is."""
+        return [
+            (f"{where}.fields.{name}.default", t)
+            for name, rule in self.fields.items()
+            for t in structure_templates(rule.default)
+        ]
+
 
 class RateLimit(Strict):
     """The provider's documented request rate, the default of every connection to it."""
@@ -323,25 +338,16 @@ class ProviderDefinition(Strict):
                     )
                 )
         for rname, res in self.resources.items():
-            check(f"resources.{rname}.path", res.path)
-            for key, tpl in res.headers.items():
-                check(f"resources.{rname}.headers.{key}", tpl)
-            for key, tpl in res.query.items():
-                check(f"resources.{rname}.query.{key}", tpl)
-            for tpl in structure_templates(res.body):
-                check(f"resources.{rname}.body", tpl)
-            for fname, rule in res.fields.items():
-                for tpl in structure_templates(rule.default):
-                    check(f"resources.{rname}.fields.{fname}.default", tpl)
+            where = f"resources.{rname}"
+            for loc, template in res.request_templates(where) + res.default_templates(where):
+                check(loc, template)
         return found
 
     def _all_templates(self) -> list[tuple[str, Template]]:
         """Every template but a token auth's value, with where it is."""
         found = [("base_url", self.base_url)] if self.base_url else []
         for rname, res in self.resources.items():
-            where = f"resources.{rname}"
-            found += [(where, t) for t in (res.path, *res.headers.values(), *res.query.values())]
-            found += [(where, t) for t in structure_templates(res.body)]
+            found += res.request_templates(f"resources.{rname}")
         if self.signature is not None:
             found += [("signature", t) for t in self.signature.templates()]
         if self.auth is not None and not isinstance(self.auth, TokenAuth):
@@ -352,10 +358,8 @@ class ProviderDefinition(Strict):
         """Does this resource's request name a value made anew for each attempt (a time, a
         UUID), so that each attempt renders it again (and signs it again)?"""
         res = self.resources[resource]
-        templates: list[Template] = [res.path, *res.headers.values(), *res.query.values()]
-        templates += structure_templates(res.body)
-        for rule in res.fields.values():
-            templates += structure_templates(rule.default)
+        located = res.request_templates("") + res.default_templates("")
+        templates = [template for _, template in located]
         if self.base_url is not None:
             templates.append(self.base_url)
         if self.signature is not None:
