@@ -180,21 +180,15 @@ def load_providers(
                 problems.append(Problem(str(file), "", f"cannot read: {unreadable(exc)}"))
     refused: set[str] = set()
     for name, text in sources:
-        raw = parse_yaml(text, name, problems)
-        definition = None if raw is None else validate(ProviderDefinition, raw, name, problems)
-        if definition is not None:
-            wrong, unproven = _proven(definition, name, text)
-            if warnings is not None:
-                warnings.extend(unproven)
-            problems.extend(wrong)
-            definition = None if wrong else definition
-        if definition is not None:
-            found[definition.name] = definition
-            refused.discard(definition.name)
-            continue
-        refused.add(Path(name).stem)
-        if raw is not None and isinstance(raw.get("name"), str):
-            refused.add(raw["name"])
+        read = _read(name, text)
+        problems.extend(read.problems)
+        if warnings is not None:
+            warnings.extend(read.unproven)
+        if read.definition is not None:
+            found[read.definition.name] = read.definition
+            refused.discard(read.definition.name)
+        else:
+            refused.update(read.names)
     for name in refused:
         found.pop(name, None)
     if failed is not None:
@@ -202,21 +196,44 @@ def load_providers(
     return found
 
 
-_PROOFS: dict[tuple[str, str], tuple[list[Problem], list[Problem]]] = {}
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One definition file read: the definition (None when refused), its problems, what its
+    examples leave unproven, and the names a refused one stands for (its file's, its own)."""
+
+    definition: ProviderDefinition | None
+    problems: tuple[Problem, ...]
+    unproven: tuple[Problem, ...]
+    names: tuple[str, ...]
 
 
-def _proven(
-    definition: ProviderDefinition, name: str, text: str
-) -> tuple[list[Problem], list[Problem]]:
-    """The definition's examples run once per text of its file: a proof depends on nothing
-    else, and every load (a start, a reload, every test) reads the built-in files again."""
+_READS: dict[tuple[str, str], _Read] = {}
+
+
+def _read(name: str, text: str) -> _Read:
+    """A definition file read, parsed, validated and proven once per text: the outcome
+    depends on nothing else, and every load (a start, a reload, every test) reads the
+    built-in files again. A definition is frozen, so loads may share it."""
     key = (name, text)
-    if key not in _PROOFS:
-        if len(_PROOFS) > 256:  # files edited many times over: start again
-            _PROOFS.clear()
-        _PROOFS[key] = problems_of(definition, name)
-    wrong, unproven = _PROOFS[key]
-    return list(wrong), list(unproven)
+    if key in _READS:
+        return _READS[key]
+    problems: list[Problem] = []
+    unproven: list[Problem] = []
+    raw = parse_yaml(text, name, problems)
+    definition = None if raw is None else validate(ProviderDefinition, raw, name, problems)
+    if definition is not None:
+        wrong, unproven = problems_of(definition, name)
+        problems += wrong
+        definition = None if wrong else definition
+    names: tuple[str, ...] = ()
+    if definition is None:
+        names = (Path(name).stem,)
+        if raw is not None and isinstance(raw.get("name"), str):
+            names += (raw["name"],)
+    if len(_READS) > 256:  # files edited many times over: start again
+        _READS.clear()
+    read = _READS[key] = _Read(definition, tuple(problems), tuple(unproven), names)
+    return read
 
 
 def _definition_files(location: Path) -> list[Path] | None:
