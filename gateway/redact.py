@@ -14,12 +14,13 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 import orjson
 
 REDACTED = "[REDACTED]"
+_Form = TypeVar("_Form", str, bytes)  # a secret's form, as text or as escaped JSON bytes
 MIN_SECRET_LENGTH = 8  # the shortest credential check-config accepts (caller keys: 16)
 _DYNAMIC_KEPT = 8  # the newest fetched tokens kept per connection
 SENSITIVE_KEYS = frozenset(
@@ -52,6 +53,7 @@ class Redactor:
         self._sensitive: dict[Any, bool] = {}  # key -> is its value masked?
         self._safe: set[str] = set()  # JSON keys whose values are not masked
         self._ordered: tuple[str, ...] = ()
+        self._probes: tuple[str, ...] = ()
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
@@ -80,9 +82,10 @@ class Redactor:
         # secret inside a string value is, serialized, its escaped form inside the line. (A
         # secret JSON cannot encode, a lone surrogate from the environment, makes any line
         # holding it fail to serialize, and such a line is cleaned instead.)
-        escaped = tuple(orjson.dumps(v)[1:-1] for v in values if _encodable(v))
+        escaped = _shortest(tuple(orjson.dumps(v)[1:-1] for v in values if _encodable(v)))
         # Replaced together: a line written meanwhile sees the old secrets or the new ones.
-        self._ordered, self._pattern, self._escaped = tuple(values), pattern, escaped
+        self._ordered, self._pattern = tuple(values), pattern
+        self._probes, self._escaped = _shortest(tuple(values)), escaped
 
     def answer(self, sent: Sequence[str]) -> AnswerRedactor:
         """The redaction of a provider's answer to a request whose caller sent ``sent`` (the
@@ -96,7 +99,7 @@ class Redactor:
     def text(self, value: str) -> str:
         # Substring tests are several times faster than the regular expression, and almost
         # every string holds no secret: the expression runs only on those that do.
-        for secret in self._ordered:
+        for secret in self._probes:
             if secret in value:
                 assert self._pattern is not None
                 return self._pattern.sub(REDACTED, value)
@@ -250,6 +253,12 @@ class AnswerRedactor:
         if isinstance(value, list | tuple):
             return [self.clean(item) for item in value]
         return value
+
+
+def _shortest(forms: tuple[_Form, ...]) -> tuple[_Form, ...]:
+    """The forms that hold no other: a text holds some form exactly when it holds one of
+    these (a padded base64 form holds its unpadded one), so searching for them is enough."""
+    return tuple(f for f in forms if not any(o != f and o in f for o in forms))
 
 
 def cut(text: str, limit: int) -> str:
