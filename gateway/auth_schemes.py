@@ -49,121 +49,6 @@ class QueryAuth(Strict):
         return [self.value]
 
 
-class TokenCall(Strict):
-    """The request that fetches a token: its URL (another host may serve tokens), method,
-    headers, and a ``form`` or JSON ``body``; where the token is in the answer (``token``,
-    JMESPath: ``@`` for an answer that is the bare token) and how long it lives (``expires_in``,
-    seconds, else ``lifetime_s``)."""
-
-    url: TemplateField
-    method: Literal["POST", "GET"] = "POST"
-    headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
-    form: dict[str, TemplateField] | None = None
-    body: StructureField = None
-    basic: BasicAuth | None = None  # the client's own credentials as HTTP Basic
-    token: Expression = Field(default_factory=lambda: compile_path("access_token"))
-    expires_in: Expression | None = Field(default_factory=lambda: compile_path("expires_in"))
-    lifetime_s: float = Field(default=3600.0, gt=0, le=366 * 86400)
-
-    @model_validator(mode="after")
-    def _one_authorization(self) -> TokenCall:
-        if self.basic is not None and any(n.lower() == "authorization" for n in self.headers):
-            raise ValueError(
-                "the token request's Authorization header carries the client's Basic "
-                "credentials: leave it out of the headers"
-            )
-        return self
-
-    def templates(self) -> list[Template]:
-        found = [self.url, *self.headers.values(), *(self.form or {}).values()]
-        found += structure_templates(self.body)
-        return found + (self.basic.templates() if self.basic else [])
-
-
-class TokenAuth(Strict):
-    """A token fetched before the call, cached per connection until shortly before it expires
-    (fetched once for concurrent requests), sent as ``value`` (with ``{token}``) in ``header``,
-    and fetched again once when the provider refuses it (``provider_auth_failed``: a 401, or an
-    answer the definition's rules call so). ``type: oauth2_client_credentials`` builds the
-    OAuth2 token request from ``token_url``, ``client_id``, ``client_secret`` (``client_auth``:
-    ``body`` or ``basic``), ``scope``, ``audience`` and ``extra`` form fields; ``type: session``
-    takes the login request as ``login``."""
-
-    type: Literal["oauth2_client_credentials", "session"]
-    header: HeaderName = "Authorization"
-    value: TemplateField = Field(default_factory=lambda: compile_template("Bearer {token}"))
-    # oauth2_client_credentials
-    token_url: TemplateField | None = None
-    client_id: TemplateField | None = None
-    client_secret: TemplateField | None = None
-    client_auth: Literal["body", "basic"] = "body"
-    scope: str | None = None
-    audience: str | None = None
-    extra: dict[str, TemplateField] = Field(default_factory=dict)
-    token_headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
-    # session
-    login: TokenCall | None = None
-
-    @model_validator(mode="after")
-    def _complete(self) -> TokenAuth:
-        if self.type == "session" and self.login is None:
-            raise ValueError("a session auth needs its login request (login)")
-        if self.type == "oauth2_client_credentials" and None in (
-            self.token_url,
-            self.client_id,
-            self.client_secret,
-        ):
-            raise ValueError("OAuth2 client credentials need token_url, client_id, client_secret")
-        return self
-
-    @cached_property
-    def token_call(self) -> TokenCall:
-        """The request that fetches the token."""
-        if self.login is not None:
-            return self.login
-        if self.token_url is None or self.client_id is None or self.client_secret is None:
-            raise ValueError("OAuth2 client credentials need token_url, client_id, client_secret")
-        form = {"grant_type": compile_template("client_credentials")}
-        if self.scope:
-            form["scope"] = compile_template(self.scope.replace("{", "{{").replace("}", "}}"))
-        if self.audience:
-            form["audience"] = compile_template(self.audience.replace("{", "{{").replace("}", "}}"))
-        form.update(self.extra)
-        basic = None
-        if self.client_auth == "basic":
-            basic = BasicAuth(type="basic", username=self.client_id, password=self.client_secret)
-        else:
-            form.update(client_id=self.client_id, client_secret=self.client_secret)
-        return TokenCall(url=self.token_url, headers=self.token_headers, form=form, basic=basic)
-
-    def templates(self) -> list[Template]:
-        return [self.value, *self.token_call.templates()]
-
-
-def _auth_type(value: Any) -> str | None:
-    if isinstance(value, dict):
-        kind = value.get("type", "header")
-    elif isinstance(value, Strict):
-        kind = getattr(value, "type", None)
-    else:
-        return None  # not a mapping: pydantic says so
-    return "token" if kind in ("oauth2_client_credentials", "session") else str(kind)
-
-
-Auth = Annotated[
-    Annotated[HeaderAuth, Tag("header")]
-    | Annotated[BasicAuth, Tag("basic")]
-    | Annotated[QueryAuth, Tag("query")]
-    | Annotated[TokenAuth, Tag("token")],
-    Discriminator(
-        _auth_type,
-        custom_error_type="auth_type",
-        custom_error_message="must be a mapping whose type is one of header, basic, query, "
-        "oauth2_client_credentials, session",
-    ),
-]
-
-
 class RequestPart(Strict):
     """A part of the request as it is sent, in a signature's message: its ``method``, its
     ``path`` (percent-encoded, without the query), its ``body`` bytes, or its ``query``
@@ -209,3 +94,162 @@ class Signature(Strict):
     def templates(self) -> list[Template]:
         key = [self.key] if self.key is not None else []
         return key + [part for part in self.message if isinstance(part, Template)]
+
+
+class TokenCall(Strict):
+    """The request that fetches a token: its URL (another host may serve tokens), method,
+    headers, and a ``form`` or JSON ``body``; where the token is in the answer (``token``,
+    JMESPath: ``@`` for an answer that is the bare token) and how long it lives (``expires_in``,
+    seconds, else ``lifetime_s``); where a rotated refresh token is (``new_refresh_token``);
+    and a ``signature`` computed over it like the cancel's."""
+
+    url: TemplateField
+    method: Literal["POST", "GET"] = "POST"
+    headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
+    form: dict[str, TemplateField] | None = None
+    body: StructureField = None
+    basic: BasicAuth | None = None  # the client's own credentials as HTTP Basic
+    token: Expression = Field(default_factory=lambda: compile_path("access_token"))
+    expires_in: Expression | None = Field(default_factory=lambda: compile_path("expires_in"))
+    lifetime_s: float = Field(default=3600.0, gt=0, le=366 * 86400)
+    new_refresh_token: Expression | None = None
+    signature: Signature | None = None
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> TokenCall:
+        if self.basic is not None and any(n.lower() == "authorization" for n in self.headers):
+            raise ValueError(
+                "the token request's Authorization header carries the client's Basic "
+                "credentials: leave it out of the headers"
+            )
+        return self
+
+    def templates(self) -> list[Template]:
+        found = [self.url, *self.headers.values(), *(self.form or {}).values()]
+        found += structure_templates(self.body)
+        found += self.signature.templates() if self.signature else []
+        return found + (self.basic.templates() if self.basic else [])
+
+
+class TokenAuth(Strict):
+    """A token fetched before the call, cached per connection until shortly before it expires
+    (fetched once for concurrent requests), sent as ``value`` (with ``{token}``) in ``header``
+    or in the ``query`` parameter so named, and fetched again once when the provider refuses it
+    (``provider_auth_failed``: a 401, or an answer the definition's rules call so).
+
+    ``type: oauth2_client_credentials`` builds the OAuth2 token request from ``token_url``,
+    ``client_id``, ``client_secret`` (``client_auth``: ``body`` or ``basic``), ``scope``,
+    ``audience`` and ``extra`` form fields; ``type: oauth2_refresh_token`` builds the refresh
+    grant from the same and ``refresh_token``; ``type: session`` takes the login request as
+    ``login``, which may spend a ``refresh_token`` too. Where the answer carries a new refresh
+    token (``new_refresh_token``), it replaces the one spent, in the store, so that every
+    process sharing the store spends the newest and only one spends it."""
+
+    type: Literal["oauth2_client_credentials", "oauth2_refresh_token", "session"]
+    header: HeaderName = "Authorization"
+    query: Annotated[str, Field(pattern=NAME)] | None = None
+    value: TemplateField = Field(default_factory=lambda: compile_template("Bearer {token}"))
+    # oauth2_client_credentials and oauth2_refresh_token
+    token_url: TemplateField | None = None
+    client_id: TemplateField | None = None
+    client_secret: TemplateField | None = None
+    client_auth: Literal["body", "basic"] = "body"
+    scope: str | None = None
+    audience: str | None = None
+    extra: dict[str, TemplateField] = Field(default_factory=dict)
+    token_headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
+    # The refresh token configured for the connection: where the chain of refresh tokens starts.
+    refresh_token: TemplateField | None = None
+    # session
+    login: TokenCall | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_value_in_query(cls, data: Any) -> Any:
+        # A token in a query parameter is the bare token unless a value says otherwise.
+        if isinstance(data, dict) and data.get("query") is not None and "value" not in data:
+            return {**data, "value": "{token}"}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> TokenAuth:
+        if self.type == "session" and self.login is None:
+            raise ValueError("a session auth needs its login request (login)")
+        if self.type != "session" and None in (self.token_url, self.client_id):
+            raise ValueError(f"{self.type} needs token_url and client_id")
+        if self.type == "oauth2_client_credentials" and self.client_secret is None:
+            raise ValueError("oauth2_client_credentials needs client_secret")
+        if self.type == "oauth2_refresh_token" and self.refresh_token is None:
+            raise ValueError("oauth2_refresh_token needs refresh_token (naming a credential)")
+        return self
+
+    @cached_property
+    def token_call(self) -> TokenCall:
+        """The request that fetches the token."""
+        if self.login is not None:
+            return self.login
+        assert self.token_url is not None
+        assert self.client_id is not None
+        if self.type == "oauth2_refresh_token":
+            form = {
+                "grant_type": compile_template("refresh_token"),
+                "refresh_token": compile_template("{refresh_token}"),
+            }
+            rotated: Expression | None = compile_path("refresh_token")
+        else:
+            form = {"grant_type": compile_template("client_credentials")}
+            rotated = None
+        if self.scope:
+            form["scope"] = compile_template(_literal(self.scope))
+        if self.audience:
+            form["audience"] = compile_template(_literal(self.audience))
+        form.update(self.extra)
+        basic = None
+        secret = self.client_secret or compile_template("")
+        if self.client_auth == "basic":
+            basic = BasicAuth(type="basic", username=self.client_id, password=secret)
+        else:
+            form["client_id"] = self.client_id
+            if self.client_secret is not None:
+                form["client_secret"] = self.client_secret
+        return TokenCall(
+            url=self.token_url,
+            headers=self.token_headers,
+            form=form,
+            basic=basic,
+            new_refresh_token=rotated,
+        )
+
+    def templates(self) -> list[Template]:
+        own = [self.refresh_token] if self.refresh_token is not None else []
+        return [self.value, *own, *self.token_call.templates()]
+
+
+def _literal(text: str) -> str:
+    """``text`` as a template that renders it as written."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _auth_type(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("type", "header")
+    elif isinstance(value, Strict):
+        kind = getattr(value, "type", None)
+    else:
+        return None  # not a mapping: pydantic says so
+    fetched = ("oauth2_client_credentials", "oauth2_refresh_token", "session")
+    return "token" if kind in fetched else str(kind)
+
+
+Auth = Annotated[
+    Annotated[HeaderAuth, Tag("header")]
+    | Annotated[BasicAuth, Tag("basic")]
+    | Annotated[QueryAuth, Tag("query")]
+    | Annotated[TokenAuth, Tag("token")],
+    Discriminator(
+        _auth_type,
+        custom_error_type="auth_type",
+        custom_error_message="must be a mapping whose type is one of header, basic, query, "
+        "oauth2_client_credentials, oauth2_refresh_token, session",
+    ),
+]

@@ -277,8 +277,12 @@ class ProviderDefinition(Strict):
         or a log), and every value a request gives placed in the base URL's host or port."""
         found: list[tuple[str, str]] = []
 
-        def check(where: str, template: Template, credentials_allowed: bool = False) -> None:
+        def check(
+            where: str, template: Template, credentials_allowed: bool = False, also: str = ""
+        ) -> None:
             for name in unknown_names(template, self.params, self.credentials):
+                if name == also:
+                    continue  # the one name this place adds to the context
                 found.append((where, unknown_reference(name, self.params, self.credentials)))
             if not credentials_allowed and any(
                 n.startswith("credentials.") for n in template.names
@@ -309,8 +313,12 @@ class ProviderDefinition(Strict):
         elif isinstance(self.auth, TokenAuth):
             check("auth.value", self.auth.value)
             call = self.auth.token_call
+            spends = self.auth.refresh_token is not None
+            if self.auth.refresh_token is not None:
+                check("auth.refresh_token", self.auth.refresh_token, credentials_allowed=True)
             for template in call.templates():
-                check("auth (token request)", template, credentials_allowed=True)
+                also = "refresh_token" if spends else ""
+                check("auth (token request)", template, credentials_allowed=True, also=also)
             # What chooses the token's host: the authority, or all before the path when the
             # URL starts with a placeholder (a param holding the scheme and host).
             source = call.url.source
@@ -318,13 +326,15 @@ class ProviderDefinition(Strict):
             token_host = compile_template(origin)
             found += [("auth (token request)", p) for p in self.host_problems(token_host)]
         found += [
-            (where, "{token} is only the fetched token's, in auth.value")
+            (where, "{token} is only the fetched token's, in auth.value and signature.message")
             for where, template in self._all_templates()
             if "token" in template.names
+            and not (where == "signature.message" and isinstance(self.auth, TokenAuth))
         ]
         if self.signature is not None:
+            fetched = "token" if isinstance(self.auth, TokenAuth) else ""
             for template in self.signature.templates():
-                check("signature", template, credentials_allowed=True)
+                check("signature", template, credentials_allowed=True, also=fetched)
             signing_key = self.signature.key
             if signing_key is not None and (
                 not any(n.startswith("credentials.") for n in signing_key.names)
@@ -349,7 +359,11 @@ class ProviderDefinition(Strict):
         for rname, res in self.resources.items():
             found += res.request_templates(f"resources.{rname}")
         if self.signature is not None:
-            found += [("signature", t) for t in self.signature.templates()]
+            key = self.signature.key
+            found += [("signature.key", key)] if key is not None else []
+            found += [
+                ("signature.message", t) for t in self.signature.message if isinstance(t, Template)
+            ]
         if self.auth is not None and not isinstance(self.auth, TokenAuth):
             found += [("auth", t) for t in self.auth.templates()]
         return found

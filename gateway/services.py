@@ -69,6 +69,6 @@ def build_services(
         metrics=metrics or Metrics(),
         spans=spans,
         guards=GuardRegistry(clock.monotonic),
-        tokens=Tokens(transport, clock, redactor),
+        tokens=Tokens(transport, clock, redactor, store),
         rand=rand,
     )

@@ -63,6 +63,8 @@ class Target:
     # What a fetched token belongs to (tokens.py): the connection and everything that fetched
     # it (credentials, params, the auth), so that a reload changing any of them fetches anew.
     token_key: tuple[str, int] = field(init=False, repr=False, compare=False)
+    # Is the signature over the fetched token (computed once the token is in place)?
+    signs_token: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed_auth", _fixed_auth(self))
@@ -74,6 +76,11 @@ class Target:
         own = any(name in GENERATED_NAMES for name in self.base_url.path.names)
         again = frozenset(n for n in resources if own or self.definition.per_attempt(n))
         object.__setattr__(self, "per_attempt", again)
+        signature = self.definition.signature
+        signs_token = signature is not None and any(
+            "token" in template.names for template in signature.templates()
+        )
+        object.__setattr__(self, "signs_token", signs_token)
 
     def __repr__(self) -> str:  # credentials stay out of every repr
         return f"Target(name={self.name!r}, provider={self.definition.name!r})"

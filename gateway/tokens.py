@@ -1,16 +1,22 @@
-"""Tokens fetched before the call (``auth`` of ``type: oauth2_client_credentials`` or
-``session``): one per connection, cached until shortly before it expires, fetched once for
-all the requests that need it at the same time, and forgotten when the provider refuses it.
+"""Tokens fetched before the call (``auth`` of ``type: oauth2_client_credentials``,
+``oauth2_refresh_token`` or ``session``): one per connection, cached until shortly before it
+expires, fetched once for all the requests that need it at the same time, and forgotten when
+the provider refuses it.
 
-A token is a secret: the header that carries it is masked wherever a request is shown, and the
-log's redactor learns each token as it arrives (only the connection's newest eight are kept, so
-the redactor does not grow with every refresh).
+A refresh token may be spent once (providers that rotate them answer a new one with each access
+token). The newest lives in the store, and a lease in the store lets one process at a time spend
+it: a restart or another replica continues the chain instead of spending a token already spent.
+
+A token is a secret: the header or query parameter that carries it is masked wherever a request
+is shown, and the log's redactor learns each token as it arrives (only the connection's newest
+eight are kept, so the redactor does not grow with every refresh).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 from uuid import uuid4
@@ -23,9 +29,12 @@ from gateway.clock import Clock
 from gateway.errors import ErrorCode
 from gateway.models import CONTROL
 from gateway.redact import MIN_SECRET_LENGTH, Redactor
+from gateway.store import RefreshLease, RefreshRow, Store, StoreUnavailable
+from gateway.store.memory import MemoryStore
 from gateway.targets import Target
 from gateway.translate.auth import basic_value, with_credentials
 from gateway.translate.build import generated_values
+from gateway.translate.sign import signed
 from gateway.translate.templates import TemplateError, header_value, render_structure
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import Transport, UpstreamFailure
@@ -35,6 +44,11 @@ RENEW_MARGIN_S = 60.0
 # The longest a token request may take: it serves every request waiting, each of which stops
 # waiting at its own deadline.
 TOKEN_TIMEOUT_S = 10.0
+# How long a process may hold a connection's refresh token to spend it: longer than a token
+# request may take, so that a lease runs out only when its holder died.
+REFRESH_LEASE_S = 2 * TOKEN_TIMEOUT_S
+# How often a process waiting for another's lease looks again.
+LEASE_POLL_S = 0.05
 
 
 class TokenFailure(Exception):
@@ -51,7 +65,7 @@ class TokenFailure(Exception):
 @dataclass(frozen=True, slots=True)
 class _Token:
     value: str = field(repr=False)
-    header: str = field(repr=False)  # the value of ``auth.header`` that carries it
+    sent: str = field(repr=False)  # what carries it: the value of the header or parameter
     renew_at: float  # monotonic seconds
 
 
@@ -62,12 +76,20 @@ class Tokens:
     """The tokens of every connection whose definition fetches one, in this process (each
     ``--workers`` process fetches its own)."""
 
-    def __init__(self, transport: Transport, clock: Clock, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        clock: Clock,
+        redactor: Redactor,
+        store: Store | None = None,
+    ) -> None:
         self._transport = transport
         self._clock = clock
         self._redactor = redactor
+        self._store: Store = store if store is not None else MemoryStore()
         self._cached: dict[Key, _Token] = {}
         self._fetching: dict[Key, asyncio.Task[_Token]] = {}
+        self._unsaved: dict[str, RefreshRow] = {}  # rotated refresh tokens the store missed
 
     async def authorize(
         self, target: Target, request: UpstreamRequest, deadline: float
@@ -78,9 +100,9 @@ class Tokens:
         assert isinstance(auth, TokenAuth)
         cached = self._cached.get(target.token_key)
         if cached is not None and cached.renew_at > self._clock.monotonic():
-            return request.with_secret_header(auth.header, cached.header), cached.value
+            return _placed(auth, request, cached), cached.value
         token = await self._token(target, auth, target.token_key, deadline)
-        return request.with_secret_header(auth.header, token.header), None
+        return _placed(auth, request, token), None
 
     def forget(self, target: Target, token: str) -> None:
         """The provider refused ``token``: the next request fetches another, unless one has
@@ -106,8 +128,71 @@ class Tokens:
             ) from None
 
     async def _fetch(self, target: Target, auth: TokenAuth, key: Key) -> _Token:
+        if auth.refresh_token is None:
+            return await self._issue(target, auth, key, None)
+        configured = _rendered(
+            auth.refresh_token.render(with_credentials({}, target.credentials), str),
+            "refresh token",
+        )
+        seed = hashlib.sha256(configured.encode()).hexdigest()
+        holder = uuid4().hex
+        lease = await self._lease(target.name, holder)
+        stored = lease.row if lease.row is not None and lease.row.seed == seed else None
+        unsaved = self._unsaved.get(target.name)
+        newest = unsaved if unsaved is not None and unsaved.seed == seed else stored
+        spent = newest.value if newest is not None else configured
+        rotated: list[RefreshRow] = []
+        try:
+            return await self._issue(target, auth, key, spent, rotated, seed)
+        finally:
+            row = rotated[0] if rotated else newest if newest is unsaved else None
+            try:
+                saved = await self._store.save_refresh(target.name, holder, row)
+            except StoreUnavailable:
+                saved = False
+            # A new token the store did not take is kept here, spent next and stored then.
+            if saved or row is None:
+                self._unsaved.pop(target.name, None)
+            else:
+                self._unsaved[target.name] = row
+
+    async def _lease(self, name: str, holder: str) -> RefreshLease:
+        """The connection's refresh lease, waiting while another process holds it."""
+        give_up = self._clock.monotonic() + REFRESH_LEASE_S
+        while True:
+            try:
+                lease = await self._store.lease_refresh(
+                    name, holder, self._clock.now().timestamp(), REFRESH_LEASE_S
+                )
+            except StoreUnavailable:
+                raise TokenFailure(
+                    ErrorCode.STORE_UNAVAILABLE,
+                    "the store holding the refresh token did not answer",
+                    None,
+                    False,
+                ) from None
+            if lease.held:
+                return lease
+            if self._clock.monotonic() >= give_up:
+                raise TokenFailure(
+                    ErrorCode.PROVIDER_TIMEOUT,
+                    "another process has been renewing the token for too long",
+                    None,
+                    False,
+                )
+            await self._clock.sleep(LEASE_POLL_S)
+
+    async def _issue(
+        self,
+        target: Target,
+        auth: TokenAuth,
+        key: Key,
+        refresh_token: str | None,
+        rotated: list[RefreshRow] | None = None,
+        seed: str = "",
+    ) -> _Token:
         call = auth.token_call
-        request = _token_request(target, call, self._clock)
+        request = _token_request(target, call, self._clock, refresh_token)
         try:
             response = await self._transport(request, TOKEN_TIMEOUT_S)
         except UpstreamFailure as failure:
@@ -126,18 +211,22 @@ class Tokens:
                 else ErrorCode.PROVIDER_AUTH_FAILED
             )
             raise TokenFailure(code, f"the token endpoint answered {status}", status, True)
-        value, lifetime = _read(call, response.body)
+        value, lifetime, new_refresh = _read(call, response.body)
+        if new_refresh is not None and new_refresh != refresh_token and rotated is not None:
+            # Kept before anything else can fail: the one spent may no longer be valid.
+            rotated.append(RefreshRow(new_refresh, seed))
+            self._redactor.set_dynamic(f"refresh:{target.name}", new_refresh)
         if value is None:
             message = f"the token endpoint answered {status} without a usable token"
             raise TokenFailure(ErrorCode.PROVIDER_BAD_RESPONSE, message, status, True)
         try:
-            header = _header(auth, value)
+            sent = _carrier(auth, value)
         except TemplateError:
             raise TokenFailure(
                 ErrorCode.PROVIDER_BAD_RESPONSE, "the token cannot be sent", status, True
             ) from None
         margin = min(RENEW_MARGIN_S, lifetime / 10)
-        token = _Token(value, header, self._clock.monotonic() + lifetime - margin)
+        token = _Token(value, sent, self._clock.monotonic() + lifetime - margin)
         # Cached only once it is known to be sendable, and redacted from then on.
         self._cached = {k: t for k, t in self._cached.items() if k[0] != key[0]}
         self._cached[key] = token
@@ -145,17 +234,17 @@ class Tokens:
         return token
 
 
-def _read(call: TokenCall, body: bytes) -> tuple[str | None, float]:
-    """The token in the answer (None unless a string of credential length with no control
-    characters) and its life in seconds."""
+def _read(call: TokenCall, body: bytes) -> tuple[str | None, float, str | None]:
+    """The token in the answer, its life in seconds, and the new refresh token if there is
+    one (a token is None unless a string of credential length with no control characters)."""
     try:
         document: Any = orjson.loads(body)
-        value = call.token.search(document)
+        value = _secret(call.token.search(document))
         lifetime = call.expires_in.search(document) if call.expires_in is not None else None
+        rotated = call.new_refresh_token
+        new_refresh = _secret(rotated.search(document)) if rotated is not None else None
     except (orjson.JSONDecodeError, JMESPathError, TypeError, ValueError):
-        return None, call.lifetime_s
-    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH or CONTROL.search(value):
-        value = None
+        return None, call.lifetime_s, None
     if isinstance(lifetime, str):
         try:
             lifetime = float(lifetime)
@@ -163,22 +252,44 @@ def _read(call: TokenCall, body: bytes) -> tuple[str | None, float]:
             lifetime = None
     if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
         lifetime = call.lifetime_s
-    return value, float(lifetime)
+    return value, float(lifetime), new_refresh
 
 
-def _header(auth: TokenAuth, token: str) -> str:
-    """The value of the header that carries ``token``, rendered once per token."""
+def _secret(value: Any) -> str | None:
+    """``value`` when it can be a token: a string of credential length, no control characters."""
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH or CONTROL.search(value):
+        return None
+    return value
+
+
+def _carrier(auth: TokenAuth, token: str) -> str:
+    """The value of the header or query parameter that carries ``token``, rendered once per
+    token."""
     value = auth.value.render({"token": token}, str)
     if value is None:
-        raise TemplateError("the token's header renders empty")
-    return header_value(auth.header, value)
+        raise TemplateError("the token's value renders empty")
+    return value if auth.query is not None else header_value(auth.header, value)
 
 
-def _token_request(target: Target, call: TokenCall, clock: Clock) -> UpstreamRequest:
+def _placed(auth: TokenAuth, request: UpstreamRequest, token: _Token) -> UpstreamRequest:
+    """``request`` carrying ``token``, and signed when its signature is over the token."""
+    if auth.query is not None:
+        placed = request.with_secret_query(auth.query, token.sent)
+    else:
+        placed = request.with_secret_header(auth.header, token.sent)
+    if placed.sign_with_token is None:
+        return placed
+    return placed.sign_with_token(replace(placed, sign_with_token=None), token.value)
+
+
+def _token_request(
+    target: Target, call: TokenCall, clock: Clock, refresh_token: str | None
+) -> UpstreamRequest:
     params = {f"params.{k}": v for k, v in target.params.items()}
     generated = generated_values(clock.now(), str(uuid4()))
+    spent = {"refresh_token": refresh_token} if refresh_token is not None else {}
     ctx = with_credentials(
-        {"connection.name": target.name, **params, **generated}, target.credentials
+        {"connection.name": target.name, **params, **generated, **spent}, target.credentials
     )
     try:
         url = _rendered(call.url.render(ctx, str), "url")
@@ -202,9 +313,12 @@ def _token_request(target: Target, call: TokenCall, clock: Clock) -> UpstreamReq
             password = call.basic.password.render(ctx, str) or ""
             headers.append(("Authorization", basic_value(user, password)))
             secret.add("authorization")
+        request = UpstreamRequest(call.method, url, tuple(headers), body, frozenset(secret))
+        if call.signature is not None:
+            request = signed(call.signature, request, target.credentials, ctx)
     except TemplateError as exc:
         raise TokenFailure(ErrorCode.PROVIDER_MISCONFIGURED, str(exc), None, False) from None
-    return UpstreamRequest(call.method, url, tuple(headers), body, frozenset(secret))
+    return request
 
 
 def _rendered(value: Any, where: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import orjson
@@ -100,6 +100,31 @@ class Conflict:
 
 
 BeginAnswer = Claimed | Replay | InProgress | Conflict
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRow:
+    """A connection's newest refresh token (a provider that rotates them spends each once),
+    and ``seed``: the SHA-256 (hex) of the configured refresh token the chain descends from, so
+    that a credential the operator replaces starts a new chain."""
+
+    value: str = field(repr=False)
+    seed: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshLease:
+    """What ``lease_refresh`` answers: whether the lease is now the asker's (``held``), the
+    stored token either way, and until when the lease holds (unix seconds)."""
+
+    held: bool
+    row: RefreshRow | None
+    until: float
+
+
+def lease_rule(holder: str, current: str | None, until: float, now: float) -> bool:
+    """The lease rule every backend applies: free, run out, or already the asker's."""
+    return current is None or current == holder or until <= now
 
 
 def decide(
@@ -219,3 +244,15 @@ class Store(Protocol):
 
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         """The ledger row, only for the caller that made it."""
+
+    async def lease_refresh(
+        self, name: str, holder: str, now: float, lease_s: float
+    ) -> RefreshLease:
+        """Before spending connection ``name``'s refresh token: take its lease for ``lease_s``
+        unless another holder has it (``lease_rule``), atomically, and answer the stored token.
+        One holder at a time, across every process sharing the store, so a single-use token is
+        spent once."""
+
+    async def save_refresh(self, name: str, holder: str, row: RefreshRow | None) -> bool:
+        """After the token request: store ``row`` (when given) and release the lease, only if
+        ``holder`` still holds it (compare-and-set); False, writing nothing, when it does not."""

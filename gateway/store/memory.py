@@ -9,8 +9,11 @@ from gateway.store.base import (
     Entry,
     KeyClaim,
     KeyRow,
+    RefreshLease,
+    RefreshRow,
     StoredReply,
     decide,
+    lease_rule,
     settle,
 )
 
@@ -21,6 +24,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._keys: dict[tuple[str, str], KeyRow] = {}
         self._ledger: dict[str, Entry] = {}
+        self._refresh: dict[str, RefreshRow] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
 
     async def open(self) -> None:
         return None
@@ -67,3 +72,21 @@ class MemoryStore:
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         entry = self._ledger.get(cancellation_id)
         return entry if entry is not None and entry.caller == caller else None
+
+    async def lease_refresh(
+        self, name: str, holder: str, now: float, lease_s: float
+    ) -> RefreshLease:
+        current, until = self._leases.get(name, (None, 0.0))
+        if not lease_rule(holder, current, until, now):
+            return RefreshLease(False, self._refresh.get(name), until)
+        self._leases[name] = (holder, now + lease_s)
+        return RefreshLease(True, self._refresh.get(name), now + lease_s)
+
+    async def save_refresh(self, name: str, holder: str, row: RefreshRow | None) -> bool:
+        current, _ = self._leases.get(name, (None, 0.0))
+        if current != holder:
+            return False
+        del self._leases[name]
+        if row is not None:
+            self._refresh[name] = row
+        return True

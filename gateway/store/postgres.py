@@ -25,15 +25,18 @@ from gateway.store.base import (
     KeyClaim,
     KeyRow,
     KeyState,
+    RefreshLease,
+    RefreshRow,
     StoredReply,
     StoreUnavailable,
     decide,
     entry_values,
     key_values,
+    lease_rule,
     settle,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 Conn = asyncpg.Connection | PoolConnectionProxy
 _MIGRATION_LOCK = 0x63616E63  # an arbitrary advisory lock id for this schema
 MIGRATIONS: dict[int, list[str]] = {
@@ -68,6 +71,16 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX cg_cancellations_caller ON cg_cancellations (caller, created_at)",
         "CREATE INDEX cg_idempotency_expires ON cg_idempotency (expires_at)",
+    ],
+    # Rotating refresh tokens, and the lease under which one process at a time spends them.
+    2: [
+        """CREATE TABLE cg_refresh_tokens (
+            name TEXT PRIMARY KEY,
+            value TEXT,
+            seed TEXT,
+            holder TEXT,
+            lease_until DOUBLE PRECISION NOT NULL DEFAULT 0
+        )"""
     ],
 }
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
@@ -167,6 +180,46 @@ class PostgresStore:
                 caller,
             )
         return None if row is None else Entry(*row)
+
+    async def lease_refresh(
+        self, name: str, holder: str, now: float, lease_s: float
+    ) -> RefreshLease:
+        async with self._connection() as conn, conn.transaction():
+            # The row exists before it is locked, so that first leases too wait for each other.
+            await conn.execute(
+                "INSERT INTO cg_refresh_tokens (name) VALUES ($1) ON CONFLICT DO NOTHING", name
+            )
+            found = await conn.fetchrow(
+                "SELECT value, seed, holder, lease_until FROM cg_refresh_tokens"
+                " WHERE name = $1 FOR UPDATE",
+                name,
+            )
+            assert found is not None
+            row = None if found["value"] is None else RefreshRow(found["value"], found["seed"])
+            if not lease_rule(holder, found["holder"], found["lease_until"], now):
+                return RefreshLease(False, row, found["lease_until"])
+            await conn.execute(
+                "UPDATE cg_refresh_tokens SET holder = $2, lease_until = $3 WHERE name = $1",
+                name,
+                holder,
+                now + lease_s,
+            )
+            return RefreshLease(True, row, now + lease_s)
+
+    async def save_refresh(self, name: str, holder: str, row: RefreshRow | None) -> bool:
+        value, seed = (None, None) if row is None else (row.value, row.seed)
+        async with self._connection() as conn:
+            # No row given (NULLs): the stored one is kept. Only the holder matches.
+            saved = await conn.fetchval(
+                "UPDATE cg_refresh_tokens SET value = COALESCE($3, value),"
+                " seed = COALESCE($4, seed), holder = NULL, lease_until = 0"
+                " WHERE name = $1 AND holder = $2 RETURNING TRUE",
+                name,
+                holder,
+                value,
+                seed,
+            )
+        return saved is True
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:

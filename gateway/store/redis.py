@@ -3,6 +3,7 @@
 A claim is an optimistic transaction: ``WATCH`` the key, read it, apply ``decide``, and write
 it in ``MULTI``/``EXEC``; if another replica wrote the key in between, ``EXEC`` fails and the
 claim is read again. Keys and ledger rows carry Redis expiries, so nothing needs cleaning up.
+A refresh token's hash has none: it is the only copy of a token the provider has rotated.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from gateway.store.base import (
     KeyClaim,
     KeyRow,
     KeyState,
+    RefreshLease,
+    RefreshRow,
     StoredReply,
     StoreUnavailable,
     decide,
+    lease_rule,
     settle,
 )
 
@@ -122,12 +126,53 @@ class RedisStore:
         entry = Entry(**{**data, "envelope": _unhex(data["envelope"])})
         return entry if entry.caller == caller else None
 
+    async def lease_refresh(
+        self, name: str, holder: str, now: float, lease_s: float
+    ) -> RefreshLease:
+        key = self._refresh_name(name)
+
+        async def attempt(pipe: Any) -> RefreshLease:
+            found = {k.decode(): v.decode() for k, v in (await pipe.hgetall(key)).items()}
+            row = RefreshRow(found["value"], found["seed"]) if "value" in found else None
+            until = float(found.get("lease_until", 0.0))
+            if not lease_rule(holder, found.get("holder"), until, now):
+                await pipe.unwatch()
+                return RefreshLease(False, row, until)
+            pipe.multi()
+            pipe.hset(key, mapping={"holder": holder, "lease_until": repr(now + lease_s)})
+            await pipe.execute()
+            return RefreshLease(True, row, now + lease_s)
+
+        async with self._guard():
+            return await self._watching(key, attempt)
+
+    async def save_refresh(self, name: str, holder: str, row: RefreshRow | None) -> bool:
+        key = self._refresh_name(name)
+
+        async def attempt(pipe: Any) -> bool:
+            current = await pipe.hget(key, "holder")
+            if current is None or current.decode() != holder:
+                await pipe.unwatch()
+                return False
+            pipe.multi()
+            if row is not None:
+                pipe.hset(key, mapping={"value": row.value, "seed": row.seed})
+            pipe.hdel(key, "holder", "lease_until")
+            await pipe.execute()
+            return True
+
+        async with self._guard():
+            return await self._watching(key, attempt)
+
     # --- helpers ------------------------------------------------------------------------------
 
     def _key_name(self, claim: KeyClaim) -> str:
         # Hashed: callers' keys may hold any printable characters, and their length is theirs.
         digest = hashlib.sha256(f"{claim.caller}\n{claim.key}".encode()).hexdigest()
         return f"{self._prefix}idem:{digest}"
+
+    def _refresh_name(self, name: str) -> str:
+        return f"{self._prefix}refresh:{name}"  # a connection's name, from the config
 
     def _entry_name(self, cancellation_id: str) -> str:
         return f"{self._prefix}cxl:{cancellation_id}"

@@ -33,18 +33,21 @@ from gateway.store.base import (
     KeyClaim,
     KeyRow,
     KeyState,
+    RefreshLease,
+    RefreshRow,
     StoredReply,
     StoreUnavailable,
     decide,
     entry_values,
     key_values,
+    lease_rule,
     settle,
 )
 
 CHECKPOINT_EVERY_S = 1.0
 RETRY_BUSY_S = (0.001, 0.05)  # first and longest wait for the write lock held by another process
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE cg_idempotency (
@@ -81,6 +84,11 @@ MIGRATIONS: dict[int, list[str]] = {
     # No query reads ledger rows by caller, and the index made every first write of a
     # cancellation update a second B-tree.
     2: ["DROP INDEX IF EXISTS cg_cancellations_caller"],
+    # Rotating refresh tokens, and the lease under which one process at a time spends them.
+    3: [
+        "CREATE TABLE cg_refresh_tokens (name TEXT PRIMARY KEY, value TEXT, seed TEXT,"
+        " holder TEXT, lease_until REAL NOT NULL DEFAULT 0)"
+    ],
 }
 # A completion updates its row in place (REPLACE would delete it and insert it again).
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
@@ -217,6 +225,45 @@ class SqliteStore:
             (cancellation_id, caller),
         )
         return None if row is None else Entry(*row)
+
+    async def lease_refresh(
+        self, name: str, holder: str, now: float, lease_s: float
+    ) -> RefreshLease:
+        def apply(db: sqlite3.Connection) -> RefreshLease:
+            found: Any = db.execute(
+                "SELECT value, seed, holder, lease_until FROM cg_refresh_tokens WHERE name = ?",
+                (name,),
+            ).fetchone() or (None, None, None, 0.0)  # no row yet: no token, no lease
+            value, seed, current, until = found
+            row = None if value is None else RefreshRow(value, seed)
+            if not lease_rule(holder, current, until, now):
+                return RefreshLease(False, row, until)
+            db.execute(
+                "INSERT INTO cg_refresh_tokens (name, holder, lease_until) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " lease_until = excluded.lease_until",
+                (name, holder, now + lease_s),
+            )
+            return RefreshLease(True, row, now + lease_s)
+
+        answer: RefreshLease = await self._write(apply=apply)
+        return answer
+
+    async def save_refresh(self, name: str, holder: str, row: RefreshRow | None) -> bool:
+        value, seed = (None, None) if row is None else (row.value, row.seed)
+
+        def apply(db: sqlite3.Connection) -> bool:
+            # No row given (NULLs): the stored one is kept. Only the holder matches.
+            cursor = db.execute(
+                "UPDATE cg_refresh_tokens SET value = COALESCE(?, value),"
+                " seed = COALESCE(?, seed), holder = NULL, lease_until = 0"
+                " WHERE name = ? AND holder = ?",
+                (value, seed, name, holder),
+            )
+            return cursor.rowcount == 1
+
+        saved: bool = await self._write(apply=apply)
+        return saved
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> Any:
         try:

@@ -122,9 +122,17 @@ def build_request(
     request = UpstreamRequest(resource.method, url, tuple(headers), body, frozenset(secret))
     if in_query is not None:
         request = request.with_secret_query(*in_query)
-    if definition.signature is not None:
+    signature = definition.signature
+    if signature is not None and target.signs_token:
+        credentials = target.credentials
+
+        def sign_with_token(authorized: UpstreamRequest, token: str) -> UpstreamRequest:
+            return signed(signature, authorized, credentials, {**ctx, "token": token})
+
+        return replace(request, sign_with_token=sign_with_token)
+    if signature is not None:
         try:
-            request = signed(definition.signature, request, target.credentials, ctx)
+            request = signed(signature, request, target.credentials, ctx)
         except TemplateError as exc:
             raise invalid_request(("request", str(exc))) from exc
     return request

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -21,6 +21,11 @@ class UpstreamRequest:
     # signatures: masked wherever the request is shown (envelopes, logs, previews).
     secret_headers: frozenset[str] = field(default_factory=frozenset)
     secret_query: frozenset[str] = field(default_factory=frozenset)
+    # A signature over the fetched token is computed once the token is in place: this signs
+    # the request given the token (see ``gateway/tokens.py``).
+    sign_with_token: Callable[[UpstreamRequest, str], UpstreamRequest] | None = field(
+        default=None, compare=False
+    )
 
     def __repr__(self) -> str:  # credentials never appear in a repr
         return (

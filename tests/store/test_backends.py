@@ -1,13 +1,16 @@
 """Every store backend against its real engine, held to the same contract: atomic claims,
-replays, conflicts, release of failed outcomes, leases, TTLs, per-caller scope and the ledger."""
+replays, conflicts, release of failed outcomes, leases, TTLs, per-caller scope, the ledger, and
+the refresh-token lease."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from gateway.config import StoreConfig
@@ -17,17 +20,23 @@ from gateway.store import (
     Entry,
     InProgress,
     KeyClaim,
+    RefreshLease,
+    RefreshRow,
     Replay,
     Store,
     StoredReply,
     StoreUnavailable,
     create_store,
+    postgres,
+    sqlite,
 )
 from tests.services import REDIS_URL, free_port
 
 BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 NOW = 1_700_000_000.0
 REPLY = StoredReply(200, (("Retry-After", "3"),), b'{"status": "cancelled", "x": "\\u00e9"}')
+TOKEN = RefreshRow("rt-1", "seed-1")
+SHARED_ENGINES = ["sqlite", "redis", "postgres"]  # a memory store is one process's own
 
 StoreFactory = Callable[..., Awaitable[Store]]
 
@@ -182,7 +191,7 @@ async def test_twenty_concurrent_claims_of_one_key_give_exactly_one(make_store: 
     assert all(isinstance(r, InProgress) for r in results if not isinstance(r, Claimed))
 
 
-@pytest.mark.parametrize("make_store", ["sqlite", "redis", "postgres"], indirect=True)
+@pytest.mark.parametrize("make_store", SHARED_ENGINES, indirect=True)
 async def test_two_stores_on_one_engine_share_claims(make_store: StoreFactory):
     """What two replicas see (the memory store is one process's own: not shared)."""
     one, two = await make_store(), await make_store()
@@ -190,6 +199,83 @@ async def test_two_stores_on_one_engine_share_claims(make_store: StoreFactory):
         *(store.begin(entry(), claim(), NOW) for store in (one, two) * 10)
     )
     assert sum(isinstance(r, Claimed) for r in results) == 1
+
+
+async def test_a_refresh_lease_refuses_others_until_it_runs_out(make_store: StoreFactory):
+    store = await make_store()
+    assert await store.lease_refresh("shop", "a", NOW, 30) == RefreshLease(True, None, NOW + 30)
+    refused = RefreshLease(False, None, NOW + 30)
+    assert await store.lease_refresh("shop", "b", NOW + 29, 30) == refused
+    assert await store.lease_refresh("shop", "b", NOW + 30, 30) == RefreshLease(
+        True, None, NOW + 60
+    )
+    # The first holder, late: its token must not replace what the new holder will save.
+    assert not await store.save_refresh("shop", "a", RefreshRow("rt-late", "seed-1"))
+    assert await store.lease_refresh("shop", "c", NOW + 31, 30) == RefreshLease(
+        False, None, NOW + 60
+    )
+
+
+async def test_saving_a_refresh_token_keeps_it_and_releases_the_lease(make_store: StoreFactory):
+    store = await make_store()
+    assert not await store.save_refresh("shop", "a", TOKEN)  # nobody leased: nothing written
+    assert (await store.lease_refresh("shop", "a", NOW, 30)).row is None
+    assert await store.save_refresh("shop", "a", TOKEN)
+    assert await store.lease_refresh("shop", "b", NOW, 30) == RefreshLease(True, TOKEN, NOW + 30)
+    assert not await store.save_refresh("shop", "a", RefreshRow("rt-stale", "seed-1"))
+    # That refusal left b's lease and the token as they were.
+    assert await store.lease_refresh("shop", "c", NOW, 30) == RefreshLease(False, TOKEN, NOW + 30)
+    assert await store.save_refresh("shop", "b", None)  # no new token: released, the old kept
+    assert await store.lease_refresh("shop", "c", NOW, 30) == RefreshLease(True, TOKEN, NOW + 30)
+
+
+@pytest.mark.parametrize("make_store", SHARED_ENGINES, indirect=True)
+async def test_replicas_share_one_refresh_lease_and_the_token_outlives_them(
+    make_store: StoreFactory,
+):
+    one, two = await make_store(), await make_store()
+    assert (await one.lease_refresh("shop", "a", NOW, 30)).held
+    assert await two.lease_refresh("shop", "b", NOW + 1, 30) == RefreshLease(False, None, NOW + 30)
+    assert not await two.save_refresh("shop", "b", RefreshRow("rt-b", "seed-1"))
+    assert await one.save_refresh("shop", "a", TOKEN)
+    assert await two.lease_refresh("shop", "b", NOW + 1, 30) == RefreshLease(True, TOKEN, NOW + 31)
+    await one.close()
+    await two.close()
+    reopened = await make_store()
+    # Both the token and the lease held when the replicas stopped.
+    assert await reopened.lease_refresh("shop", "c", NOW + 2, 30) == RefreshLease(
+        False, TOKEN, NOW + 31
+    )
+    assert await reopened.lease_refresh("shop", "c", NOW + 31, 30) == RefreshLease(
+        True, TOKEN, NOW + 61
+    )
+
+
+async def test_twenty_concurrent_refresh_leases_give_exactly_one(make_store: StoreFactory):
+    stores = [await make_store()]
+    if stores[0].name != "memory":  # two replicas on one engine
+        stores.append(await make_store())
+    for now in (NOW, NOW + 30):  # a first lease, then a lease that ran out
+        results = await asyncio.gather(
+            *(stores[i % len(stores)].lease_refresh("shop", f"h{i}", now, 30) for i in range(20))
+        )
+        assert sum(result.held for result in results) == 1
+        assert {result.until for result in results} == {now + 30}
+
+
+async def test_refresh_tokens_of_two_names_are_independent_and_kept_whole(
+    make_store: StoreFactory,
+):
+    store = await make_store()
+    long = RefreshRow("é—🔑\u2028\"'" + "x" * 994, "0" * 64)
+    assert len(long.value) == 1000
+    assert (await store.lease_refresh("one", "a", NOW, 30)).held
+    assert (await store.lease_refresh("two", "b", NOW, 30)).held
+    assert await store.save_refresh("one", "a", long)
+    assert await store.lease_refresh("two", "c", NOW, 30) == RefreshLease(False, None, NOW + 30)
+    assert await store.save_refresh("two", "b", TOKEN)
+    assert (await store.lease_refresh("one", "c", NOW, 30)).row == long
+    assert (await store.lease_refresh("two", "c", NOW, 30)).row == TOKEN
 
 
 async def test_ping_answers(make_store: StoreFactory):
@@ -242,3 +328,41 @@ async def test_an_unwritable_sqlite_file_is_store_unavailable(tmp_path: Path):
     with pytest.raises(StoreUnavailable):
         await store.begin(entry(), None, NOW)
     await store.close()
+
+
+async def test_a_sqlite_file_of_schema_2_is_migrated_and_leases(tmp_path: Path):
+    path = tmp_path / "ledger.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute("CREATE TABLE cg_schema (version INTEGER NOT NULL)")
+    for version in (1, 2):
+        for statement in sqlite.MIGRATIONS[version]:
+            old.execute(statement)
+        old.execute("INSERT INTO cg_schema (version) VALUES (?)", (version,))
+    old.close()
+    store = sqlite.SqliteStore(path, 2.0)
+    await store.open()
+    assert (await store.lease_refresh("shop", "a", NOW, 30)).held
+    assert await store.save_refresh("shop", "a", TOKEN)
+    assert await store.lease_refresh("shop", "b", NOW, 30) == RefreshLease(True, TOKEN, NOW + 30)
+    await store.close()
+    check = sqlite3.connect(path)
+    versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
+    check.close()
+    assert versions == [1, 2, 3]
+
+
+async def test_a_postgres_schema_1_is_migrated_and_leases(postgres_dsn: str):
+    old = await asyncpg.connect(postgres_dsn)
+    await old.execute("CREATE TABLE cg_schema (version INTEGER NOT NULL)")
+    for statement in postgres.MIGRATIONS[1]:
+        await old.execute(statement)
+    await old.execute("INSERT INTO cg_schema (version) VALUES (1)")
+    store = postgres.PostgresStore(postgres_dsn, 5)
+    await store.open()
+    assert (await store.lease_refresh("shop", "a", NOW, 30)).held
+    assert await store.save_refresh("shop", "a", TOKEN)
+    assert await store.lease_refresh("shop", "b", NOW, 30) == RefreshLease(True, TOKEN, NOW + 30)
+    await store.close()
+    versions = [row[0] for row in await old.fetch("SELECT version FROM cg_schema ORDER BY 1")]
+    await old.close()
+    assert versions == [1, 2]
