@@ -7,6 +7,7 @@ happens in between (a bug included), so no record is lost.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,12 @@ from gateway.envelope import (
 )
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.inbound import Decoded, RequestInfo, check_idempotency_key, json_body
+from gateway.lines import line_outcomes, send
 from gateway.loader import Runtime
 from gateway.models import (
     CancelRequest,
     Envelope,
+    LineItem,
     Preview,
     PreviewRequest,
     UpstreamInfo,
@@ -51,7 +54,7 @@ from gateway.store import (
     StoredReply,
     StoreUnavailable,
 )
-from gateway.translate.build import Call, build_attempts, resolve_resource
+from gateway.translate.build import Call, build_attempts, build_lines, resolve_resource
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 
 LEASE_MARGIN_S = 10.0
@@ -74,6 +77,8 @@ class _Facts:
     callers_text: tuple[str, ...] = ()  # the caller's own strings: see Redactor.answer
     token: str = ""
     running: bool = False  # recorded as running in the store: complete() must follow
+    items: Sequence[LineItem] | None = None  # the lines asked for, and each one's outcome
+    lines: Sequence[Outcome | GatewayError] = ()
 
     def entry(self, status: str, **more: Any) -> Entry:
         return Entry(
@@ -149,8 +154,12 @@ class Canceller:
             traceparent=info.trace.child_traceparent(),
             tracestate=info.trace.state,
         )
-        upstream, rebuild = build_attempts(target, resource, request, call, self._clock.now)
-        return Prepared(request, target, resource, upstream, rebuild)
+        lines = build_lines(target, resource, request, call, self._clock.now)
+        if lines is not None:
+            upstream, rebuild = lines[0]  # what a preview shows first
+        else:
+            upstream, rebuild = build_attempts(target, resource, request, call, self._clock.now)
+        return Prepared(request, target, resource, upstream, rebuild, lines)
 
     def _new_facts(self, caller: Caller) -> _Facts:
         """A new cancellation: its id and when it was asked for."""
@@ -267,7 +276,10 @@ class Canceller:
         def progress(upstream: UpstreamInfo) -> None:
             facts.upstream = upstream
 
-        return await self._sender.send(outbound, log, progress)
+        facts.items = prepared.request.items
+        clock = self._clock.monotonic
+        result, facts.lines = await send(self._sender, outbound, prepared, log, progress, clock)
+        return result
 
     async def _begin(self, facts: _Facts, log: FilteringBoundLogger) -> None:
         """Claim the key and record the cancellation as running, or say why not to send."""
@@ -364,11 +376,13 @@ class Canceller:
         return Reply(stored.http_status, stored.body, headers)
 
     def _reply(self, facts: _Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
-        cancelled_at = provider_response = error = None
+        cancelled_at = provider_response = error = items = None
+        answer = self._redactor.answer(facts.callers_text)
+        if facts.items is not None and facts.lines:
+            items = line_outcomes(facts.items, facts.lines, answer)
         if isinstance(result, GatewayError):
             error = decision_error(result)
         else:
-            answer = self._redactor.answer(facts.callers_text)
             error = provider_error(result, answer)
             if result.status in (Status.CANCELLED, Status.ALREADY_CANCELLED):
                 provider_response = answer.clean(result.provider_response)
@@ -390,6 +404,7 @@ class Canceller:
             upstream=facts.upstream,
             request_id=info.request_id,
             trace_id=info.trace.trace_id,
+            items=items,
         )
         http_status = 200 if result.code is None else spec(result.code).http_status
         return Reply(

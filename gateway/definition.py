@@ -28,6 +28,7 @@ from gateway.auth_schemes import (
 from gateway.errors import ErrorCode
 from gateway.examples import Examples
 from gateway.fields import Expression, HeaderName, Strict, StructureField, TemplateField
+from gateway.line_items import LINE_NAMES, Lines, lines_problems
 from gateway.translate.templates import (
     CONTEXT_NAMES,
     GENERATED_NAMES,
@@ -217,6 +218,7 @@ class Resource(Strict):
     already_cancelled: AlreadyCancelled | None = None
     extract: Extract = Field(default_factory=Extract)
     errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
+    items: Lines | None = None  # cancels single lines: see line_items.py
 
     @model_validator(mode="after")
     def _form_is_flat(self) -> Resource:
@@ -349,8 +351,17 @@ class ProviderDefinition(Strict):
                 )
         for rname, res in self.resources.items():
             where = f"resources.{rname}"
-            for loc, template in res.request_templates(where) + res.default_templates(where):
+            located = res.request_templates(where) + res.default_templates(where)
+            for loc, template in located:
                 check(loc, template)
+            for template in res.items.templates() if res.items else []:
+                check(f"{where}.items.template", template)
+            found += lines_problems(res.items, located, res.body, where)
+        found += [
+            (where, "a request's lines ({items}, {item.*}) belong in a resource's request")
+            for where, template in self._all_templates()
+            if not where.startswith("resources.") and LINE_NAMES & set(template.names)
+        ]
         return found
 
     def _all_templates(self) -> list[tuple[str, Template]]:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -92,6 +93,32 @@ def _keys_in_property_names(schema: dict[str, Any]) -> None:
     schema["additionalProperties"] = values
 
 
+MAX_ITEMS = 500  # lines of one request
+
+
+def _whole(value: object) -> object:
+    """A JSON number that is whole (``2.0``) is an integer, as JSON Schema counts them."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+class LineItem(BaseModel):
+    """One line of the object to cancel."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: Annotated[
+        str,
+        Field(min_length=1, max_length=128),
+        AfterValidator(_identifier),
+        Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN, "not": {"enum": [".", ".."]}}),
+    ] = Field(description="The provider's identifier of the line.")
+    quantity: Annotated[int, Field(ge=1, le=1_000_000_000), BeforeValidator(_whole)] | None = Field(
+        default=None, description="How many of the line's units to cancel; all when absent."
+    )
+
+
 class CancelRequest(BaseModel):
     """``POST /v1/cancellations``: what the caller wants cancelled, in the gateway's words."""
 
@@ -137,6 +164,12 @@ class CancelRequest(BaseModel):
         "lists them): strings, numbers or booleans.",
         json_schema_extra=_keys_in_property_names,
     )
+    items: Annotated[list[LineItem] | None, Field(min_length=1, max_length=MAX_ITEMS)] = Field(
+        default=None,
+        description="Cancel only these lines of the object; their ids must be unique. A "
+        "provider that cannot cancel single lines refuses a request with items, and one that "
+        "can checks the ids and its own limits (invalid_request).",
+    )
 
 
 class FieldProblem(BaseModel):
@@ -153,6 +186,20 @@ class ErrorBody(BaseModel):
     retryable: bool
     retry_after_s: float | None = None
     fields: list[FieldProblem] = Field(default_factory=list)
+
+
+class LineError(BaseModel):
+    code: ErrorCode
+    provider_code: str | None = None
+    message: str
+
+
+class LineOutcome(BaseModel):
+    """One line's own outcome, in an envelope's ``items``."""
+
+    id: str
+    status: Status
+    error: LineError | None = None
 
 
 class UpstreamInfo(BaseModel):
@@ -178,6 +225,7 @@ class Envelope(BaseModel):
     upstream: UpstreamInfo | None = None
     request_id: str | None = None
     trace_id: str | None = None
+    items: list[LineOutcome] | None = None  # each line's outcome, for a request with items
 
 
 class PreviewRequest(BaseModel):

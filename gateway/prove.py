@@ -116,7 +116,11 @@ def _request(definition: ProviderDefinition, example: RequestExample) -> Checked
     call = replace(EXAMPLE_CALL, now=example.now, uuid=example.uuid)
     try:
         resource = resolve_resource(definition, canonical.resource)
-        built = build_request(target, resource, canonical, call)
+        # A resource that sends one request per line: the first line's is the example's.
+        first_line = (0, canonical.items[0]) if canonical.items else None
+        lines = definition.resources[resource].items
+        line = first_line if lines is not None and lines.mode == "each" else None
+        built = build_request(target, resource, canonical, call, line)
     except GatewayError as exc:
         return Checked("request", example.name, "a request", exc.message, False)
     expect = example.expect

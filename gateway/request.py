@@ -5,7 +5,7 @@ idempotency key a provider is sent, and ``Prepared``: the request once routed an
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +15,9 @@ from pydantic_core import ErrorDetails
 
 from gateway.errors import invalid_request
 from gateway.inbound import RequestInfo
-from gateway.models import CancelRequest
+from gateway.models import MAX_ITEMS, CancelRequest
 from gateway.targets import Target
+from gateway.translate.build import Attempts
 from gateway.translate.templates import scalar_text
 from gateway.translate.wire import UpstreamRequest
 
@@ -30,6 +31,8 @@ class Prepared:
     resource: str
     upstream: UpstreamRequest  # what the first attempt sends
     rebuild: Callable[[], UpstreamRequest] | None = None  # each later one, made anew
+    # One request per line (a resource of ``items: {mode: each}``): each line's attempts.
+    lines: Sequence[Attempts] | None = None
 
 
 def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:
@@ -61,6 +64,8 @@ def _message(error: ErrorDetails) -> str:
     """Pydantic's message, said as the request's fields are: lengths in characters (every
     field of the request with a length is text; pydantic says "items" after a validator)."""
     length = _LENGTHS.get(error["type"])
+    if error["loc"] == ("items",) and error["type"] in ("too_short", "too_long"):
+        return f"must be a list of 1 to {MAX_ITEMS} lines"
     if length is not None and "ctx" in error:
         return f"must be {length.format(**error['ctx'])} characters"
     return error["msg"].removeprefix("Value error, ")
@@ -79,6 +84,7 @@ def callers_text(request: CancelRequest, info: RequestInfo) -> tuple[str, ...]:
     fields = (request.connection, request.id, request.resource, request.reason)
     texts = [t for t in (*fields, request.requested_by, request.notes) if t]
     texts.extend(scalar_text(v) for v in request.params.values())
+    texts.extend(item.id for item in request.items or ())
     trace = info.trace  # forwarded upstream: the caller's trace id, span and state
     texts.extend(t for t in (info.request_id, trace.trace_id, trace.parent_id, trace.state) if t)
     if info.idempotency_key is not None:

@@ -90,14 +90,16 @@ class Sender:
         outbound: Outbound,
         log: FilteringBoundLogger,
         progress: Callable[[UpstreamInfo], None],
+        deadline: float | None = None,
     ) -> Outcome | GatewayError:
         """The provider's final outcome, or the local guards' refusal when nothing could be
-        sent; ``progress`` hears about every attempt that was made."""
+        sent; ``progress`` hears about every attempt that was made. The budget ends at
+        ``deadline`` when one is given (the lines of one cancellation share theirs)."""
         connection, policy, request = outbound.target.name, outbound.policy, outbound.request
         guards = self._guards.get(connection, policy)
         retry_safe = outbound.target.definition.resources[outbound.resource].retry_safe
         first = self._clock.monotonic()
-        deadline = first + policy.timeout_s
+        deadline = first + policy.timeout_s if deadline is None else deadline
         guards.budget.record_request()
         outcome: Outcome | None = None
         attempts = 0

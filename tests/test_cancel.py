@@ -117,6 +117,7 @@ async def test_a_confirmed_cancellation_answers_200_with_the_providers_facts(kit
         },
         "request_id": "req-test-1",
         "trace_id": info.trace.trace_id,
+        "items": None,  # no lines were named
     }
 
 

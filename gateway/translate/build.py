@@ -18,7 +18,8 @@ import orjson
 
 from gateway.definition import ParamSpec, ProviderDefinition, Resource
 from gateway.errors import invalid_request
-from gateway.models import CancelRequest
+from gateway.line_items import LIST_NAME
+from gateway.models import CancelRequest, LineItem
 from gateway.targets import Target
 from gateway.translate.auth import auth_header, auth_query
 from gateway.translate.sign import signed
@@ -75,8 +76,15 @@ def resolve_resource(definition: ProviderDefinition, requested: str | None) -> s
     return requested
 
 
+Line = tuple[int, LineItem]  # a line's index in the request, and the line
+
+
 def build_request(
-    target: Target, resource_name: str, req: CancelRequest, call: Call
+    target: Target,
+    resource_name: str,
+    req: CancelRequest,
+    call: Call,
+    line: Line | None = None,
 ) -> UpstreamRequest:
     definition = target.definition
     resource = definition.resources[resource_name]
@@ -92,11 +100,15 @@ def build_request(
         **call.generated(),
     }
     ctx.update(canonical_fields(resource, req, ctx, problems))
+    ctx.update(line_values(resource, req, line, ctx, problems))
     if problems:
         raise invalid_request(*problems)
 
     try:
-        url = target.base_url.render(ctx) + resource.path.render(ctx, encode_segment)
+        path = resource.path.render(ctx, encode_segment)
+        if path is None:
+            raise TemplateError(f"the path {resource.path.source!r} lacks a value")
+        url = target.base_url.render(ctx) + path
         query = _render_query(resource, ctx)
         headers, secret = _render_headers(target, resource, ctx)
         in_query = auth_query(definition.auth, target.credentials, ctx)
@@ -138,23 +150,90 @@ def build_request(
     return request
 
 
+Attempts = tuple[UpstreamRequest, Callable[[], UpstreamRequest] | None]
+
+
 def build_attempts(
     target: Target,
     resource: str,
     req: CancelRequest,
     call: Call,
     now: Callable[[], datetime],
-) -> tuple[UpstreamRequest, Callable[[], UpstreamRequest] | None]:
+    line: Line | None = None,
+) -> Attempts:
     """The first attempt's request and, when the resource names values made anew for each
     attempt (a time, a UUID, a signature over them), what makes each later attempt's."""
     if resource not in target.per_attempt:
-        return build_request(target, resource, req, call), None
+        return build_request(target, resource, req, call, line), None
 
     def attempt() -> UpstreamRequest:
         fresh = replace(call, now=now(), uuid=str(uuid4()))
-        return build_request(target, resource, req, fresh)
+        return build_request(target, resource, req, fresh, line)
 
     return attempt(), attempt
+
+
+def build_lines(
+    target: Target,
+    resource: str,
+    req: CancelRequest,
+    call: Call,
+    now: Callable[[], datetime],
+) -> list[Attempts] | None:
+    """For a resource that sends one request per line: each line's attempts, in the request's
+    order (None for any other request). Each line has its own upstream idempotency key, so that
+    a provider that honours one does not take the second line for a repeat of the first."""
+    lines = target.definition.resources[resource].items
+    if req.items is None or lines is None or lines.mode != "each":
+        return None
+    built = []
+    for line in enumerate(req.items):
+        own = replace(call, idempotency_key=f"{call.idempotency_key}-{line[0]}")
+        built.append(build_attempts(target, resource, req, own, now, line))
+    return built
+
+
+def line_values(
+    resource: Resource,
+    req: CancelRequest,
+    line: Line | None,
+    ctx: Context,
+    problems: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """The request's lines as its templates name them (``items``, or one line's ``item.*``),
+    after the provider's rules for them."""
+    lines = resource.items
+    if req.items is None:
+        if lines is not None and (lines.required or lines.mode == "each"):
+            problems.append(("items", "this provider cancels lines: name them in items"))
+        return {}
+    if lines is None:
+        problems.append(("items", "this provider cancels whole objects only: leave items out"))
+        return {}
+    named: set[str] = set()
+    for n, item in enumerate(req.items):
+        if item.id in named:
+            problems.append((f"items.{n}.id", f"line {item.id!r} is named twice"))
+        named.add(item.id)
+    if len(req.items) > lines.max:
+        problems.append(("items", f"must be at most {lines.max} lines for this provider"))
+    if lines.quantity == "required":
+        problems.extend(
+            (f"items.{n}.quantity", "is required by this provider")
+            for n, item in enumerate(req.items)
+            if item.quantity is None
+        )
+    if lines.mode == "each":
+        return {} if line is None else _line_context(*line)
+    rendered = [
+        render_structure(lines.template, {**ctx, **_line_context(n, item)})
+        for n, item in enumerate(req.items)
+    ]
+    return {LIST_NAME: rendered}
+
+
+def _line_context(index: int, item: LineItem) -> dict[str, Any]:
+    return {"item.id": item.id, "item.quantity": item.quantity, "item.index": index}
 
 
 def merge_params(

@@ -6,6 +6,7 @@ One syntax serves URLs, headers, query parameters and bodies::
     "Bearer {credentials.api_key}"  text with a placeholder: rendered as a string
     "{notify}"                      a lone placeholder keeps the value's JSON type
     "{params.reason_code|reason}"   first of the alternatives that has a value
+    "{item.quantity:text}"          a lone placeholder's value as text (2 -> "2")
     "{{literal braces}}"            doubled braces stand for one
 
 A placeholder without a value makes the whole template render as ``None``, which the caller
@@ -39,6 +40,7 @@ CONTEXT_NAMES = frozenset(
         "connection.name",
         *("now.unix", "now.unix_ms", "now.rfc3339", "uuid"),  # generated for each attempt
         "token",  # a token auth's fetched token, in its value only
+        *("items", "item.id", "item.quantity", "item.index"),  # a request's lines
     }
 )
 # Values the gateway makes anew for each attempt: a definition naming one is rendered again
@@ -47,6 +49,7 @@ GENERATED_NAMES = frozenset({"now.unix", "now.unix_ms", "now.rfc3339", "uuid"})
 # The names whose values come with each request, chosen by the caller.
 REQUEST_NAMES = frozenset(
     {"id", "resource", "reason", "requested_by", "notify", "notes", "idempotency_key"}
+    | {"items", "item.id", "item.quantity", "item.index"}
 )
 
 _REF = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-zA-Z_][a-zA-Z0-9_-]*)?$")
@@ -63,6 +66,7 @@ class TemplateError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Ref:
     alternatives: tuple[str, ...]
+    text: bool = False  # ``:text``: a lone placeholder renders its value as text
 
     def resolve(self, ctx: Context) -> Any:
         for name in self.alternatives:
@@ -101,7 +105,8 @@ class Template:
         if self._literal is not None:
             return self._literal
         if self._lone is not None and encode is None:
-            return self._lone.resolve(ctx)
+            value = self._lone.resolve(ctx)
+            return scalar_text(value) if self._lone.text and value is not None else value
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
@@ -134,14 +139,17 @@ def compile_template(source: str) -> Template:
             continue
         if match.group(1) is None:
             raise TemplateError(f"unbalanced {token!r} in {source!r} (write {token * 2} for one)")
-        alternatives = tuple(a.strip() for a in match.group(1).split("|"))
+        inside, text = match.group(1), False
+        if inside.endswith(":text"):
+            inside, text = inside.removesuffix(":text"), True
+        alternatives = tuple(a.strip() for a in inside.split("|"))
         for name in alternatives:
             if not _REF.fullmatch(name):
                 raise TemplateError(f"{{{match.group(1)}}} is not a valid reference in {source!r}")
         if any(literal):
             parts.append("".join(literal))
         literal = []
-        parts.append(Ref(alternatives))
+        parts.append(Ref(alternatives, text))
     literal.append(source[pos:])
     if any(literal) or not parts:
         parts.append("".join(literal))

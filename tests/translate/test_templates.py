@@ -30,6 +30,16 @@ def test_lone_placeholder_keeps_the_value_type(value: Any) -> None:
     assert type(rendered) is type(value)
 
 
+@pytest.mark.parametrize(
+    ("value", "text"), [(2, "2"), (True, "true"), (1.5, "1.5"), ("x", "x"), (None, None)]
+)
+def test_a_lone_placeholder_marked_text_renders_its_value_as_text(value: Any, text: Any) -> None:
+    """``:text`` for providers that want a number as a JSON string ("amount": "2")."""
+    template = compile_template("{item.quantity|notify:text}")
+    assert template.render({"item.quantity": value}) == text
+    assert list(template.names) == ["item.quantity", "notify"]
+
+
 def test_lone_placeholder_with_encoder_renders_text() -> None:
     """Given an encoder, even a lone placeholder renders as encoded text."""
     assert compile_template("{notify}").render({"notify": True}, str) == "true"
