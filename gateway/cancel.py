@@ -54,7 +54,13 @@ from gateway.store import (
     StoredReply,
     StoreUnavailable,
 )
-from gateway.translate.build import Call, build_attempts, build_lines, resolve_resource
+from gateway.translate.build import (
+    Call,
+    build_attempts,
+    build_lines,
+    build_reader,
+    resolve_resource,
+)
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 
 LEASE_MARGIN_S = 10.0
@@ -154,12 +160,14 @@ class Canceller:
             traceparent=info.trace.child_traceparent(),
             tracestate=info.trace.state,
         )
-        lines = build_lines(target, resource, request, call, self._clock.now)
+        now = self._clock.now
+        lines = build_lines(target, resource, request, call, now)
         if lines is not None:
-            upstream, rebuild = lines[0]  # what a preview shows first
+            upstream, rebuild, reader = lines[0]  # what a preview shows first
         else:
-            upstream, rebuild = build_attempts(target, resource, request, call, self._clock.now)
-        return Prepared(request, target, resource, upstream, rebuild, lines)
+            upstream, rebuild = build_attempts(target, resource, request, call, now)
+            reader = build_reader(target, resource, request, call, now)
+        return Prepared(request, target, resource, upstream, rebuild, lines, reader)
 
     def _new_facts(self, caller: Caller) -> _Facts:
         """A new cancellation: its id and when it was asked for."""
@@ -270,7 +278,12 @@ class Canceller:
             )
         await self._begin(facts, log)
         outbound = Outbound(
-            prepared.target, prepared.resource, policy, prepared.upstream, prepared.rebuild
+            prepared.target,
+            prepared.resource,
+            policy,
+            prepared.upstream,
+            prepared.rebuild,
+            prepared.reader,
         )
 
         def progress(upstream: UpstreamInfo) -> None:

@@ -8,6 +8,7 @@ every key with the built-in files in ``gateway/providers/`` as examples.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,8 +28,16 @@ from gateway.auth_schemes import (
 )
 from gateway.errors import ErrorCode
 from gateway.examples import Examples
-from gateway.fields import Expression, HeaderName, Strict, StructureField, TemplateField
+from gateway.fields import (
+    Expression,
+    HeaderName,
+    Strict,
+    StructureField,
+    TemplateField,
+    absolute_path,
+)
 from gateway.line_items import LINE_NAMES, Lines, lines_problems
+from gateway.read_spec import Read
 from gateway.translate.templates import (
     CONTEXT_NAMES,
     GENERATED_NAMES,
@@ -194,17 +203,9 @@ class Errors(Strict):
     retry_after: list[RetryHint] = Field(default_factory=list)
 
 
-def _absolute_path(template: Template) -> Template:
-    # The path is appended to the base URL: one that does not start with "/" would let the
-    # first value it holds (a caller's id) extend the host the credentials are sent to.
-    if not template.source.startswith("/"):
-        raise ValueError("must start with / (it is appended to the base URL)")
-    return template
-
-
 class Resource(Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
-    path: Annotated[TemplateField, AfterValidator(_absolute_path)]
+    path: Annotated[TemplateField, AfterValidator(absolute_path)]
     retry_safe: bool = False  # may be repeated after it was sent (README, "Resilience")
     headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)
@@ -219,6 +220,7 @@ class Resource(Strict):
     extract: Extract = Field(default_factory=Extract)
     errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
     items: Lines | None = None  # cancels single lines: see line_items.py
+    read: Read | None = None  # a request made before the cancel: see read_spec.py
 
     @model_validator(mode="after")
     def _form_is_flat(self) -> Resource:
@@ -235,6 +237,29 @@ class Resource(Strict):
         found += [(f"{where}.headers.{name}", t) for name, t in self.headers.items()]
         found += [(f"{where}.query.{name}", t) for name, t in self.query.items()]
         return found + [(f"{where}.body", t) for t in structure_templates(self.body)]
+
+    @cached_property
+    def read_request(self) -> Resource | None:
+        """The read as a request to build and classify like a cancel's: its own success test,
+        the resource's error rules."""
+        read = self.read
+        if read is None:
+            return None
+        return Resource(
+            method=read.method,
+            path=read.path,
+            headers=read.headers,
+            query=read.query,
+            body=read.body,
+            success=Success(status=read.status, when=read.when),
+            already_cancelled=(
+                None
+                if read.already_cancelled is None
+                else AlreadyCancelled(status=read.status, when=read.already_cancelled)
+            ),
+            extract=Extract(provider_response=read.values),
+            errors=self.errors,
+        )
 
     def default_templates(self, where: str) -> list[tuple[str, Template]]:
         """The templates of the fields' defaults, each with where it is."""
@@ -280,10 +305,13 @@ class ProviderDefinition(Strict):
         found: list[tuple[str, str]] = []
 
         def check(
-            where: str, template: Template, credentials_allowed: bool = False, also: str = ""
+            where: str,
+            template: Template,
+            credentials_allowed: bool = False,
+            also: frozenset[str] = frozenset(),
         ) -> None:
             for name in unknown_names(template, self.params, self.credentials):
-                if name == also:
+                if name in also:
                     continue  # the one name this place adds to the context
                 found.append((where, unknown_reference(name, self.params, self.credentials)))
             if not credentials_allowed and any(
@@ -319,7 +347,7 @@ class ProviderDefinition(Strict):
             if self.auth.refresh_token is not None:
                 check("auth.refresh_token", self.auth.refresh_token, credentials_allowed=True)
             for template in call.templates():
-                also = "refresh_token" if spends else ""
+                also = frozenset({"refresh_token"} if spends else ())
                 check("auth (token request)", template, credentials_allowed=True, also=also)
             # What chooses the token's host: the authority, or all before the path when the
             # URL starts with a placeholder (a param holding the scheme and host).
@@ -334,7 +362,7 @@ class ProviderDefinition(Strict):
             and not (where == "signature.message" and isinstance(self.auth, TokenAuth))
         ]
         if self.signature is not None:
-            fetched = "token" if isinstance(self.auth, TokenAuth) else ""
+            fetched = frozenset({"token"} if isinstance(self.auth, TokenAuth) else ())
             for template in self.signature.templates():
                 check("signature", template, credentials_allowed=True, also=fetched)
             signing_key = self.signature.key
@@ -352,7 +380,10 @@ class ProviderDefinition(Strict):
         for rname, res in self.resources.items():
             where = f"resources.{rname}"
             located = res.request_templates(where) + res.default_templates(where)
+            read_names = res.read.names() if res.read else frozenset()
             for loc, template in located:
+                check(loc, template, also=read_names)
+            for loc, template in res.read.templates(where) if res.read else []:
                 check(loc, template)
             for template in res.items.templates() if res.items else []:
                 check(f"{where}.items.template", template)
@@ -369,6 +400,8 @@ class ProviderDefinition(Strict):
         found = [("base_url", self.base_url)] if self.base_url else []
         for rname, res in self.resources.items():
             found += res.request_templates(f"resources.{rname}")
+            # A read's request is outside the cancel's: lines are not its to name.
+            found += [(f"read:{loc}", t) for loc, t in res.read.templates("")] if res.read else []
         if self.signature is not None:
             key = self.signature.key
             found += [("signature.key", key)] if key is not None else []

@@ -24,7 +24,8 @@ EXAMPLE_NOW = datetime(2026, 1, 1, tzinfo=UTC)  # an answer example's "now" (Ret
 
 
 class AnswerExpectation(Strict):
-    status: Literal["cancelled", "already_cancelled", "rejected", "failed", "pending"]
+    # ``read``: an answer to a resource's read that gives its values (``provider_response``)
+    status: Literal["cancelled", "already_cancelled", "rejected", "failed", "pending", "read"]
     code: str | None = None  # the error code; absent: none expected (a success)
     provider_code: str | None = None
     cancelled_at: str | None = None
@@ -37,6 +38,7 @@ class AnswerExample(Strict):
 
     name: str
     resource: str | None = None
+    read: bool = False  # an answer to the resource's read, not to its cancel
     status: int = Field(ge=100, le=599)
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = None
@@ -75,6 +77,8 @@ class RequestExample(Strict):
     connection: ExampleConnection = Field(default_factory=ExampleConnection)
     now: datetime = EXAMPLE_NOW
     uuid: str = "00000000-0000-4000-8000-000000000000"
+    # For a resource that reads first: the values its read gave (``{read.<name>}``), pinned.
+    read: dict[str, Any] | None = None
     expect: RequestExpectation
     source: str = ""
 

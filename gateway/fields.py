@@ -51,3 +51,11 @@ Expression = Annotated[
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+def absolute_path(template: Template) -> Template:
+    # The path is appended to the base URL: one that does not start with "/" would let the
+    # first value it holds (a caller's id) extend the host the credentials are sent to.
+    if not template.source.startswith("/"):
+        raise ValueError("must start with / (it is appended to the base URL)")
+    return template

@@ -17,7 +17,7 @@ from gateway.models import LineError, LineItem, LineOutcome, UpstreamInfo
 from gateway.redact import AnswerRedactor
 from gateway.request import Prepared
 from gateway.send import Outbound, Sender, ms
-from gateway.translate.build import Attempts
+from gateway.translate.build import LineAttempts
 from gateway.translate.classify import Outcome
 
 Result = Outcome | GatewayError
@@ -50,7 +50,7 @@ async def send(
 async def send_lines(
     sender: Sender,
     outbound: Outbound,
-    lines: Sequence[Attempts],
+    lines: Sequence[LineAttempts],
     concurrency: int,
     log: FilteringBoundLogger,
     progress: Callable[[UpstreamInfo], None],
@@ -77,11 +77,11 @@ async def send_lines(
             )
         )
 
-    async def one(index: int, attempts: Attempts) -> Result:
-        request, rebuild = attempts
+    async def one(index: int, attempts: LineAttempts) -> Result:
+        request, rebuild, reader = attempts
         async with slots:
             line_log = log.bind(line=index)
-            line = replace(outbound, request=request, rebuild=rebuild)
+            line = replace(outbound, request=request, rebuild=rebuild, reader=reader)
             return await sender.send(line, line_log, lambda i: heard(index, i), deadline)
 
     return list(await asyncio.gather(*(one(n, a) for n, a in enumerate(lines))))

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from gateway.config import ConnectionConfig
 from gateway.definition import ProviderDefinition
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Status
 from gateway.examples import EXAMPLE_NOW, AnswerExample, Checked, RequestExample
 from gateway.problems import Problem, validate
 from gateway.targets import resolve_target
@@ -82,10 +82,19 @@ def _answer(
         return Checked("answer", example.name, "a resource", exc.message, False), None, None
     headers = {name.lower(): value for name, value in example.headers.items()}
     response = UpstreamResponse(example.status, headers, example.raw())
-    outcome = classify(definition, resource, response, EXAMPLE_NOW)
+    reading = example.read
+    if reading and definition.resources[resource].read is None:
+        return Checked("answer", example.name, "a resource that reads", resource, False), None, None
+    outcome = classify(definition, resource, response, EXAMPLE_NOW, reading)
     expect = example.expect
+    status = outcome.status.value
+    if reading and outcome.status is Status.CANCELLED:
+        read = definition.resources[resource].read
+        assert read is not None
+        missing = [name for name in read.values if name not in outcome.provider_response]
+        status = "read" if not missing else f"failed (the answer lacks {', '.join(missing)})"
     got: dict[str, Any] = {
-        "status": outcome.status.value,
+        "status": status,
         "code": outcome.code.value if outcome.code else None,
     }
     wanted: dict[str, Any] = {"status": expect.status, "code": expect.code}
@@ -120,7 +129,7 @@ def _request(definition: ProviderDefinition, example: RequestExample) -> Checked
         first_line = (0, canonical.items[0]) if canonical.items else None
         lines = definition.resources[resource].items
         line = first_line if lines is not None and lines.mode == "each" else None
-        built = build_request(target, resource, canonical, call, line)
+        built = build_request(target, resource, canonical, call, line, example.read)
     except GatewayError as exc:
         return Checked("request", example.name, "a request", exc.message, False)
     expect = example.expect

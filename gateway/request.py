@@ -17,7 +17,7 @@ from gateway.errors import invalid_request
 from gateway.inbound import RequestInfo
 from gateway.models import MAX_ITEMS, CancelRequest
 from gateway.targets import Target
-from gateway.translate.build import Attempts
+from gateway.translate.build import LineAttempts, Reader
 from gateway.translate.templates import scalar_text
 from gateway.translate.wire import UpstreamRequest
 
@@ -32,7 +32,8 @@ class Prepared:
     upstream: UpstreamRequest  # what the first attempt sends
     rebuild: Callable[[], UpstreamRequest] | None = None  # each later one, made anew
     # One request per line (a resource of ``items: {mode: each}``): each line's attempts.
-    lines: Sequence[Attempts] | None = None
+    lines: Sequence[LineAttempts] | None = None
+    reader: Reader | None = None  # the read before each attempt, for a resource that makes one
 
 
 def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:

@@ -12,12 +12,13 @@ from dataclasses import dataclass, replace
 from structlog.typing import FilteringBoundLogger
 
 from gateway.auth_schemes import TokenAuth
-from gateway.errors import ErrorCode, GatewayError, spec
+from gateway.errors import ErrorCode, GatewayError, Status, spec
 from gateway.models import UpstreamInfo
 from gateway.resilience import Guards, Policy, backoff_s, retry_reason
 from gateway.services import Services
 from gateway.targets import Target
 from gateway.tokens import TokenFailure
+from gateway.translate.build import Reader
 from gateway.translate.classify import Outcome, classify
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import UpstreamFailure
@@ -35,6 +36,7 @@ class Tried:
     failed: bool = False  # counts against the breaker: no answer, or a 5xx
     final: bool = False  # nothing repeating could change (the token endpoint said no)
     cached_token: str | None = None  # the cached token it was sent with (worth renewing)
+    stale: bool = False  # the provider says the object changed since it was read: read again
     url: str | None = None  # the attempt's URL as shown (each attempt may be built anew)
 
 
@@ -64,6 +66,9 @@ class Outbound:
     # For a definition with values made anew for each attempt (a time, a UUID, a signature
     # over them): the request as the next attempt sends it.
     rebuild: Callable[[], UpstreamRequest] | None = None
+    # For a resource that reads before it cancels: the read, and the cancel made from it.
+    reader: Reader | None = None
+    reading: bool = False  # this is the read: its answer is classified as one
 
     def for_attempt(self, attempt: int) -> UpstreamRequest:
         if attempt == 1 or self.rebuild is None:
@@ -227,11 +232,38 @@ class Sender:
         return refusal
 
     async def _exchange(
-        self, outbound: Outbound, deadline: float, attempt: int, log: FilteringBoundLogger
+        self,
+        outbound: Outbound,
+        deadline: float,
+        attempt: int,
+        log: FilteringBoundLogger,
+        request: UpstreamRequest | None = None,
     ) -> Tried:
-        """Send once and classify the answer."""
+        """Send once and classify the answer (after the read, for a resource that makes one:
+        an answer other than the values ends the attempt, and nothing else is sent)."""
         target, policy = outbound.target, outbound.policy
-        request = outbound.for_attempt(attempt)
+        if outbound.reader is not None:
+            reading = replace(outbound, reader=None, reading=True)
+            read = await self._exchange(reading, deadline, attempt, log, outbound.reader.read())
+            values = read.outcome.provider_response
+            if read.outcome.status is not Status.CANCELLED:
+                return replace(read, sent=False)  # the read's refusal or failure, or "already"
+            missing = outbound.reader.missing(values)
+            if missing:
+                problem = f"{outbound.title}: the read's answer lacks {', '.join(missing)}"
+                outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_BAD_RESPONSE, problem)
+                return replace(read, outcome=outcome, sent=False, final=True)
+            tried = await self._exchange(
+                replace(outbound, reader=None),
+                deadline,
+                attempt,
+                log,
+                outbound.reader.cancel(values),
+            )
+            read_spec = target.definition.resources[outbound.resource].read
+            stale = read_spec is not None and read_spec.is_stale(tried.outcome.provider_code)
+            return replace(tried, stale=stale)
+        request = request or outbound.for_attempt(attempt)
         cached_token = None
         if isinstance(target.definition.auth, TokenAuth):
             try:
@@ -286,7 +318,9 @@ class Sender:
         log.info(
             "upstream.response", status=response.status, latency_ms=ms(latency), attempt=attempt
         )
-        outcome = classify(target.definition, outbound.resource, response, self._clock.now())
+        outcome = classify(
+            target.definition, outbound.resource, response, self._clock.now(), outbound.reading
+        )
         self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
         code = outcome.code.value if outcome.code else None
         span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
@@ -333,11 +367,13 @@ class Sender:
             return None, None
         if tried.status == 429:
             reason = "rate_limited"
+        elif tried.stale:
+            reason = "stale_read"  # not applied: read again, then cancel
         else:
             found = retry_reason(
                 status=tried.status,
                 sent=tried.sent,
-                retry_safe=retry_safe,
+                retry_safe=retry_safe or not tried.sent,  # a read's answer: nothing was sent
                 unreadable=tried.unreadable,
             )
             if found is None:  # the usual end: an answer that is final

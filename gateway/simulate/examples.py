@@ -3,8 +3,11 @@
 
 The object id chooses the answer: the answer example whose name, lower case with spaces as
 hyphens, equals the id (``already-cancelled``); any other id gets the resource's first example
-that is a success. A token auth's endpoint (its URL's path, under ``/<name>``) answers a new
-token each time, and the resources answer 401 to a request without a token it issued; a
+that is a success. A resource that reads before it cancels has its read's route too, answering
+its ``read: true`` examples the same way (the default: the first that gives the values). A
+token auth's endpoint (its URL's path, under ``/<name>``) answers a new
+token each time, and the resources answer 401 to a request without a token it issued (in the
+header or query parameter the auth names); a
 signature is not checked (its recipe is pinned by known-answer tests, not by a simulator).
 """
 
@@ -32,9 +35,9 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
     prefix = f"/{definition.name}"
     issued: set[str] = set()
     auth = definition.auth
-    header = None  # the header a fetched token must arrive in
+    carrier = None  # where a fetched token must arrive: ("header" or "query", its name)
     if isinstance(auth, TokenAuth):
-        header = auth.header
+        carrier = ("query", auth.query) if auth.query else ("header", auth.header)
         call = auth.token_call
         path = _token_path(call.url.source)
         app.router.add_route(call.method, prefix + path, _token_endpoint(call.token, issued))
@@ -44,8 +47,14 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
             for a in definition.examples.answers
             if a.resource in (None, name) or len(definition.resources) == 1
         ]
+        cancels = [a for a in answers if not a.read]
         route = prefix + _route(resource.path.source)
-        app.router.add_route(resource.method, route, _answering(answers, header, issued))
+        app.router.add_route(resource.method, route, _answering(cancels, carrier, issued))
+        if resource.read is not None:  # the read answers with the read's examples
+            reads = [a for a in answers if a.read]
+            route = prefix + _route(resource.read.path.source)
+            handler = _answering(reads, carrier, issued, success="read")
+            app.router.add_route(resource.read.method, route, handler)
 
 
 def _token_path(url: str) -> str:
@@ -53,7 +62,7 @@ def _token_path(url: str) -> str:
     the scheme and host (``{params.token_host}/v3/token``)."""
     if "://" in url:
         return urlsplit(_PLACEHOLDER.sub("x", url)).path or "/"
-    return "/" + url.partition("/")[2]
+    return "/" + url.partition("/")[2].partition("?")[0]
 
 
 def slug(name: str) -> str:
@@ -69,16 +78,23 @@ def _route(path: str) -> str:
     return route.replace("{{", "{").replace("}}", "}")
 
 
-def _answering(answers: list[AnswerExample], header: str | None, issued: set[str]) -> Handler:
+def _answering(
+    answers: list[AnswerExample],
+    carrier: tuple[str, str] | None,
+    issued: set[str],
+    success: str = "cancelled",
+) -> Handler:
     by_slug = {slug(a.name): a for a in answers}
-    success = next((a for a in answers if a.expect.status == "cancelled"), None)
+    default = next((a for a in answers if a.expect.status == success), None)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        if header is not None:
-            sent = request.headers.get(header, "")
+        if carrier is not None:
+            where, name = carrier
+            given = request.query if where == "query" else request.headers
+            sent = given.get(name, "")
             if not any(token in sent for token in issued):
                 return web.json_response({"error": "unauthorized"}, status=401)
-        chosen = by_slug.get(request.match_info.get("id", "")) or success
+        chosen = by_slug.get(request.match_info.get("id", "")) or default
         if chosen is None:
             return web.json_response({"error": "no example answers this request"}, status=501)
         return web.Response(status=chosen.status, body=chosen.raw(), headers=chosen.headers)

@@ -20,6 +20,7 @@ from gateway.definition import ParamSpec, ProviderDefinition, Resource
 from gateway.errors import invalid_request
 from gateway.line_items import LIST_NAME
 from gateway.models import CancelRequest, LineItem
+from gateway.read_spec import READ_PREFIX
 from gateway.targets import Target
 from gateway.translate.auth import auth_header, auth_query
 from gateway.translate.sign import signed
@@ -85,9 +86,14 @@ def build_request(
     req: CancelRequest,
     call: Call,
     line: Line | None = None,
+    read: Mapping[str, Any] | None = None,
+    reading: bool = False,
 ) -> UpstreamRequest:
+    """The request of one attempt: the cancel (with the values its read gave, ``read``), or,
+    ``reading``, the read the resource makes before it."""
     definition = target.definition
-    resource = definition.resources[resource_name]
+    own = definition.resources[resource_name]
+    resource = own.read_request if reading and own.read_request is not None else own
     problems: list[tuple[str, str]] = []
     params = merge_params(definition.params, target.params, req.params, problems)
     ctx: dict[str, Any] = {
@@ -99,8 +105,9 @@ def build_request(
         **{f"params.{k}": v for k, v in params.items()},
         **call.generated(),
     }
-    ctx.update(canonical_fields(resource, req, ctx, problems))
-    ctx.update(line_values(resource, req, line, ctx, problems))
+    ctx.update(canonical_fields(own, req, ctx, problems))
+    ctx.update(line_values(own, req, line, ctx, problems))
+    ctx.update({f"{READ_PREFIX}{name}": value for name, value in (read or {}).items()})
     if problems:
         raise invalid_request(*problems)
 
@@ -151,6 +158,50 @@ def build_request(
 
 
 Attempts = tuple[UpstreamRequest, Callable[[], UpstreamRequest] | None]
+LineAttempts = tuple[UpstreamRequest, Callable[[], UpstreamRequest] | None, "Reader | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """A resource's read before its cancel, for one cancellation (or one line of it): each
+    attempt builds the read anew, then the cancel from the values the read's answer gave."""
+
+    target: Target
+    resource: str
+    req: CancelRequest
+    call: Call
+    now: Callable[[], datetime]
+    line: Line | None = None
+
+    def read(self) -> UpstreamRequest:
+        return build_request(
+            self.target, self.resource, self.req, self._fresh(), self.line, reading=True
+        )
+
+    def cancel(self, values: Mapping[str, Any]) -> UpstreamRequest:
+        return build_request(self.target, self.resource, self.req, self._fresh(), self.line, values)
+
+    def missing(self, values: Mapping[str, Any]) -> list[str]:
+        """The read's values its answer did not give."""
+        read = self.target.definition.resources[self.resource].read
+        return [name for name in (read.values if read else ()) if name not in values]
+
+    def _fresh(self) -> Call:
+        return replace(self.call, now=self.now(), uuid=str(uuid4()))
+
+
+def build_reader(
+    target: Target,
+    resource: str,
+    req: CancelRequest,
+    call: Call,
+    now: Callable[[], datetime],
+    line: Line | None = None,
+) -> Reader | None:
+    """The read the resource makes before its cancel, if it makes one."""
+    if target.definition.resources[resource].read is None:
+        return None
+    return Reader(target, resource, req, call, now, line)
 
 
 def build_attempts(
@@ -163,12 +214,15 @@ def build_attempts(
 ) -> Attempts:
     """The first attempt's request and, when the resource names values made anew for each
     attempt (a time, a UUID, a signature over them), what makes each later attempt's."""
+    read = target.definition.resources[resource].read
+    # Before a read, its values are not known: the request is checked (and shown) without them.
+    unread = {name: "" for name in read.values} if read is not None else None
     if resource not in target.per_attempt:
-        return build_request(target, resource, req, call, line), None
+        return build_request(target, resource, req, call, line, unread), None
 
     def attempt() -> UpstreamRequest:
         fresh = replace(call, now=now(), uuid=str(uuid4()))
-        return build_request(target, resource, req, fresh, line)
+        return build_request(target, resource, req, fresh, line, unread)
 
     return attempt(), attempt
 
@@ -179,17 +233,19 @@ def build_lines(
     req: CancelRequest,
     call: Call,
     now: Callable[[], datetime],
-) -> list[Attempts] | None:
-    """For a resource that sends one request per line: each line's attempts, in the request's
-    order (None for any other request). Each line has its own upstream idempotency key, so that
-    a provider that honours one does not take the second line for a repeat of the first."""
+) -> list[LineAttempts] | None:
+    """For a resource that sends one request per line: each line's attempts and read, in the
+    request's order (None for any other request). Each line has its own upstream idempotency
+    key, so that a provider that honours one does not take the second line for a repeat of the
+    first."""
     lines = target.definition.resources[resource].items
     if req.items is None or lines is None or lines.mode != "each":
         return None
     built = []
     for line in enumerate(req.items):
         own = replace(call, idempotency_key=f"{call.idempotency_key}-{line[0]}")
-        built.append(build_attempts(target, resource, req, own, now, line))
+        first, again = build_attempts(target, resource, req, own, now, line)
+        built.append((first, again, build_reader(target, resource, req, own, now, line)))
     return built
 
 

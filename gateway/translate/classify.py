@@ -55,8 +55,13 @@ def classify(
     resource_name: str,
     response: UpstreamResponse,
     now: datetime,
+    reading: bool = False,
 ) -> Outcome:
+    """The outcome of a cancel's answer; ``reading``, of the answer to the read made before it
+    (``cancelled`` then means "read": the values are its ``provider_response``)."""
     resource = definition.resources[resource_name]
+    if reading and resource.read_request is not None:
+        resource = resource.read_request
     status = response.status
     body = _parse(response.body)
     title = definition.title or definition.name

@@ -19,9 +19,17 @@ from tests.conftest import Gateway, GatewayFactory
 pytestmark = pytest.mark.e2e
 
 FIXTURES = Path(__file__).parent / "fixtures"
-NAMES = ("acme-freight", "session-shop", "oauth-market")
+NAMES = (
+    "acme-freight",
+    "session-shop",
+    "oauth-market",
+    "versioned-shop",
+    "rotating-shop",
+    "line-warehouse",
+)
 CONFIG = """
-providers: [acme-freight.yaml, session-shop.yaml, oauth-market.yaml]
+providers: [acme-freight.yaml, session-shop.yaml, oauth-market.yaml, versioned-shop.yaml,
+            rotating-shop.yaml, line-warehouse.yaml]
 callers:
   - name: oms
     key: ${OMS_API_KEY}
@@ -41,6 +49,20 @@ connections:
     base_url: ${SIM}/oauth-market
     credentials: {client_id: client-id-not-real, client_secret: client-secret-not-real}
     params: {token_host: "${SIM}/oauth-market"}
+  versioned:
+    provider: versioned-shop
+    base_url: ${SIM}/versioned-shop
+    credentials: {client_id: client-id-not-real, client_secret: client-secret-not-real}
+    params: {project_key: demo, auth_host: "${SIM}/versioned-shop"}
+  rotating:
+    provider: rotating-shop
+    base_url: ${SIM}/rotating-shop
+    credentials: {partner_key: partner-key-not-real, refresh_token: refresh-token-not-real}
+    params: {host: "${SIM}/rotating-shop", partner_id: "1", shop_id: "2"}
+  warehouse:
+    provider: line-warehouse
+    base_url: ${SIM}/line-warehouse
+    credentials: {api_key: warehouse-key-not-real}
 """
 
 
@@ -115,3 +137,21 @@ async def test_a_simulated_resource_refuses_a_request_without_an_issued_token(
         headers = {"WM_SEC.ACCESS_TOKEN": token}
         async with session.post(url, json={}, headers=headers) as accepted:
             assert accepted.status == 200
+
+
+@pytest.mark.parametrize(
+    ("connection", "body", "status", "code"),
+    [
+        ("versioned", {"id": "o-1"}, "cancelled", None),  # the read's first answer, then done
+        ("versioned", {"id": "cancelled-order"}, "already_cancelled", None),  # seen at the read
+        ("rotating", {"id": "2201"}, "cancelled", None),  # the token in the query, signed
+        ("warehouse", {"id": "SO-1", "items": [{"id": "1"}, {"id": "2"}]}, "cancelled", None),
+        ("warehouse", {"id": "shipped", "items": [{"id": "1"}]}, "rejected", "not_cancellable"),
+    ],
+)
+async def test_reads_query_tokens_and_lines_are_simulated_too(
+    gateway: Gateway, connection: str, body: dict[str, object], status: str, code: str | None
+):
+    result = await gateway.cancel({"connection": connection, **body})
+    assert result.body["status"] == status, result.body
+    assert (result.body["error"] or {}).get("code") == code

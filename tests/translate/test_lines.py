@@ -133,7 +133,7 @@ def test_one_request_per_line_each_with_its_own_key(call: Call) -> None:
     req = request(items=[{"id": "L/1", "quantity": 1}, {"id": "L2", "quantity": 4}])
     built = build_lines(target(EACH), "order", req, call, lambda: datetime.now(UTC))
     assert built is not None
-    first, second = (attempt for attempt, _ in built)
+    first, second = (attempt for attempt, _, _ in built)
     assert first.url == "https://api.example/orders/SO-1/lines/L%2F1/cancel"
     assert second.url == "https://api.example/orders/SO-1/lines/L2/cancel"
     assert (first.body, second.body) == (b'{"quantity":"1"}', b'{"quantity":"4"}')
