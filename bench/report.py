@@ -135,7 +135,9 @@ def report(results: Sequence[Result], failed: Sequence[str], run: Run) -> str:
         "`direct` is the upstream emulation alone; `baseline` is bench/baseline.py; `gateway` is "
         "`cancel-gateway serve` with one worker, `gateway-w2` with `--workers 2`; "
         "`gateway-no-logs` logs warnings and errors only, without the access log, to tell what "
-        "the logs cost. Scenario "
+        "the logs cost; `gateway-token` fetches an OAuth2 token from the upstream and sends it "
+        "(cached), `gateway-signed` signs each request with HMAC-SHA256, to tell what each "
+        "costs. Scenario "
         "`cN` is N connections against an immediate upstream, `cN-20ms` against one that "
         "answers after 20 ms. RSS and CPU are of the server's whole process tree (upstream "
         "excluded, except for `direct`).",

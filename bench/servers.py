@@ -16,6 +16,9 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+import yaml
 
 from bench.processes import Children, free_port, wait_listening
 from bench.wrk import Request
@@ -30,18 +33,51 @@ Server = tuple[subprocess.Popen[bytes], int]  # a listening server's process, an
 
 @dataclass(frozen=True)
 class Gateway:
-    """``cancel-gateway serve`` as measured: its workers, and whether the logs are on (the
-    default). The row without them says, in the same run, what they cost."""
+    """``cancel-gateway serve`` as measured: its workers, whether the logs are on (the
+    default), and how StateSet's request carries its credential: its key (the built-in), a
+    token fetched from the upstream and cached (OAuth2 client credentials), or the key and a
+    signature (HMAC-SHA256 over the method, the path, a timestamp and the body). The rows
+    without the logs, with a token and with a signature say, in the same run, what each costs."""
 
     workers: int = 1
     logs: bool = True
+    auth: Literal["key", "token", "signed"] = "key"
 
 
 GATEWAYS = {
     "gateway": Gateway(),
     "gateway-w2": Gateway(workers=2),
     "gateway-no-logs": Gateway(logs=False),  # warnings and errors only, no access log
+    "gateway-token": Gateway(auth="token"),
+    "gateway-signed": Gateway(auth="signed"),
 }
+STATESET = Path(__file__).parents[1] / "gateway" / "providers" / "stateset.yaml"
+
+
+def provider_file(folder: Path, auth: str, upstream_port: int) -> str:
+    """StateSet's definition with ``auth`` changed, written next to the config: its name."""
+    definition = yaml.safe_load(STATESET.read_text())
+    definition.pop("examples")  # they pin the built-in's key header
+    definition["name"] = f"stateset-{auth}"
+    if auth == "token":
+        definition["credentials"] = {"client_id": {}, "client_secret": {}}
+        definition["auth"] = {
+            "type": "oauth2_client_credentials",
+            "token_url": f"http://127.0.0.1:{upstream_port}/oauth/token",
+            "client_id": "{credentials.client_id}",
+            "client_secret": "{credentials.client_secret}",
+        }
+    else:
+        definition["credentials"]["signing_key"] = {}
+        definition["resources"]["asn"]["headers"]["X-Timestamp"] = "{now.unix}"
+        definition["signature"] = {
+            "algorithm": "hmac-sha256",
+            "key": "{credentials.signing_key}",
+            "message": [{"part": "method"}, {"part": "path"}, "{now.unix}", {"part": "body"}],
+            "header": "X-Signature",
+        }
+    (folder / f"stateset-{auth}.yaml").write_text(yaml.safe_dump(definition))
+    return f"stateset-{auth}"
 
 
 def gateway_config(
@@ -53,8 +89,18 @@ def gateway_config(
     logging = (
         "level: info\n  access_log: true" if gateway.logs else "level: warning\n  access_log: false"
     )
+    provider, providers = "stateset", ""
+    credentials = "api_key: ${BENCH_STATESET_KEY}"
+    if gateway.auth != "key":
+        provider = provider_file(folder, gateway.auth, upstream_port)
+        providers = f"providers: [{provider}.yaml]\n"
+    if gateway.auth == "token":
+        credentials = "{client_id: bench-client-0123, client_secret: bench-secret-0123}"
+    if gateway.auth == "signed":
+        credentials += "\n      signing_key: bench-signing-key-0123"
     path.write_text(
-        f"""\
+        providers
+        + f"""\
 server:
   host: 127.0.0.1
 store:
@@ -68,10 +114,10 @@ callers:
     connections: ["*"]
 connections:
   {CONNECTION}:
-    provider: stateset
+    provider: {provider}
     base_url: http://127.0.0.1:{upstream_port}
     credentials:
-      api_key: ${{BENCH_STATESET_KEY}}
+      {credentials}
     timeout_s: 10
     breaker: {{failures: 10000}}
     limits: {{concurrency: 100000, rate_per_s: 0}}

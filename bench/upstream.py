@@ -1,5 +1,6 @@
 """A fast StateSet emulation: ``POST /v1/asns/{id}/cancel`` answers StateSet's documented
-success body (200, ``"status": "cancelled"``) after ``--delay-ms`` (0: at once).
+success body (200, ``"status": "cancelled"``) after ``--delay-ms`` (0: at once), and
+``POST /oauth/token`` issues a token for the row that fetches one.
 
     python -m bench.upstream --port 9001 --delay-ms 20
 
@@ -77,8 +78,16 @@ def create_app(delay_s: float, key: str | None) -> web.Application:
         }
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
+    async def token(request: web.Request) -> web.Response:
+        # OAuth2 client credentials, for the row that fetches its token: the token issued is
+        # the key the cancel checks, valid for an hour (fetched once per measured run).
+        await request.read()
+        answer = {"access_token": key or "bench-token", "token_type": "Bearer", "expires_in": 3600}
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
     app = web.Application()
     app.router.add_post("/v1/asns/{id}/cancel", cancel)
+    app.router.add_post("/oauth/token", token)
     return app
 
 

@@ -158,6 +158,7 @@ class TokenAuth(Strict):
     audience: str | None = None
     extra: dict[str, TemplateField] = Field(default_factory=dict)
     token_headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
+    token_signature: Signature | None = None  # the token request's own, when it is signed
     # The refresh token configured for the connection: where the chain of refresh tokens starts.
     refresh_token: TemplateField | None = None
     # session
@@ -218,6 +219,7 @@ class TokenAuth(Strict):
             form=form,
             basic=basic,
             new_refresh_token=rotated,
+            signature=self.token_signature,
         )
 
     def templates(self) -> list[Template]:

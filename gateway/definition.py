@@ -400,6 +400,7 @@ class ProviderDefinition(Strict):
         found = [("base_url", self.base_url)] if self.base_url else []
         for rname, res in self.resources.items():
             found += res.request_templates(f"resources.{rname}")
+            found += res.default_templates(f"resources.{rname}")
             # A read's request is outside the cancel's: lines are not its to name.
             found += [(f"read:{loc}", t) for loc, t in res.read.templates("")] if res.read else []
         if self.signature is not None:

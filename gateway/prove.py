@@ -141,7 +141,7 @@ def _request(definition: ProviderDefinition, example: RequestExample) -> Checked
         got["headers"] = {name: sent.get(name) for name in wanted["headers"]}
     if expect.form is not None:
         wanted["form"] = expect.form
-        got["form"] = dict(parse_qsl((built.body or b"").decode()))
+        got["form"] = dict(parse_qsl((built.body or b"").decode(), keep_blank_values=True))
     else:
         wanted["body"] = expect.body
         got["body"] = built.shown_body()

@@ -19,7 +19,7 @@ from gateway.services import Services
 from gateway.targets import Target
 from gateway.tokens import TokenFailure
 from gateway.translate.build import Reader
-from gateway.translate.classify import Outcome, classify
+from gateway.translate.classify import Outcome, classify, without_echo
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import UpstreamFailure
 
@@ -321,6 +321,8 @@ class Sender:
         outcome = classify(
             target.definition, outbound.resource, response, self._clock.now(), outbound.reading
         )
+        if target.signs:
+            outcome = without_echo(outcome, request.secret_values())
         self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
         code = outcome.code.value if outcome.code else None
         span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
@@ -365,8 +367,8 @@ class Sender:
         when a repeat the rules allow is not made, why (for the envelope's message)."""
         if tried.final:
             return None, None
-        if tried.status == 429:
-            reason = "rate_limited"
+        if tried.status == 429 or tried.outcome.code is ErrorCode.RATE_LIMITED:
+            reason = "rate_limited"  # a 429, or a throttle inside a 200: nothing was applied
         elif tried.stale:
             reason = "stale_read"  # not applied: read again, then cancel
         else:

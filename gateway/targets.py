@@ -65,6 +65,8 @@ class Target:
     token_key: tuple[str, int] = field(init=False, repr=False, compare=False)
     # Is the signature over the fetched token (computed once the token is in place)?
     signs_token: bool = field(init=False, repr=False, compare=False)
+    # Does a request carry a signature (a secret no redactor knows in advance)?
+    signs: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed_auth", _fixed_auth(self))
@@ -81,6 +83,7 @@ class Target:
             "token" in template.names for template in signature.templates()
         )
         object.__setattr__(self, "signs_token", signs_token)
+        object.__setattr__(self, "signs", signature is not None)
 
     def __repr__(self) -> str:  # credentials stay out of every repr
         return f"Target(name={self.name!r}, provider={self.definition.name!r})"

@@ -26,8 +26,34 @@ def test_each_benchmarked_gateway_config_loads_with_its_features(tmp_path: Path,
     assert runtime.targets[servers.CONNECTION].name == servers.CONNECTION
 
 
+@pytest.mark.parametrize(
+    ("name", "auth"), [("gateway-token", "token"), ("gateway-signed", "signed")]
+)
+def test_the_token_and_signature_rows_send_stateset_with_only_that_changed(
+    tmp_path: Path, name: str, auth: str
+) -> None:
+    """The two rows that measure a token's and a signature's cost: StateSet's definition, its
+    request unchanged but for the credential, through the same upstream."""
+    from gateway.auth_schemes import TokenAuth
+
+    runtime = load(servers.gateway_config(tmp_path, 9999, servers.GATEWAYS[name]), ENVIRON)
+    definition = runtime.targets[servers.CONNECTION].definition
+    (tmp_path / "builtin").mkdir()
+    builtin = load(servers.gateway_config(tmp_path / "builtin", 9999), ENVIRON)
+    plain = builtin.targets[servers.CONNECTION].definition
+    assert definition.name == f"stateset-{auth}"
+    assert definition.resources["asn"].body == plain.resources["asn"].body
+    if auth == "token":
+        assert isinstance(definition.auth, TokenAuth)
+        assert definition.signature is None
+    else:
+        assert definition.auth == plain.auth
+        assert definition.signature is not None
+        assert definition.signature.header == "X-Signature"
+
+
 def test_the_default_row_has_every_default_on() -> None:
-    assert servers.GATEWAYS["gateway"] == servers.Gateway(workers=1, logs=True)
+    assert servers.GATEWAYS["gateway"] == servers.Gateway(workers=1, logs=True, auth="key")
 
 
 def _round(requests: int, seconds: float, cpu_ms: float, p50_ms: float, **more: object) -> Result:

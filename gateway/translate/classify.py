@@ -8,7 +8,7 @@ here raises on a strange body: HTML, an empty body, wrong types all classify.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -19,6 +19,7 @@ from jmespath.parser import ParsedResult
 
 from gateway.definition import Errors, ProviderDefinition, RetryHint, Rule
 from gateway.errors import ErrorCode, Status, spec
+from gateway.redact import REDACTED
 from gateway.translate.wire import UpstreamResponse
 
 MAX_PROVIDER_MESSAGE = 300  # characters of the provider's own text in an envelope
@@ -340,3 +341,34 @@ def _timestamp(value: Any) -> str | None:
 
 def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="auto").replace("+00:00", "Z")
+
+
+def without_echo(outcome: Outcome, secrets: list[str]) -> Outcome:
+    """``outcome`` with every echo of ``secrets`` in what the provider said masked. A signature
+    is a secret made for one request, which no redactor knows in advance: a provider that says
+    "expected sign X, got Y" has it masked here, before anything is logged or answered."""
+    response = outcome.provider_response
+    said = [outcome.detail or "", outcome.provider_code or ""]
+    if response:
+        said.append(orjson.dumps(response).decode())
+    found = [secret for secret in secrets if any(secret in text for text in said)]
+    if not found:
+        return outcome
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in found:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {key: masked(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [masked(item) for item in value]
+        return value
+
+    return replace(
+        outcome,
+        detail=masked(outcome.detail),
+        provider_code=masked(outcome.provider_code),
+        provider_response=masked(response),
+    )

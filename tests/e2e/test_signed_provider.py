@@ -104,7 +104,9 @@ class Provider:
         verified = hmac.compare_digest(given, expected)
         self.signed.append(Seen(dict(query), given, verified))
         if not verified or request.headers.get("x-tts-access-token") != ACCESS_TOKEN:
-            return web.json_response({"code": 106001, "message": "Invalid signature"}, status=401)
+            # As some providers do: the signature received is quoted in the refusal.
+            message = f"Invalid signature: received {given}"
+            return web.json_response({"code": 106001, "message": message}, status=401)
         if self.statuses:
             status = self.statuses.pop(0)
             return web.json_response({"code": 36009009, "message": "busy"}, status=status)
@@ -233,6 +235,8 @@ async def test_a_wrong_recipe_is_refused_by_the_provider(
     assert result.body["error"]["code"] == "provider_auth_failed"
     assert result.body["upstream"]["status"] == 401
     assert [seen.verified for seen in fake.signed] == [False]
+    # The provider quoted the signature: the message keeps its words, not the signature.
+    assert "Invalid signature: received [REDACTED]" in result.body["error"]["message"]
     assert_hidden(gateway, result.raw, fake.signed[0].sign, ACCESS_TOKEN, APP_SECRET)
 
 

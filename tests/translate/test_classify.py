@@ -880,3 +880,30 @@ def test_rxuniverse_error_in_a_200_is_classified_by_its_rules(
     """A 200 carrying RxUniverse's error shape is not a success: its message rule decides."""
     outcome = run(providers, "rxuniverse", 200, b'{"error": "No record found", "details": []}')
     assert outcome.code is ErrorCode.NOT_FOUND
+
+
+def test_a_signature_the_provider_quotes_is_masked_wherever_it_said_it() -> None:
+    """A per-request secret (a signature) echoed in the message, the code or a nested value of
+    the provider's response is masked; what the provider said around it stays."""
+    from gateway.translate.classify import without_echo
+    from gateway.translate.wire import UpstreamRequest
+
+    sign = "9f2c1e0d8b7a6f5e4d3c2b1a"
+    request = UpstreamRequest(
+        "POST", f"https://api.example/x?a=1&sign={sign}", (), secret_query=frozenset({"sign"})
+    ).with_secret_header("X-Signature", "header-signature-value")
+    assert request.secret_values() == ["header-signature-value", sign]
+    outcome = Outcome(
+        Status.FAILED,
+        ErrorCode.PROVIDER_AUTH_FAILED,
+        "Shop answered 401",
+        provider_code=f"bad sign {sign}",
+        detail=f"received {sign}, expected another",
+        provider_response={"echo": {"sent": [sign, "kept"]}, "n": 1},
+    )
+    masked = without_echo(outcome, request.secret_values())
+    assert masked.detail == "received [REDACTED], expected another"
+    assert masked.provider_code == "bad sign [REDACTED]"
+    assert masked.provider_response == {"echo": {"sent": ["[REDACTED]", "kept"]}, "n": 1}
+    untouched = Outcome(Status.CANCELLED, provider_response={"id": "o-1"})
+    assert without_echo(untouched, request.secret_values()) is untouched
