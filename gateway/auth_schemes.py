@@ -95,6 +95,12 @@ class Signature(Strict):
         key = [self.key] if self.key is not None else []
         return key + [part for part in self.message if isinstance(part, Template)]
 
+    @cached_property
+    def names_credentials(self) -> bool:
+        """Does the message name a credential (so each rendering needs them)?"""
+        texts = [part for part in self.message if isinstance(part, Template)]
+        return any(name.startswith("credentials.") for t in texts for name in t.names)
+
 
 class TokenCall(Strict):
     """The request that fetches a token: its URL (another host may serve tokens), method,

@@ -127,6 +127,7 @@ class Canceller:
         check_idempotency_key(info.idempotency_key)
         request, problems = parse_request(data)
         facts.connection, facts.resource_id = request.connection, request.id
+        facts.items = request.items  # each line answers, whatever ends the cancellation
         facts.callers_text = callers_text(request, info)
         try:
             prepared = self._build(caller, request, info, facts)
@@ -289,7 +290,6 @@ class Canceller:
         def progress(upstream: UpstreamInfo) -> None:
             facts.upstream = upstream
 
-        facts.items = prepared.request.items
         clock = self._clock.monotonic
         result, facts.lines = await send(self._sender, outbound, prepared, log, progress, clock)
         return result
@@ -391,8 +391,9 @@ class Canceller:
     def _reply(self, facts: _Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
         cancelled_at = provider_response = error = items = None
         answer = self._redactor.answer(facts.callers_text)
-        if facts.items is not None and facts.lines:
-            items = line_outcomes(facts.items, facts.lines, answer)
+        if facts.items is not None:  # lines that were not sent share the cancellation's end
+            lines = facts.lines or [result] * len(facts.items)
+            items = line_outcomes(facts.items, lines, answer)
         if isinstance(result, GatewayError):
             error = decision_error(result)
         else:

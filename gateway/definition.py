@@ -413,19 +413,21 @@ class ProviderDefinition(Strict):
             found += [("auth", t) for t in self.auth.templates()]
         return found
 
-    def per_attempt(self, resource: str) -> bool:
-        """Does this resource's request name a value made anew for each attempt (a time, a
-        UUID), so that each attempt renders it again (and signs it again)?"""
+    def generated_names(self, resource: str) -> frozenset[str]:
+        """The values made anew for each attempt (a time, a UUID) this resource's request
+        names: each attempt renders it again (and signs it again)."""
         res = self.resources[resource]
         located = res.request_templates("") + res.default_templates("")
+        located += res.read.templates("") if res.read else []
         templates = [template for _, template in located]
+        templates += res.items.templates() if res.items else []
         if self.base_url is not None:
             templates.append(self.base_url)
         if self.signature is not None:
             templates += self.signature.templates()
         if self.auth is not None:
             templates += self.auth.templates()
-        return any(name in GENERATED_NAMES for t in templates for name in t.names)
+        return frozenset(name for t in templates for name in t.names if name in GENERATED_NAMES)
 
     def per_request(self, name: str) -> bool:
         """Does a request give the value of this reference (a field, a per-request param)?"""

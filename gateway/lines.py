@@ -84,7 +84,12 @@ async def send_lines(
             line = replace(outbound, request=request, rebuild=rebuild, reader=reader)
             return await sender.send(line, line_log, lambda i: heard(index, i), deadline)
 
-    return list(await asyncio.gather(*(one(n, a) for n, a in enumerate(lines))))
+    # Every line runs to its end, whatever another's does: none is left running unseen.
+    ended = await asyncio.gather(*(one(n, a) for n, a in enumerate(lines)), return_exceptions=True)
+    for result in ended:
+        if isinstance(result, BaseException) and not isinstance(result, GatewayError):
+            raise result  # a bug: the cancellation answers internal_error, the lines are done
+    return [r for r in ended if isinstance(r, Outcome | GatewayError)]
 
 
 def combined(items: Sequence[LineItem], results: Sequence[Result]) -> Result:

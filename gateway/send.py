@@ -20,8 +20,13 @@ from gateway.targets import Target
 from gateway.tokens import TokenFailure
 from gateway.translate.build import Reader
 from gateway.translate.classify import Outcome, classify, without_echo
+from gateway.translate.sign import sent_value
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import UpstreamFailure
+
+# An attempt is not started with less of the budget left than this: it could only time out,
+# with its outcome unknown.
+MIN_ATTEMPT_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,26 +248,11 @@ class Sender:
         an answer other than the values ends the attempt, and nothing else is sent)."""
         target, policy = outbound.target, outbound.policy
         if outbound.reader is not None:
-            reading = replace(outbound, reader=None, reading=True)
-            read = await self._exchange(reading, deadline, attempt, log, outbound.reader.read())
-            values = read.outcome.provider_response
-            if read.outcome.status is not Status.CANCELLED:
-                return replace(read, sent=False)  # the read's refusal or failure, or "already"
-            missing = outbound.reader.missing(values)
-            if missing:
-                problem = f"{outbound.title}: the read's answer lacks {', '.join(missing)}"
-                outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_BAD_RESPONSE, problem)
-                return replace(read, outcome=outcome, sent=False, final=True)
-            tried = await self._exchange(
-                replace(outbound, reader=None),
-                deadline,
-                attempt,
-                log,
-                outbound.reader.cancel(values),
-            )
-            read_spec = target.definition.resources[outbound.resource].read
-            stale = read_spec is not None and read_spec.is_stale(tried.outcome.provider_code)
-            return replace(tried, stale=stale)
+            return await self._read_then_cancel(outbound, outbound.reader, deadline, attempt, log)
+        if deadline - self._clock.monotonic() < MIN_ATTEMPT_S:  # a late line, a cancel after a read
+            message = f"{outbound.title}: no time left in the budget, nothing was sent"
+            outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_TIMEOUT, message)
+            return Tried(outcome, sent=False, final=True)
         request = request or outbound.for_attempt(attempt)
         cached_token = None
         if isinstance(target.definition.auth, TokenAuth):
@@ -321,8 +311,10 @@ class Sender:
         outcome = classify(
             target.definition, outbound.resource, response, self._clock.now(), outbound.reading
         )
-        if target.signs:
-            outcome = without_echo(outcome, request.secret_values())
+        signature = target.definition.signature
+        if signature is not None:  # a secret made for this request: no redactor knows it
+            sent = sent_value(signature, request)
+            outcome = without_echo(outcome, [sent]) if sent else outcome
         self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
         code = outcome.code.value if outcome.code else None
         span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
@@ -331,6 +323,45 @@ class Sender:
         return Tried(
             outcome, response.status, True, failed=failed, cached_token=cached_token, url=shown
         )
+
+    async def _read_then_cancel(
+        self,
+        outbound: Outbound,
+        reader: Reader,
+        deadline: float,
+        attempt: int,
+        log: FilteringBoundLogger,
+    ) -> Tried:
+        """The read, then the cancel made of its values. An answer to the read other than the
+        values ends the attempt (nothing else is sent); so does a value the cancel cannot carry
+        (the provider's answer is at fault, not the caller's request)."""
+        title = outbound.title
+        try:
+            read_request = reader.read()
+        except GatewayError as exc:
+            outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_MISCONFIGURED, exc.message)
+            return Tried(outcome, final=True)
+        reading = replace(outbound, reader=None, reading=True)
+        read = await self._exchange(reading, deadline, attempt, log, read_request)
+        values = read.outcome.provider_response
+        if read.outcome.status is not Status.CANCELLED:
+            return replace(read, sent=False)  # the read's refusal or failure, or "already"
+        problem = None
+        missing = reader.missing(values)
+        if missing:
+            problem = f"{title}: the read's answer lacks {', '.join(missing)}"
+        else:
+            try:
+                cancel = reader.cancel(values)
+            except GatewayError as exc:
+                problem = f"{title}: the read's answer cannot make the cancel: {exc.message}"
+        if problem is not None:
+            outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_BAD_RESPONSE, problem)
+            return replace(read, outcome=outcome, sent=False, final=True)
+        tried = await self._exchange(replace(outbound, reader=None), deadline, attempt, log, cancel)
+        read_spec = outbound.target.definition.resources[outbound.resource].read
+        stale = read_spec is not None and read_spec.is_stale(tried.outcome.provider_code)
+        return replace(tried, stale=stale)
 
     def _without_token(
         self, outbound: Outbound, failure: TokenFailure, attempt: int, log: FilteringBoundLogger
@@ -350,7 +381,10 @@ class Sender:
             f"{outbound.title}: {failure.message}",
             provider_status=failure.status,
         )
-        final = failure.code in (ErrorCode.PROVIDER_AUTH_FAILED, ErrorCode.PROVIDER_MISCONFIGURED)
+        final = failure.final or failure.code in (
+            ErrorCode.PROVIDER_AUTH_FAILED,
+            ErrorCode.PROVIDER_MISCONFIGURED,
+        )
         return Tried(outcome, sent=False, failed=not final, final=final)
 
     def _retry_delay(

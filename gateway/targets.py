@@ -15,7 +15,7 @@ from gateway.definition import ProviderDefinition
 from gateway.models import CONTROL
 from gateway.problems import Problem, suggest
 from gateway.redact import MIN_SECRET_LENGTH
-from gateway.translate.auth import auth_header
+from gateway.translate.auth import auth_header, with_credentials
 from gateway.translate.templates import (
     GENERATED_NAMES,
     HOST_LABEL,
@@ -60,13 +60,14 @@ class Target:
     fixed_auth: tuple[str, str] | None = field(init=False, repr=False, compare=False)
     # The resources whose requests are rendered again for each attempt (generated values).
     per_attempt: frozenset[str] = field(init=False, repr=False, compare=False)
+    uuid_per_attempt: frozenset[str] = field(init=False, repr=False, compare=False)
     # What a fetched token belongs to (tokens.py): the connection and everything that fetched
     # it (credentials, params, the auth), so that a reload changing any of them fetches anew.
     token_key: tuple[str, int] = field(init=False, repr=False, compare=False)
     # Is the signature over the fetched token (computed once the token is in place)?
     signs_token: bool = field(init=False, repr=False, compare=False)
-    # Does a request carry a signature (a secret no redactor knows in advance)?
-    signs: bool = field(init=False, repr=False, compare=False)
+    # The signature's key, rendered once when it names nothing but the connection's values.
+    signing_key: bytes | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed_auth", _fixed_auth(self))
@@ -75,21 +76,38 @@ class Target:
         object.__setattr__(self, "token_key", (self.name, hash(fetched_by)))
         resources = self.definition.resources
         # A connection's own base URL may name a generated value too (in its path).
-        own = any(name in GENERATED_NAMES for name in self.base_url.path.names)
-        again = frozenset(n for n in resources if own or self.definition.per_attempt(n))
-        object.__setattr__(self, "per_attempt", again)
+        own = frozenset(name for name in self.base_url.path.names if name in GENERATED_NAMES)
+        named = {n: own | self.definition.generated_names(n) for n in resources}
+        object.__setattr__(self, "per_attempt", frozenset(n for n in resources if named[n]))
+        # A UUID is made only for a request that names one (it is the dearest of them).
+        object.__setattr__(
+            self, "uuid_per_attempt", frozenset(n for n in resources if "uuid" in named[n])
+        )
         signature = self.definition.signature
         signs_token = signature is not None and any(
             "token" in template.names for template in signature.templates()
         )
         object.__setattr__(self, "signs_token", signs_token)
-        object.__setattr__(self, "signs", signature is not None)
+        object.__setattr__(self, "signing_key", _signing_key(self))
 
     def __repr__(self) -> str:  # credentials stay out of every repr
         return f"Target(name={self.name!r}, provider={self.definition.name!r})"
 
 
 _CONNECTION_NAMES = ("credentials.", "connection.name")
+_FIXED_NAMES = (*_CONNECTION_NAMES, "params.")
+
+
+def _signing_key(target: Target) -> bytes | None:
+    """The signature's key when its template names only credentials, params and the
+    connection (as it usually does); ``None`` to render it for each request."""
+    signature = target.definition.signature
+    key = signature.key if signature is not None else None
+    if key is None or not all(name.startswith(_FIXED_NAMES) for name in key.names):
+        return None
+    ctx = {"connection.name": target.name, **{f"params.{k}": v for k, v in target.params.items()}}
+    value = key.render(with_credentials(ctx, target.credentials), str)
+    return None if value is None else str(value).encode()
 
 
 def _fixed_auth(target: Target) -> tuple[str, str] | None:

@@ -47,19 +47,31 @@ TOKEN_TIMEOUT_S = 10.0
 # How long a process may hold a connection's refresh token to spend it: longer than a token
 # request may take, so that a lease runs out only when its holder died.
 REFRESH_LEASE_S = 2 * TOKEN_TIMEOUT_S
-# How often a process waiting for another's lease looks again.
+# How often a process waiting for another's lease looks again, and how often a save the store
+# refused is tried again.
 LEASE_POLL_S = 0.05
+SAVE_RETRY_S = 0.5
 
 
 class TokenFailure(Exception):
     """No token: the token endpoint refused, failed or answered without one."""
 
-    def __init__(self, code: ErrorCode, message: str, status: int | None, sent: bool) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        status: int | None,
+        sent: bool,
+        final: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status  # the token endpoint's HTTP status, None without an answer
         self.sent = sent  # may the token request have reached the provider?
+        # Not to be repeated now: a refresh token that may have been spent (and rotated)
+        # would be spent twice.
+        self.final = final
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +102,7 @@ class Tokens:
         self._cached: dict[Key, _Token] = {}
         self._fetching: dict[Key, asyncio.Task[_Token]] = {}
         self._unsaved: dict[str, RefreshRow] = {}  # rotated refresh tokens the store missed
+        self._saving: set[asyncio.Future[None]] = set()  # saves tried again in the background
 
     async def authorize(
         self, target: Target, request: UpstreamRequest, deadline: float
@@ -130,10 +143,13 @@ class Tokens:
     async def _fetch(self, target: Target, auth: TokenAuth, key: Key) -> _Token:
         if auth.refresh_token is None:
             return await self._issue(target, auth, key, None)
-        configured = _rendered(
-            auth.refresh_token.render(with_credentials({}, target.credentials), str),
-            "refresh token",
-        )
+        try:
+            configured = _rendered(
+                auth.refresh_token.render(_token_context(target, self._clock), str),
+                "refresh token",
+            )
+        except TemplateError as exc:
+            raise TokenFailure(ErrorCode.PROVIDER_MISCONFIGURED, str(exc), None, False) from None
         seed = hashlib.sha256(configured.encode()).hexdigest()
         holder = uuid4().hex
         lease = await self._lease(target.name, holder)
@@ -150,11 +166,30 @@ class Tokens:
                 saved = await self._store.save_refresh(target.name, holder, row)
             except StoreUnavailable:
                 saved = False
+                # Tried again while the lease holds, so that no other process spends the old
+                # token meanwhile.
+                task = asyncio.ensure_future(self._save_later(target.name, holder, row))
+                self._saving.add(task)
+                task.add_done_callback(self._saving.discard)
             # A new token the store did not take is kept here, spent next and stored then.
             if saved or row is None:
                 self._unsaved.pop(target.name, None)
             else:
                 self._unsaved[target.name] = row
+
+    async def _save_later(self, name: str, holder: str, row: RefreshRow | None) -> None:
+        """Store ``row`` (or release the lease) once the store answers again, while the lease
+        of ``holder`` still holds."""
+        give_up = self._clock.monotonic() + REFRESH_LEASE_S
+        while self._clock.monotonic() < give_up:
+            await self._clock.sleep(SAVE_RETRY_S)
+            try:
+                saved = await self._store.save_refresh(name, holder, row)
+            except StoreUnavailable:
+                continue
+            if saved and self._unsaved.get(name) is row:
+                self._unsaved.pop(name, None)
+            return
 
     async def _lease(self, name: str, holder: str) -> RefreshLease:
         """The connection's refresh lease, waiting while another process holds it."""
@@ -196,8 +231,13 @@ class Tokens:
         try:
             response = await self._transport(request, TOKEN_TIMEOUT_S)
         except UpstreamFailure as failure:
+            spent = refresh_token is not None and failure.sent
             raise TokenFailure(
-                failure.code, f"the token request failed: {failure.message}", None, failure.sent
+                failure.code,
+                f"the token request failed: {failure.message}",
+                None,
+                failure.sent,
+                final=spent,
             ) from None
         status = response.status
         if not 200 <= status < 300:
@@ -210,7 +250,9 @@ class Tokens:
                 if status < 400
                 else ErrorCode.PROVIDER_AUTH_FAILED
             )
-            raise TokenFailure(code, f"the token endpoint answered {status}", status, True)
+            spent = refresh_token is not None and status >= 500
+            message = f"the token endpoint answered {status}"
+            raise TokenFailure(code, message, status, True, final=spent)
         value, lifetime, new_refresh = _read(call, response.body)
         if new_refresh is not None and new_refresh != refresh_token and rotated is not None:
             # Kept before anything else can fail: the one spent may no longer be valid.
@@ -279,18 +321,30 @@ def _placed(auth: TokenAuth, request: UpstreamRequest, token: _Token) -> Upstrea
         placed = request.with_secret_header(auth.header, token.sent)
     if placed.sign_with_token is None:
         return placed
-    return placed.sign_with_token(replace(placed, sign_with_token=None), token.value)
+    try:
+        return placed.sign_with_token(replace(placed, sign_with_token=None), token.value)
+    except TemplateError as exc:  # checked when the request was built: not expected here
+        raise TokenFailure(ErrorCode.PROVIDER_MISCONFIGURED, str(exc), None, False) from None
+
+
+def _token_context(target: Target, clock: Clock) -> dict[str, Any]:
+    """What a token request's templates may name: the connection, its params and
+    credentials, and the values made for this request."""
+    params = {f"params.{k}": v for k, v in target.params.items()}
+    generated = generated_values(clock.now(), str(uuid4()))
+    return dict(
+        with_credentials(
+            {"connection.name": target.name, **params, **generated}, target.credentials
+        )
+    )
 
 
 def _token_request(
     target: Target, call: TokenCall, clock: Clock, refresh_token: str | None
 ) -> UpstreamRequest:
-    params = {f"params.{k}": v for k, v in target.params.items()}
-    generated = generated_values(clock.now(), str(uuid4()))
-    spent = {"refresh_token": refresh_token} if refresh_token is not None else {}
-    ctx = with_credentials(
-        {"connection.name": target.name, **params, **generated, **spent}, target.credentials
-    )
+    ctx = _token_context(target, clock)
+    if refresh_token is not None:
+        ctx["refresh_token"] = refresh_token
     try:
         url = _rendered(call.url.render(ctx, str), "url")
         headers = [

@@ -29,7 +29,15 @@ from gateway.metrics import Metrics
 from gateway.redact import Redactor
 from gateway.routing import Caller, Callers
 from gateway.services import Services, build_services
-from gateway.store import BeginAnswer, Entry, KeyClaim, StoredReply, StoreUnavailable
+from gateway.store import (
+    BeginAnswer,
+    Entry,
+    KeyClaim,
+    RefreshLease,
+    RefreshRow,
+    StoredReply,
+    StoreUnavailable,
+)
 from gateway.store.memory import MemoryStore
 from gateway.tracing import trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
@@ -246,6 +254,16 @@ class FlakyStore:
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         self._call("lookup")
         return await self.inner.lookup(cancellation_id, caller)
+
+    async def lease_refresh(
+        self, name: str, holder: str, now: float, lease_s: float
+    ) -> RefreshLease:
+        self._call("lease_refresh")
+        return await self.inner.lease_refresh(name, holder, now, lease_s)
+
+    async def save_refresh(self, name: str, holder: str, row: RefreshRow | None) -> bool:
+        self._call("save_refresh")
+        return await self.inner.save_refresh(name, holder, row)
 
 
 def with_settings(connection: str, settings: str, config: str = BASE_CONFIG) -> str:

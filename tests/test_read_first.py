@@ -177,3 +177,31 @@ def test_a_read_value_cannot_choose_the_host():
     data["base_url"] = "https://{read.version}.example"
     with pytest.raises(ValidationError, match=r"read\.version"):
         ProviderDefinition.model_validate(data)
+
+
+async def test_a_read_value_the_cancel_cannot_carry_is_the_providers_fault(kit: Kit):
+    """A version of ".." would climb the cancel's path: nothing more is sent, and the answer
+    blames the provider's answer, not the caller's request."""
+    text = VERSIONED.replace(
+        "path: /orders/{id}\n    read:", "path: /orders/{id}/{read.version}\n    read:"
+    )
+    folder = kit.runtime.path.parent / "dots"
+    folder.mkdir()
+    kit = make_kit(folder, CONFIG, files={"versioned.yaml": text})
+    kit.transport.answer(response(200, {**ORDER, "version": ".."}))
+    result = await cancel(kit, {"connection": "versioned", "id": "o-1"})
+    assert (result.http_status, result.body["error"]["code"]) == (502, "provider_bad_response")
+    assert "cannot make the cancel" in result.body["error"]["message"]
+    assert [method for method, _, _ in sent(kit)] == ["GET"]
+
+
+async def test_a_read_that_takes_the_whole_budget_leaves_the_cancel_unsent(kit: Kit):
+    def slow(request: UpstreamRequest, timeout_s: float, connect_s: float) -> UpstreamResponse:
+        kit.clock.advance(timeout_s)  # the read answers as the budget ends
+        return response(200, ORDER)
+
+    kit.transport.answer(slow)
+    result = await cancel(kit, {"connection": "versioned", "id": "o-1"})
+    assert result.body["error"]["code"] == "provider_timeout"
+    assert "no time left in the budget, nothing was sent" in result.body["error"]["message"]
+    assert [method for method, _, _ in sent(kit)] == ["GET"]

@@ -4,6 +4,7 @@ the store fails; no socket, a fake clock, the memory store."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -210,3 +211,64 @@ async def test_a_rotated_token_the_store_missed_is_kept_spent_next_and_stored_th
     assert form(transport.sent[1])["refresh_token"] == "refresh-two-not-real"
     lease = await store.lease_refresh("market", "someone", clock.now().timestamp(), 1)
     assert lease.row == RefreshRow("refresh-three-not-real", SEED)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "timeout",
+        response(503, {"error": "down"}),
+    ],
+)
+async def test_a_refresh_that_may_have_been_spent_is_not_repeated_now(
+    tmp_path: Path, answer: object
+):
+    """A refresh grant that timed out after it was sent, or failed at the provider, may have
+    rotated the token: repeating it now could spend one token twice, so the failure is final."""
+    from gateway.upstream import UpstreamFailure
+
+    tokens, transport, clock, target, _ = setup(tmp_path)
+    if answer == "timeout":
+
+        def timeout(request: object, timeout_s: float, connect_s: float) -> object:
+            raise UpstreamFailure(ErrorCode.PROVIDER_TIMEOUT, "no answer in time", sent=True)
+
+        transport.answer(timeout)
+    else:
+        transport.answer(answer)
+    with pytest.raises(TokenFailure) as failure:
+        await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+    assert failure.value.final
+
+
+async def test_a_refused_refresh_is_not_final_beyond_its_own_refusal(tmp_path: Path):
+    """A refusal before sending (connection refused) spent nothing: it may be repeated."""
+    from gateway.upstream import UpstreamFailure
+
+    tokens, transport, clock, target, _ = setup(tmp_path)
+
+    def refused(request: object, timeout_s: float, connect_s: float) -> object:
+        raise UpstreamFailure(ErrorCode.PROVIDER_ERROR, "connection refused", sent=False)
+
+    transport.answer(refused)
+    with pytest.raises(TokenFailure) as failure:
+        await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+    assert not failure.value.final
+
+
+async def test_a_save_the_store_missed_is_tried_again_while_the_lease_holds(tmp_path: Path):
+    """No other process may take the lease and spend the old token while the store is down:
+    the lease stays this process's, and the new token is stored as soon as the store answers."""
+    store = FlakyStore()
+    tokens, transport, clock, target, _ = setup(tmp_path, store)
+    transport.answer(issued("access-one-not-real", "refresh-two-not-real"))
+    store.fail_save = True
+    await tokens.authorize(target, CANCEL, clock.monotonic() + 5)
+    other = await store.lease_refresh("market", "other", clock.now().timestamp(), 20)
+    assert not other.held  # still this process's
+    store.fail_save = False
+    for _ in range(5):  # the retry's sleep (a fake clock's) and its save
+        await asyncio.sleep(0)
+    lease = await store.lease_refresh("market", "other", clock.now().timestamp(), 20)
+    assert lease.held
+    assert lease.row == RefreshRow("refresh-two-not-real", SEED)

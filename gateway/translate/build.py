@@ -23,7 +23,7 @@ from gateway.models import CancelRequest, LineItem
 from gateway.read_spec import READ_PREFIX
 from gateway.targets import Target
 from gateway.translate.auth import auth_header, auth_query
-from gateway.translate.sign import signed
+from gateway.translate.sign import check_values, signed
 from gateway.translate.templates import (
     Context,
     TemplateError,
@@ -52,9 +52,9 @@ class Call:
     def generated(self) -> dict[str, Any]:
         return {} if self.now is None else generated_values(self.now, self.uuid)
 
-    def at(self, now: datetime) -> Call:
-        """This call as one attempt makes it: its time, and a new UUID (built directly:
-        ``dataclasses.replace`` costs more than the rest of a signed request's rendering)."""
+    def at(self, now: datetime, uuid: bool = True) -> Call:
+        """This call as one attempt makes it: its time, and a new UUID when ``uuid`` (built
+        directly: ``dataclasses.replace`` costs more than a signed request's rendering)."""
         return Call(
             self.cancellation_id,
             self.caller,
@@ -63,7 +63,7 @@ class Call:
             self.traceparent,
             self.tracestate,
             now,
-            str(uuid4()),
+            str(uuid4()) if uuid else "",
         )
 
 
@@ -158,6 +158,10 @@ def build_request(
     signature = definition.signature
     if signature is not None and target.signs_token:
         credentials = target.credentials
+        try:
+            check_values(signature, credentials, ctx, "token")
+        except TemplateError as exc:
+            raise invalid_request(("request", str(exc))) from exc
 
         def sign_with_token(authorized: UpstreamRequest, token: str) -> UpstreamRequest:
             return signed(signature, authorized, credentials, {**ctx, "token": token})
@@ -165,7 +169,7 @@ def build_request(
         return replace(request, sign_with_token=sign_with_token)
     if signature is not None:
         try:
-            request = signed(signature, request, target.credentials, ctx)
+            request = signed(signature, request, target.credentials, ctx, target.signing_key)
         except TemplateError as exc:
             raise invalid_request(("request", str(exc))) from exc
     return request
@@ -235,7 +239,8 @@ def build_attempts(
         return build_request(target, resource, req, call, line, unread), None
 
     def attempt() -> UpstreamRequest:
-        return build_request(target, resource, req, call.at(now()), line, unread)
+        fresh = call.at(now(), resource in target.uuid_per_attempt)
+        return build_request(target, resource, req, fresh, line, unread)
 
     return attempt(), attempt
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from jmespath.exceptions import JMESPathError
@@ -351,7 +352,10 @@ def without_echo(outcome: Outcome, secrets: list[str]) -> Outcome:
     said = [outcome.detail or "", outcome.provider_code or ""]
     if response:
         said.append(orjson.dumps(response).decode())
-    found = [secret for secret in secrets if any(secret in text for text in said)]
+    # As sent in a query (percent-encoded) too: a provider may quote the query it received.
+    # (A hex signature, the usual, reads the same encoded.)
+    forms = [*secrets, *(quote(s, safe="") for s in secrets if not s.isalnum())]
+    found = [form for form in forms if any(form in text for text in said)]
     if not found:
         return outcome
 

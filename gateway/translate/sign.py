@@ -28,14 +28,18 @@ def signed(
     request: UpstreamRequest,
     credentials: Mapping[str, str],
     ctx: Context,
+    key: bytes | None = None,
 ) -> UpstreamRequest:
-    """``request`` with its signature in place (and that place masked when shown)."""
-    given = with_credentials(ctx, credentials)
-    message = b"".join(_part(part, request, given) for part in signature.message)
+    """``request`` with its signature in place (and that place masked when shown). ``key``:
+    the key already rendered, when it depends on nothing but the connection."""
+    given = with_credentials(ctx, credentials) if signature.names_credentials else ctx
+    message = b"".join([_part(part, request, given) for part in signature.message])
     name = signature.algorithm.removeprefix("hmac-")
     if signature.key is not None:
-        key = _text(signature.key, given, "key").encode()
-        digest = hmac.digest(key, message, name)  # one call, in C
+        if key is None:
+            key = _text(signature.key, with_credentials(ctx, credentials), "key").encode()
+        # With the hash's constructor: by its name, OpenSSL looks the hash up on every call.
+        digest = hmac.new(key, message, _DIGESTS[name]).digest()
     else:
         digest = _DIGESTS[name](message).digest()
     value = (
@@ -49,6 +53,28 @@ def signed(
         return request.with_secret_header(signature.header, header_value("signature", value))
     assert signature.query is not None
     return request.with_secret_query(signature.query, value)
+
+
+def sent_value(signature: Signature, request: UpstreamRequest) -> str | None:
+    """The signature ``request`` carries, as computed (before any encoding)."""
+    if signature.header is not None:
+        lowered = signature.header.lower()
+        return next((v for n, v in request.headers if n.lower() == lowered), None)
+    return dict(parse_qsl(urlsplit(request.url).query)).get(signature.query or "")
+
+
+def check_values(
+    signature: Signature, credentials: Mapping[str, str], ctx: Context, token: str
+) -> None:
+    """Raise ``TemplateError`` when a value the signature names is missing: for a signature
+    computed later (over a token fetched at send time), the request's own problems are found
+    when it is built, as any other request's are."""
+    given = {**with_credentials(ctx, credentials), "token": token}
+    if signature.key is not None:
+        _text(signature.key, given, "key")
+    for part in signature.message:
+        if isinstance(part, Template):
+            _text(part, given, "message")
 
 
 def _part(part: Template | RequestPart, request: UpstreamRequest, ctx: Context) -> bytes:

@@ -103,14 +103,6 @@ class UpstreamRequest:
             self.sign_with_token,
         )
 
-    def secret_values(self) -> list[str]:
-        """The values this request carries that are secrets (credentials, tokens, signatures)."""
-        found = [value for name, value in self.headers if name.lower() in self.secret_headers]
-        query = self.url.partition("?")[2]
-        if self.secret_query and query:
-            found += [v for n, v in parse_qsl(query) if n in self.secret_query]
-        return [value for value in found if value]
-
     def shown_headers(self) -> dict[str, str]:
         return {
             name: (REDACTED if name.lower() in self.secret_headers else value)

@@ -190,6 +190,12 @@ async def test_a_provider_without_lines_refuses_items(gateway: Gateway, upstream
     error = result.body["error"]
     assert (error["code"], error["fields"][0]["loc"]) == ("invalid_request", "items")
     assert "whole objects only" in error["fields"][0]["message"]
+    [line] = result.body["items"]  # the line the request named shares the refusal
+    assert (line["id"], line["status"], line["error"]["code"]) == (
+        "1",
+        "rejected",
+        "invalid_request",
+    )
 
 
 async def test_one_request_per_line_two_at_a_time(gateway: Gateway, upstream: Upstream):

@@ -885,14 +885,19 @@ def test_rxuniverse_error_in_a_200_is_classified_by_its_rules(
 def test_a_signature_the_provider_quotes_is_masked_wherever_it_said_it() -> None:
     """A per-request secret (a signature) echoed in the message, the code or a nested value of
     the provider's response is masked; what the provider said around it stays."""
+    from gateway.auth_schemes import Signature
     from gateway.translate.classify import without_echo
+    from gateway.translate.sign import sent_value
     from gateway.translate.wire import UpstreamRequest
 
     sign = "9f2c1e0d8b7a6f5e4d3c2b1a"
     request = UpstreamRequest(
         "POST", f"https://api.example/x?a=1&sign={sign}", (), secret_query=frozenset({"sign"})
     ).with_secret_header("X-Signature", "header-signature-value")
-    assert request.secret_values() == ["header-signature-value", sign]
+    in_query = Signature(algorithm="sha256", message=["x"], query="sign")
+    in_header = Signature(algorithm="sha256", message=["x"], header="x-signature")
+    assert sent_value(in_query, request) == sign
+    assert sent_value(in_header, request) == "header-signature-value"
     outcome = Outcome(
         Status.FAILED,
         ErrorCode.PROVIDER_AUTH_FAILED,
@@ -901,9 +906,14 @@ def test_a_signature_the_provider_quotes_is_masked_wherever_it_said_it() -> None
         detail=f"received {sign}, expected another",
         provider_response={"echo": {"sent": [sign, "kept"]}, "n": 1},
     )
-    masked = without_echo(outcome, request.secret_values())
+    masked = without_echo(outcome, [sign])
     assert masked.detail == "received [REDACTED], expected another"
     assert masked.provider_code == "bad sign [REDACTED]"
     assert masked.provider_response == {"echo": {"sent": ["[REDACTED]", "kept"]}, "n": 1}
+    quoted = "ab+c/d=="  # base64, sent percent-encoded and quoted so by the provider
+    echoed = Outcome(
+        Status.FAILED, ErrorCode.PROVIDER_AUTH_FAILED, detail="got sign=ab%2Bc%2Fd%3D%3D"
+    )
+    assert without_echo(echoed, [quoted]).detail == "got sign=[REDACTED]"
     untouched = Outcome(Status.CANCELLED, provider_response={"id": "o-1"})
-    assert without_echo(untouched, request.secret_values()) is untouched
+    assert without_echo(untouched, [sign]) is untouched
