@@ -7,8 +7,6 @@ happens in between (a bug included), so no record is lost.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -16,24 +14,22 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.envelope import (
     Reply,
-    decision_error,
-    provider_error,
     render_envelope,
     reply_headers,
 )
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
+from gateway.facts import Facts
 from gateway.inbound import Decoded, RequestInfo, check_idempotency_key, json_body
-from gateway.lines import line_outcomes, send
+from gateway.lines import send
 from gateway.loader import Runtime
 from gateway.models import (
     CancelRequest,
-    Envelope,
-    LineItem,
     Preview,
     PreviewRequest,
     UpstreamInfo,
     new_cancellation_id,
 )
+from gateway.outbound import Outbound
 from gateway.redact import cut
 from gateway.request import (
     Prepared,
@@ -43,11 +39,10 @@ from gateway.request import (
     upstream_idempotency_key,
 )
 from gateway.routing import Caller, route
-from gateway.send import Outbound, Sender, ms
+from gateway.send import Sender, ms
 from gateway.services import Services
 from gateway.store import (
     Claimed,
-    Entry,
     InProgress,
     KeyClaim,
     Replay,
@@ -61,43 +56,10 @@ from gateway.translate.build import (
     build_reader,
     resolve_resource,
 )
-from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
+from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
 
 LEASE_MARGIN_S = 10.0
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
-
-
-@dataclass(slots=True)
-class _Facts:
-    """What is known so far; each step adds to it, and the envelope is made from it."""
-
-    cancellation_id: str
-    caller: str
-    created_at: float  # unix seconds
-    connection: str | None = None
-    provider: str | None = None
-    resource: str | None = None
-    resource_id: str | None = None
-    upstream: UpstreamInfo | None = None
-    claim: KeyClaim | None = None
-    callers_text: tuple[str, ...] = ()  # the caller's own strings: see Redactor.answer
-    token: str = ""
-    running: bool = False  # recorded as running in the store: complete() must follow
-    items: Sequence[LineItem] | None = None  # the lines asked for, and each one's outcome
-    lines: Sequence[Outcome | GatewayError] = ()
-
-    def entry(self, status: str, **more: Any) -> Entry:
-        return Entry(
-            self.cancellation_id,
-            self.caller,
-            self.connection,
-            self.provider,
-            self.resource,
-            self.resource_id,
-            status,
-            self.created_at,
-            **more,
-        )
 
 
 class _Replayed(Exception):
@@ -120,7 +82,7 @@ class Canceller:
         self._metrics = services.metrics
         self._sender = Sender(services)
 
-    def prepare(self, caller: Caller, data: Any, info: RequestInfo, facts: _Facts) -> Prepared:
+    def prepare(self, caller: Caller, data: Any, info: RequestInfo, facts: Facts) -> Prepared:
         """Parse, route and build: everything short of sending. What is learnt on the way goes
         into ``facts``, so that a refusal's envelope says as much as is known. Every problem
         the caller can fix is reported at once, the provider's limits with the request's own."""
@@ -146,7 +108,7 @@ class Canceller:
         return prepared
 
     def _build(
-        self, caller: Caller, request: CancelRequest, info: RequestInfo, facts: _Facts
+        self, caller: Caller, request: CancelRequest, info: RequestInfo, facts: Facts
     ) -> Prepared:
         if request.connection is None or request.id is None:
             raise invalid_request()  # nothing to route or build: the parse said why
@@ -170,9 +132,9 @@ class Canceller:
             reader = build_reader(target, resource, request, call, now)
         return Prepared(request, target, resource, upstream, rebuild, lines, reader)
 
-    def _new_facts(self, caller: Caller) -> _Facts:
+    def _new_facts(self, caller: Caller) -> Facts:
         """A new cancellation: its id and when it was asked for."""
-        return _Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
+        return Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
 
     def preview(self, caller: Caller, body: bytes, info: RequestInfo) -> Preview:
         """What ``cancel`` would send, after the same checks; nothing is sent or recorded.
@@ -249,7 +211,7 @@ class Canceller:
         caller: Caller,
         body: bytes | Decoded,
         info: RequestInfo,
-        facts: _Facts,
+        facts: Facts,
         log: FilteringBoundLogger,
     ) -> Outcome | GatewayError:
         try:
@@ -294,7 +256,7 @@ class Canceller:
         result, facts.lines = await send(self._sender, outbound, prepared, log, progress, clock)
         return result
 
-    async def _begin(self, facts: _Facts, log: FilteringBoundLogger) -> None:
+    async def _begin(self, facts: Facts, log: FilteringBoundLogger) -> None:
         """Claim the key and record the cancellation as running, or say why not to send."""
         try:
             answer = await self._store.begin(
@@ -326,7 +288,7 @@ class Canceller:
 
     async def _settle(
         self,
-        facts: _Facts,
+        facts: Facts,
         result: Outcome | GatewayError,
         reply: Reply,
         log: FilteringBoundLogger,
@@ -362,7 +324,7 @@ class Canceller:
             )
 
     def _replay(
-        self, replay: Replay, facts: _Facts, log: FilteringBoundLogger, started: float
+        self, replay: Replay, facts: Facts, log: FilteringBoundLogger, started: float
     ) -> Reply:
         """The stored answer again. It is logged as completed too, so that every request
         that reached the cancellation has its `cancellation.completed` line."""
@@ -388,38 +350,9 @@ class Canceller:
         headers["Idempotent-Replayed"] = "true"
         return Reply(stored.http_status, stored.body, headers)
 
-    def _reply(self, facts: _Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
-        cancelled_at = provider_response = error = items = None
+    def _reply(self, facts: Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
         answer = self._redactor.answer(facts.callers_text)
-        if facts.items is not None:  # lines that were not sent share the cancellation's end
-            lines = facts.lines or [result] * len(facts.items)
-            items = line_outcomes(facts.items, lines, answer)
-        if isinstance(result, GatewayError):
-            error = decision_error(result)
-        else:
-            error = provider_error(result, answer)
-            if result.status in (Status.CANCELLED, Status.ALREADY_CANCELLED):
-                provider_response = answer.clean(result.provider_response)
-                # The gateway's time stands in for the provider's only for a cancellation it
-                # saw happen: when an already cancelled object was cancelled is unknown.
-                cancelled_at = result.cancelled_at
-                if cancelled_at is None and result.status is Status.CANCELLED:
-                    cancelled_at = format_time(self._clock.now())
-        envelope = Envelope(
-            cancellation_id=facts.cancellation_id,
-            status=result.status,
-            connection=facts.connection,
-            provider=facts.provider,
-            resource=facts.resource,
-            resource_id=facts.resource_id,
-            cancelled_at=cancelled_at,
-            provider_response=provider_response,
-            error=error,
-            upstream=facts.upstream,
-            request_id=info.request_id,
-            trace_id=info.trace.trace_id,
-            items=items,
-        )
+        envelope = facts.envelope(result, answer, self._clock.now(), info)
         http_status = 200 if result.code is None else spec(result.code).http_status
         return Reply(
             http_status,

@@ -14,9 +14,10 @@ from structlog.typing import FilteringBoundLogger
 from gateway.envelope import decision_error, provider_error
 from gateway.errors import GatewayError, Status
 from gateway.models import LineError, LineItem, LineOutcome, UpstreamInfo
+from gateway.outbound import Outbound
 from gateway.redact import AnswerRedactor
 from gateway.request import Prepared
-from gateway.send import Outbound, Sender, ms
+from gateway.send import Sender, ms
 from gateway.translate.build import LineAttempts
 from gateway.translate.classify import Outcome
 

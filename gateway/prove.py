@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from jmespath.exceptions import JMESPathError
+from jmespath.parser import ParsedResult
 from pydantic import ValidationError
 
 from gateway.config import ConnectionConfig
@@ -54,7 +56,54 @@ def prove(definition: ProviderDefinition) -> tuple[list[Checked], list[str]]:
             if (where, index) not in matched:
                 when = rule.when.model_dump(exclude_none=True, mode="json")
                 warnings.append(f"{where}.rules.{index} ({when}) is matched by no answer example")
+    warnings += [
+        f"{where} ({path.expression}) finds nothing in any answer example"
+        for where, path in _unexercised_paths(definition)
+    ]
     return checked, warnings
+
+
+def _unexercised_paths(definition: ProviderDefinition) -> list[tuple[str, ParsedResult]]:
+    """The JMESPath expressions that read an answer (where the error code and message are,
+    what is extracted, what a read gives) and find a value in none of the answer examples of
+    their resource: ``code: code`` for ``code: error.code`` is the mistake this catches."""
+    bodies: dict[str, list[Any]] = {name: [] for name in definition.resources}
+    for example in definition.examples.answers:
+        try:
+            resource = resolve_resource(definition, example.resource)
+        except GatewayError:
+            continue
+        if example.body is not None:
+            bodies[resource].append(example.body)
+    found: list[tuple[str, ParsedResult]] = []
+    for name, res in definition.resources.items():
+        paths: list[tuple[str, ParsedResult | None]] = []
+        errors, where = definition.errors_for(name), _rules_of(definition, name)
+        paths += [(f"{where}.{key}", getattr(errors, key)) for key in ("code", "type", "message")]
+        paths.append((f"resources.{name}.extract.cancelled_at", res.extract.cancelled_at))
+        paths += [
+            (f"resources.{name}.extract.provider_response.{key}", path)
+            for key, path in res.extract.provider_response.items()
+        ]
+        paths += [
+            (f"resources.{name}.read.values.{key}", path)
+            for key, path in (res.read.values.items() if res.read else ())
+        ]
+        for loc, path in paths:
+            if (
+                path is not None
+                and bodies[name]
+                and not any(_finds(path, body) for body in bodies[name])
+            ):
+                found.append((loc, path))
+    return list(dict.fromkeys(found))  # a provider's errors shared by resources: once
+
+
+def _finds(path: ParsedResult, body: Any) -> bool:
+    try:
+        return path.search(body) is not None
+    except (JMESPathError, TypeError, ValueError):
+        return False
 
 
 def _rules_of(definition: ProviderDefinition, resource: str) -> str:

@@ -50,6 +50,15 @@ def test_a_path_that_points_nowhere_is_caught_by_an_example() -> None:
     assert "code 'provider_rejected'" in failed[0].got  # the generic table's word for a 422
 
 
+def test_a_path_that_finds_nothing_in_any_answer_is_a_warning() -> None:
+    """`type: fault.kind` where no answer has a kind: no outcome depends on it, so no example
+    fails, but the path is reported as finding nothing."""
+    changed = acme("message: fault.text", "message: fault.text\n  type: fault.kind")
+    checked, warnings = prove(ProviderDefinition.model_validate(changed))
+    assert all(c.ok for c in checked)
+    assert warnings == ["errors.type (fault.kind) finds nothing in any answer example"]
+
+
 def test_a_request_example_compares_the_request_built() -> None:
     changed = acme("priority: 2, tags", "priority: 3, tags")
     failed = [c for c in prove(ProviderDefinition.model_validate(changed))[0] if not c.ok]

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.errors import ErrorCode, GatewayError, Status
 from gateway.models import UpstreamInfo
-from gateway.send import Outbound, Sender
+from gateway.outbound import Outbound
+from gateway.send import Sender
 from gateway.translate.classify import Outcome
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 from gateway.upstream import UpstreamFailure

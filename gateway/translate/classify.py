@@ -18,7 +18,8 @@ import orjson
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
-from gateway.definition import Errors, ProviderDefinition, RetryHint, Rule
+from gateway.answers import Errors, RetryHint, Rule
+from gateway.definition import ProviderDefinition
 from gateway.errors import ErrorCode, Status, spec
 from gateway.redact import REDACTED
 from gateway.translate.wire import UpstreamResponse
