@@ -32,10 +32,10 @@ SCENARIOS = (
             "direct",
             "baseline",
             "gateway",
+            "gateway-token",  # right after the row they are compared with, in each round
+            "gateway-signed",
             "gateway-w2",
             "gateway-no-logs",
-            "gateway-token",
-            "gateway-signed",
         ),
         rounds=3,
     ),
@@ -70,6 +70,7 @@ class Result:
     rss_samples: tuple[tuple[float, float], ...] = ()  # soak: (seconds, MiB) every second
     profile: Path | None = None  # --profile: py-spy's raw output
     rounds: int = 1
+    round_cpu: tuple[float, ...] = ()  # CPU ms/request of each round, in order
 
     @property
     def socket_errors(self) -> int:
@@ -85,6 +86,8 @@ def combined(rounds: Sequence[Result]) -> Result:
     """One row from a target's rounds: requests, time and CPU added up, latency percentiles the
     median of the rounds' (wrk's histograms are not kept), the peaks the highest."""
     first = rounds[0]
+    if len(rounds) == 1:
+        return first
     requests, seconds = sum(r.requests for r in rounds), sum(r.seconds for r in rounds)
     cpu = [r.cpu_ms_per_request * r.requests for r in rounds]
     kinds = collections.Counter[str]()
@@ -113,6 +116,7 @@ def combined(rounds: Sequence[Result]) -> Result:
         ),
         profile=next((r.profile for r in rounds if r.profile), None),
         rounds=len(rounds),
+        round_cpu=tuple(r.cpu_ms_per_request for r in rounds),
     )
 
 

@@ -7,6 +7,7 @@ where the baseline misses a target too, the machine is the limit, not the gatewa
 from __future__ import annotations
 
 import enum
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -88,9 +89,16 @@ class _Rows:
         return row.cpu_ms_per_request if row else None
 
     def added_share(self, target: str) -> float | None:
-        """How much more CPU per request ``target`` spends than the gateway, in percent."""
-        mine, plain = self.cpu(target), self.cpu("gateway")
-        return (mine / plain - 1) * 100 if mine is not None and plain else None
+        """How much more CPU per request ``target`` spends than the gateway, in percent: the
+        median of the rounds' ratios (each round measures the two one after the other, so a
+        minute when the machine is slow weighs on both), or of the whole rows without rounds."""
+        mine, plain = self.get("c64", target), self.get("c64", "gateway")
+        if mine is None or plain is None or not plain.cpu_ms_per_request:
+            return None
+        pairs = list(zip(mine.round_cpu, plain.round_cpu, strict=False))
+        if len(mine.round_cpu) == len(plain.round_cpu) and pairs and all(p for _, p in pairs):
+            return statistics.median((m / p - 1) * 100 for m, p in pairs)
+        return (mine.cpu_ms_per_request / plain.cpu_ms_per_request - 1) * 100
 
     def cost(self, without: str) -> float | None:
         """CPU ms/request the feature ``without`` leaves out costs the gateway, 64 connections."""

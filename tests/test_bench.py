@@ -3,6 +3,7 @@ name says (a row measured with a config the gateway refuses, or with a feature l
 report the wrong cost); rounds add up into one row; wrk's summary is read; the figures are held
 to their targets."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,18 @@ def test_figures_come_from_the_rows_they_name() -> None:
     assert values["soak added p99"] == 30.0  # beyond the upstream's 100 ms
     assert values["soak errors"] == 1
     assert values["gateway added p50 c1"] is None  # no c1 row
+
+
+def test_a_cost_against_the_gateway_is_the_median_of_the_rounds_ratios() -> None:
+    """Each round measures the gateway and the row compared with it one after the other: the
+    figure is the median of the three rounds' ratios, so one slow minute does not decide it."""
+    gateway = [_round(1000, 2.0, 500.0, 10.0), _round(1000, 2.0, 400.0, 10.0)]
+    gateway.append(_round(1000, 2.0, 500.0, 10.0))
+    signed = [_round(1000, 2.0, 520.0, 10.0), _round(1000, 2.0, 600.0, 10.0)]
+    signed.append(_round(1000, 2.0, 510.0, 10.0))
+    rows = [
+        combined(gateway),
+        replace(combined(signed), target="gateway-signed"),
+    ]
+    value = {f.name: f.value for f in targets.figures(rows)}["signature cpu c64"]
+    assert value == pytest.approx(4.0)  # rounds: +4 %, +50 %, +2 %; summed it would be +17 %
