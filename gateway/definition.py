@@ -37,6 +37,7 @@ from gateway.fields import (
     absolute_path,
 )
 from gateway.line_items import LINE_NAMES, Lines, lines_problems
+from gateway.probe_spec import Probe
 from gateway.read_spec import Read
 from gateway.translate.templates import (
     CONTEXT_NAMES,
@@ -130,6 +131,7 @@ class Resource(Strict):
     errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
     items: Lines | None = None  # cancels single lines: see line_items.py
     read: Read | None = None  # a request made before the cancel: see read_spec.py
+    probe: Probe | None = None  # a read of the object's state: see probe_spec.py
 
     @model_validator(mode="after")
     def _form_is_flat(self) -> Resource:
@@ -167,6 +169,21 @@ class Resource(Strict):
                 else AlreadyCancelled(status=read.status, when=read.already_cancelled)
             ),
             extract=Extract(provider_response=read.values),
+            errors=self.errors,
+        )
+
+    @cached_property
+    def probe_request(self) -> Resource | None:
+        """The probe as a request to build like a cancel's."""
+        probe = self.probe
+        if probe is None:
+            return None
+        return Resource(
+            method=probe.method,
+            path=probe.path,
+            headers=probe.headers,
+            query=probe.query,
+            body=probe.body,
             errors=self.errors,
         )
 
@@ -294,6 +311,8 @@ class ProviderDefinition(Strict):
                 check(loc, template, also=read_names)
             for loc, template in res.read.templates(where) if res.read else []:
                 check(loc, template)
+            for loc, template in res.probe.templates(where) if res.probe else []:
+                check(loc, template)
             for template in res.items.templates() if res.items else []:
                 check(f"{where}.items.template", template)
             found += lines_problems(res.items, located, res.body, where)
@@ -312,6 +331,9 @@ class ProviderDefinition(Strict):
             found += res.default_templates(f"resources.{rname}")
             # A read's request is outside the cancel's: lines are not its to name.
             found += [(f"read:{loc}", t) for loc, t in res.read.templates("")] if res.read else []
+            found += (
+                [(f"probe:{loc}", t) for loc, t in res.probe.templates("")] if res.probe else []
+            )
         if self.signature is not None:
             key = self.signature.key
             found += [("signature.key", key)] if key is not None else []

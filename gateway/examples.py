@@ -24,8 +24,19 @@ EXAMPLE_NOW = datetime(2026, 1, 1, tzinfo=UTC)  # an answer example's "now" (Ret
 
 
 class AnswerExpectation(Strict):
-    # ``read``: an answer to a resource's read that gives its values (``provider_response``)
-    status: Literal["cancelled", "already_cancelled", "rejected", "failed", "pending", "read"]
+    # ``read``: an answer to a resource's read that gives its values (``provider_response``);
+    # for a probe's answer, what it says of the object (``unknown``: nothing definite).
+    status: Literal[
+        "cancelled",
+        "already_cancelled",
+        "rejected",
+        "failed",
+        "pending",
+        "read",
+        "not_cancelled",
+        "not_found",
+        "unknown",
+    ]
     code: str | None = None  # the error code; absent: none expected (a success)
     provider_code: str | None = None
     cancelled_at: str | None = None
@@ -39,6 +50,7 @@ class AnswerExample(Strict):
     name: str
     resource: str | None = None
     read: bool = False  # an answer to the resource's read, not to its cancel
+    probe: bool = False  # an answer to the resource's status probe
     status: int = Field(ge=100, le=599)
     headers: dict[str, str] = Field(default_factory=dict)
     body: Any = None

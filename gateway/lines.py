@@ -75,6 +75,7 @@ async def send_lines(
                 status=info.status,
                 attempts=sum(i.attempts for i in seen.values()),
                 latency_ms=ms(monotonic() - started),
+                probes=sum(i.probes for i in seen.values()),
             )
         )
 

@@ -208,6 +208,7 @@ class UpstreamInfo(BaseModel):
     status: int | None = None
     attempts: int
     latency_ms: float
+    probes: int = 0  # status probes sent to settle an unknown outcome
 
 
 class Envelope(BaseModel):

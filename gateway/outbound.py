@@ -47,6 +47,7 @@ class Outbound:
     # For a resource that reads before it cancels: the read, and the cancel made from it.
     reader: Reader | None = None
     reading: bool = False  # this is the read: its answer is classified as one
+    probing: bool = False  # this is a status probe: its answer is classified as one
 
     def for_attempt(self, attempt: int) -> UpstreamRequest:
         if attempt == 1 or self.rebuild is None:

@@ -131,12 +131,21 @@ def _answer(
         return Checked("answer", example.name, "a resource", exc.message, False), None, None
     headers = {name.lower(): value for name, value in example.headers.items()}
     response = UpstreamResponse(example.status, headers, example.raw())
-    reading = example.read
+    reading, probing = example.read, example.probe
     if reading and definition.resources[resource].read is None:
         return Checked("answer", example.name, "a resource that reads", resource, False), None, None
-    outcome = classify(definition, resource, response, EXAMPLE_NOW, reading)
+    if probing and definition.resources[resource].probe is None:
+        return (
+            Checked("answer", example.name, "a resource with a probe", resource, False),
+            None,
+            None,
+        )
+    outcome = classify(definition, resource, response, EXAMPLE_NOW, reading, probing)
     expect = example.expect
     status = outcome.status.value
+    if probing:  # what the probe says of the object; its error code is not the point
+        status = outcome.probed or "unknown"
+        outcome = replace(outcome, code=None)
     if reading and outcome.status is Status.CANCELLED:
         read = definition.resources[resource].read
         assert read is not None

@@ -15,6 +15,7 @@ from gateway.auth_schemes import TokenAuth
 from gateway.errors import ErrorCode, GatewayError, Status, spec
 from gateway.models import UpstreamInfo
 from gateway.outbound import MIN_ATTEMPT_S, Outbound, Tried
+from gateway.probing import kept_for_probe, probe, unknown
 from gateway.resilience import Guards, backoff_s, retry_reason
 from gateway.services import Services
 from gateway.tokens import TokenFailure
@@ -67,7 +68,7 @@ class Sender:
         deadline = first + policy.timeout_s if deadline is None else deadline
         guards.budget.record_request()
         outcome: Outcome | None = None
-        attempts = 0
+        attempts = probes = 0
         renewed = False  # a refused token is fetched again once
         while True:
             tried = await self._attempt(outbound, guards, deadline, attempts + 1, log)
@@ -78,6 +79,15 @@ class Sender:
                 return replace(outcome, note=f"not repeated: {tried.message}")
             attempts += 1
             outcome = tried.outcome
+            safe_now = retry_safe  # a probe that finds the object not cancelled makes it so
+            if unknown(outbound, tried):
+                now = self._clock.monotonic
+                probed = await probe(self._exchange, outbound, deadline, now, attempts, log)
+                probes += probed is not None
+                if probed is not None and probed.probed == "cancelled":
+                    outcome = probed
+                elif probed is not None and probed.probed == "not_cancelled":
+                    safe_now = True
             progress(
                 UpstreamInfo(
                     method=request.method,
@@ -85,8 +95,11 @@ class Sender:
                     status=tried.status,
                     attempts=attempts,
                     latency_ms=ms(self._clock.monotonic() - first),
+                    probes=probes,
                 )
             )
+            if outcome.probed == "cancelled":
+                break  # settled by the probe: nothing is sent again
             refused = tried.outcome.code is ErrorCode.PROVIDER_AUTH_FAILED
             if refused and tried.cached_token is not None:
                 # The provider no longer takes the cached token: the next request fetches
@@ -100,7 +113,7 @@ class Sender:
                     )
                     continue
             delay, note = self._retry_delay(
-                outbound, tried, attempts, retry_safe, deadline, guards, log
+                outbound, tried, attempts, safe_now, deadline, guards, log
             )
             if delay is None:
                 if note is not None:
@@ -202,8 +215,9 @@ class Sender:
         """Send once and classify the answer (after the read, for a resource that makes one:
         an answer other than the values ends the attempt, and nothing else is sent)."""
         target, policy = outbound.target, outbound.policy
-        if outbound.reader is not None:
-            return await self._read_then_cancel(outbound, outbound.reader, deadline, attempt, log)
+        reader = outbound.reader
+        if reader is not None and reader.reads and not (outbound.reading or outbound.probing):
+            return await self._read_then_cancel(outbound, reader, deadline, attempt, log)
         if deadline - self._clock.monotonic() < MIN_ATTEMPT_S:  # a late line, a cancel after a read
             message = f"{outbound.title}: no time left in the budget, nothing was sent"
             outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_TIMEOUT, message)
@@ -220,6 +234,9 @@ class Sender:
         timeout = deadline - started
         if policy.attempt_timeout_s is not None:
             timeout = min(timeout, policy.attempt_timeout_s)
+        kept = kept_for_probe(outbound)  # an answer lost now may still be settled in time
+        if kept and deadline - started - kept >= MIN_ATTEMPT_S:
+            timeout = min(timeout, deadline - started - kept)
         span = self._spans.attempt(
             number=attempt,
             provider=provider,
@@ -264,7 +281,12 @@ class Sender:
             "upstream.response", status=response.status, latency_ms=ms(latency), attempt=attempt
         )
         outcome = classify(
-            target.definition, outbound.resource, response, self._clock.now(), outbound.reading
+            target.definition,
+            outbound.resource,
+            response,
+            self._clock.now(),
+            outbound.reading,
+            outbound.probing,
         )
         signature = target.definition.signature
         if signature is not None:  # a secret made for this request: no redactor knows it

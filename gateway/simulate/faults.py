@@ -117,6 +117,21 @@ def _too_many(provider: Provider, call: Call, retry_after_s: int) -> web.Respons
     return response
 
 
+async def _lost_answer(
+    request: web.Request, provider: Provider, call: Call, found: Match, succeed: Succeed
+) -> web.StreamResponse:
+    applied = succeed(call.now)  # the provider did it; its answer is what gets lost
+    await asyncio.sleep((found.value or 0) / 1000)
+    return applied.response()
+
+
+async def _lost_reset(
+    request: web.Request, provider: Provider, call: Call, found: Match, succeed: Succeed
+) -> web.StreamResponse:
+    succeed(call.now)
+    return await _reset(request, provider, call, found, succeed)
+
+
 async def _reset(
     request: web.Request, provider: Provider, call: Call, found: Match, succeed: Succeed
 ) -> web.StreamResponse:
@@ -175,6 +190,8 @@ FAULTS: Mapping[str, Fault] = {
     "flaky503": _flaky503,
     "ratelimit": _ratelimit,
     "ratelimit-always": _ratelimit_always,
+    "lostanswer": _lost_answer,
+    "lostreset": _lost_reset,
     "reset": _reset,
     "html": _html,
     "nonjson": _nonjson,

@@ -53,7 +53,8 @@ class Scenario:
     def pattern(self) -> str:
         if self.param is None:
             return self.name
-        unit = {"slow": "ms", "ratelimit": "s", "flaky503": "N", "redirect": "code"}[self.name]
+        units = {"slow": "ms", "lostanswer": "ms", "ratelimit": "s", "flaky503": "N"}
+        unit = {**units, "redirect": "code"}[self.name]
         return f"{self.name}[{self.param.lead}<{unit}>]"
 
 
@@ -158,6 +159,21 @@ TABLE: tuple[Scenario, ...] = (
         "429 with `Retry-After: <s>` (default 1, at most 3600) on the first call, "
         "then answers as usual",
         Param("-", 1, 0, 3600),
+        fault=True,
+    ),
+    Scenario(
+        "lostanswer",
+        ALL,
+        "the cancel is applied, then its answer is held for `<ms>` milliseconds (default "
+        "60000, at most 600000): a client times out not knowing it happened (a status probe "
+        "finds it cancelled)",
+        Param("-", 60000, 0, 600000),
+        fault=True,
+    ),
+    Scenario(
+        "lostreset",
+        ALL,
+        "the cancel is applied, then the connection is reset (TCP RST) instead of answered",
         fault=True,
     ),
     Scenario("reset", ALL, "the connection is reset (TCP RST), no HTTP answer", fault=True),

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.simulate.faults import Outcome, Provider, play
 from gateway.simulate.replies import Call, Reply, iso_z
+from gateway.simulate.scenarios import match
 from gateway.simulate.state import CLOCK_KEY, KEYS_KEY, STATE_KEY
 
 NAME = "shoplazza"
@@ -88,4 +89,30 @@ async def cancel(request: web.Request) -> web.StreamResponse:
     return await play(request, PROVIDER, call, succeed)
 
 
-ROUTES = (("/openapi/{version}/procurements/{id}/cancel", cancel),)
+async def detail(request: web.Request) -> web.StreamResponse:
+    """ "Get Procurement Detail", the status probe: state 4 once cancelled, else 1 (waiting for
+    stock); 404 for a `notfound` id."""
+    app = request.app
+    info = request.match_info
+    procurement_id = info["id"]
+    path = f"/openapi/{info['version']}/procurements/{procurement_id}"
+    call = Call(NAME, request.method, path, procurement_id, app[CLOCK_KEY]())
+    if request.method != "GET":
+        return error(405, call).response()
+    token = request.headers.get("Access-Token", "")
+    if not hmac.compare_digest(token.encode(), app[KEYS_KEY].shoplazza.encode()):
+        return _INACTIVE.response()
+    found = match(procurement_id)
+    if found is not None and found.name == "notfound":
+        return OUTCOMES["notfound"](call).response()
+    when = app[STATE_KEY].cancelled.get((NAME, procurement_id))
+    body = procurement(procurement_id, when or call.now)
+    if when is None:
+        body["procurement"]["state"] = 1
+    return Reply(200, body).response()
+
+
+ROUTES = (
+    ("/openapi/{version}/procurements/{id}/cancel", cancel),
+    ("/openapi/{version}/procurements/{id}", detail),
+)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.simulate.faults import Outcome, Provider, play
 from gateway.simulate.replies import Call, Reply, iso_z, unix
+from gateway.simulate.scenarios import match
 from gateway.simulate.state import CLOCK_KEY, KEYS_KEY, STATE_KEY
 
 NAME = "stateset"
@@ -198,4 +199,25 @@ async def cancel(request: web.Request) -> web.StreamResponse:
             del state.idempotent[slot]
 
 
-ROUTES = (("/v1/asns/{id}/cancel", cancel),)
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    """ "Retrieve ASN", the status probe: the ASN as the simulator's state has it (cancelled,
+    or still in transit; 404 for a `notfound` id)."""
+    app = request.app
+    asn_id = request.match_info["id"]
+    call = Call(NAME, request.method, f"/v1/asns/{asn_id}", asn_id, app[CLOCK_KEY]())
+    if request.method != "GET":
+        return error(405, call).response()
+    denied = authenticate(request, app[KEYS_KEY].stateset, call)
+    if denied is not None:
+        return denied.response()
+    found = match(asn_id)
+    if found is not None and found.name == "notfound":
+        return OUTCOMES["notfound"](call).response()
+    when = app[STATE_KEY].cancelled.get((NAME, asn_id))
+    asn: dict[str, Any] = {"id": asn_id, "object": "asn", "asn_number": "ASN-2024-00001"}
+    if when is None:
+        return Reply(200, {**asn, "status": "in_transit", "updated_at": iso_z(call.now)}).response()
+    return Reply(200, {**asn, "status": "cancelled", "cancelled_at": iso_z(when)}).response()
+
+
+ROUTES = (("/v1/asns/{id}/cancel", cancel), ("/v1/asns/{id}", retrieve))

@@ -102,12 +102,17 @@ def build_request(
     line: Line | None = None,
     read: Mapping[str, Any] | None = None,
     reading: bool = False,
+    probing: bool = False,
 ) -> UpstreamRequest:
     """The request of one attempt: the cancel (with the values its read gave, ``read``), or,
-    ``reading``, the read the resource makes before it."""
+    ``reading``, the read the resource makes before it, or, ``probing``, its status probe."""
     definition = target.definition
     own = definition.resources[resource_name]
-    resource = own.read_request if reading and own.read_request is not None else own
+    resource = own
+    if reading and own.read_request is not None:
+        resource = own.read_request
+    elif probing and own.probe_request is not None:
+        resource = own.probe_request
     problems: list[tuple[str, str]] = []
     params = merge_params(definition.params, target.params, req.params, problems)
     ctx: dict[str, Any] = {
@@ -196,6 +201,16 @@ class Reader:
             self.target, self.resource, self.req, self._fresh(), self.line, reading=True
         )
 
+    def probe(self) -> UpstreamRequest:
+        return build_request(
+            self.target, self.resource, self.req, self._fresh(), self.line, probing=True
+        )
+
+    @property
+    def reads(self) -> bool:
+        """Does the resource read before it cancels (the other use of a reader: a probe)?"""
+        return self.target.definition.resources[self.resource].read is not None
+
     def cancel(self, values: Mapping[str, Any]) -> UpstreamRequest:
         return build_request(self.target, self.resource, self.req, self._fresh(), self.line, values)
 
@@ -216,8 +231,10 @@ def build_reader(
     now: Callable[[], datetime],
     line: Line | None = None,
 ) -> Reader | None:
-    """The read the resource makes before its cancel, if it makes one."""
-    if target.definition.resources[resource].read is None:
+    """What builds the read the resource makes before its cancel, and its status probe, when
+    it has either."""
+    own = target.definition.resources[resource]
+    if own.read is None and own.probe is None:
         return None
     return Reader(target, resource, req, call, now, line)
 

@@ -21,6 +21,7 @@ from jmespath.parser import ParsedResult
 from gateway.answers import Errors, RetryHint, Rule
 from gateway.definition import ProviderDefinition
 from gateway.errors import ErrorCode, Status, spec
+from gateway.probe_spec import Probe, ProbeKind
 from gateway.redact import REDACTED
 from gateway.translate.wire import UpstreamResponse
 
@@ -47,6 +48,7 @@ class Outcome:
     detail: str | None = None  # the provider's (or the network's) text, after the message
     rule: int | None = None  # the index of the error rule that decided, if one did
     note: str | None = None  # the gateway's word on the attempts (why no more were made)
+    probed: ProbeKind | None = None  # a status probe's answer: what it says of the object
 
     @property
     def retryable(self) -> bool:
@@ -59,10 +61,14 @@ def classify(
     response: UpstreamResponse,
     now: datetime,
     reading: bool = False,
+    probing: bool = False,
 ) -> Outcome:
     """The outcome of a cancel's answer; ``reading``, of the answer to the read made before it
-    (``cancelled`` then means "read": the values are its ``provider_response``)."""
+    (``cancelled`` then means "read": the values are its ``provider_response``); ``probing``,
+    of a status probe's (``probed`` says what it found, or None)."""
     resource = definition.resources[resource_name]
+    if probing and resource.probe is not None:
+        return _probed(resource.probe, response)
     if reading and resource.read_request is not None:
         resource = resource.read_request
     status = response.status
@@ -377,3 +383,29 @@ def without_echo(outcome: Outcome, secrets: list[str]) -> Outcome:
         provider_code=masked(outcome.provider_code),
         provider_response=masked(response),
     )
+
+
+def _probed(probe: Probe, response: UpstreamResponse) -> Outcome:
+    """What a status probe's answer says of the object: ``probed`` is None when it says
+    nothing definite (an error, an answer that is not JSON), which changes nothing."""
+    status = response.status
+    if status in probe.not_found:
+        return Outcome(
+            Status.REJECTED, ErrorCode.NOT_FOUND, provider_status=status, probed="not_found"
+        )
+    body = _parse(response.body)
+    if status not in probe.status or body is _NO_JSON:
+        return Outcome(Status.FAILED, provider_status=status)
+    if _truthy(_search(probe.cancelled, body)):
+        return Outcome(
+            Status.CANCELLED,
+            provider_status=status,
+            cancelled_at=_timestamp(_search(probe.extract.cancelled_at, body)),
+            provider_response=_extract(probe.extract.provider_response, body),
+            probed="cancelled",
+        )
+    if probe.pending is not None and _truthy(_search(probe.pending, body)):
+        return Outcome(Status.FAILED, provider_status=status, probed="pending")
+    if probe.not_cancelled is None or _truthy(_search(probe.not_cancelled, body)):
+        return Outcome(Status.FAILED, provider_status=status, probed="not_cancelled")
+    return Outcome(Status.FAILED, provider_status=status)

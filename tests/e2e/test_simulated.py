@@ -204,6 +204,14 @@ def standard_path(provider: str, object_id: str) -> str:
     }[provider]
 
 
+def probe_path(provider: str, object_id: str) -> str:
+    """Where the status probe of StateSet and Shoplazza reads the object."""
+    return {
+        "stateset": f"/stateset/v1/asns/{object_id}",
+        "shoplazza": f"/shoplazza/demo-shop/openapi/2022-01/procurements/{object_id}",
+    }[provider]
+
+
 def standard_body(provider: str, object_id: str) -> Any:
     """The JSON body each provider gets for ``{"id": object_id, "reason": REASON}``; None: none."""
     if provider == "stateset":
@@ -297,7 +305,8 @@ class Row:
     cancelled_at: str | None = None  # exact, or GATEWAY_TIME
     provider_response: dict[str, Any] | None = None
     attempts: int = 1
-    sent: int = 1  # requests the simulated provider received
+    sent: int = 1  # cancel requests the simulated provider received
+    probes: int = 0  # status probes (StateSet and Shoplazza document one) after unknown outcomes
     timeout_s: float = 2.0
     bug: str | None = None  # a known defect: the row is expected to fail until it is fixed
 
@@ -310,13 +319,13 @@ def ok(
     provider_response: dict[str, Any],
     **more: Any,
 ) -> Row:
+    more.setdefault("upstream_status", 200)
     return Row(
         scenario,
         provider,
         object_id,
         200,
         "cancelled",
-        upstream_status=200,
         cancelled_at=cancelled_at,
         provider_response=provider_response,
         **more,
@@ -372,9 +381,9 @@ ROWS: list[Row] = [
     err("unauthorized", SL, "unauthorized-1", 502, "failed", "provider_auth_failed", "store is not active", 401, False),
     err("unauthorized", RX, "unauthorized-1", 502, "failed", "provider_auth_failed", "Unauthorized", 401, False),
     # err500
-    err("err500", SS, "err500-1", 502, "failed", "provider_error", "internal_error", 500, True),
+    err("err500", SS, "err500-1", 502, "failed", "provider_error", "internal_error", 500, True, probes=1),
     err("err500", SH, "err500-1", 502, "failed", "provider_error", "803", 500, True),
-    err("err500", SL, "err500-1", 502, "failed", "provider_error", "Internal Server Error", 500, True),
+    err("err500", SL, "err500-1", 502, "failed", "provider_error", "Internal Server Error", 500, True, probes=1),
     err("err500", RX, "err500-1", 502, "failed", "provider_error", "Internal Server Error", 500, True),
     # StateSet only
     err("received409", SS, "received409-1", 409, "rejected", "not_cancellable", "ASN_ALREADY_RECEIVED", 409, False),
@@ -414,11 +423,11 @@ ROWS: list[Row] = [
     ok("slow", RX, "slow-50", GATEWAY_TIME, rx_response("slow-50"), timeout_s=SLOW_BUDGET_S),
     # flaky503 (503 twice, then the usual answer): repeated within the budget, the third
     # attempt cancels; 503 five times outlasts the three attempts.
-    ok("flaky503", SS, "flaky503-a", NOW_TEXT, SS_RESPONSE, attempts=3, sent=3),
+    ok("flaky503", SS, "flaky503-a", NOW_TEXT, SS_RESPONSE, attempts=3, sent=3, probes=2),
     ok("flaky503", SH, "flaky503-a", GATEWAY_TIME, SH_RESPONSE, attempts=3, sent=3),
-    ok("flaky503", SL, "flaky503-a", NOW_TEXT, SL_RESPONSE, attempts=3, sent=3),
+    ok("flaky503", SL, "flaky503-a", NOW_TEXT, SL_RESPONSE, attempts=3, sent=3, probes=2),
     ok("flaky503", RX, "flaky503-a", GATEWAY_TIME, rx_response("flaky503-a"), attempts=3, sent=3),
-    err("flaky503", SS, "flaky503x5-a", 502, "failed", "provider_error", "service_unavailable", 503, True, attempts=3, sent=3),
+    err("flaky503", SS, "flaky503x5-a", 502, "failed", "provider_error", "service_unavailable", 503, True, attempts=3, sent=3, probes=3),
     err("flaky503", RX, "flaky503x5-a", 502, "failed", "provider_error", "Service Unavailable", 503, True, attempts=3, sent=3),
     # ratelimit (429 with Retry-After: 1 once): repeated after a second, within the budget
     ok("ratelimit", SS, "ratelimit-a", NOW_TEXT, SS_RESPONSE, attempts=2, sent=2),
@@ -431,15 +440,26 @@ ROWS: list[Row] = [
     err("ratelimit-always", SH, "ratelimit-always-1", 429, "failed", "rate_limited", "Too Many Requests", 429, True, retry_after_s=120),
     err("ratelimit-always", SL, "ratelimit-always-1", 429, "failed", "rate_limited", "Too Many Requests", 429, True, retry_after_s=120),
     err("ratelimit-always", RX, "ratelimit-always-1", 429, "failed", "rate_limited", "Too Many Requests", 429, True, retry_after_s=120),
+    # lostanswer / lostreset: the cancel is applied and its answer lost; StateSet and Shoplazza
+    # probe the object and find it cancelled (one cancel sent); Shipper and RxUniverse document
+    # no probe: a timeout uses the budget up, a reset is repeated (safe) and resets again.
+    ok("lostanswer", SS, "lostanswer-a", NOW_TEXT, {"asn_number": "ASN-2024-00001"}, upstream_status=None, probes=1),
+    ok("lostanswer", SL, "lostanswer-a", NOW_TEXT, {"procurement_sn": "00000002", "state": 4}, upstream_status=None, probes=1),
+    err("lostanswer", SH, "lostanswer-a", 504, "failed", "provider_timeout", None, None, True),
+    err("lostanswer", RX, "lostanswer-a", 504, "failed", "provider_timeout", None, None, True),
+    ok("lostreset", SS, "lostreset-1", NOW_TEXT, {"asn_number": "ASN-2024-00001"}, upstream_status=None, probes=1),
+    ok("lostreset", SL, "lostreset-1", NOW_TEXT, {"procurement_sn": "00000002", "state": 4}, upstream_status=None, probes=1),
+    err("lostreset", SH, "lostreset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3),
+    err("lostreset", RX, "lostreset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3),
     # reset: no HTTP answer at all; every built-in operation is safe to repeat, so three attempts
-    err("reset", SS, "reset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3),
+    err("reset", SS, "reset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3, probes=3),
     err("reset", SH, "reset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3),
-    err("reset", SL, "reset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3),
+    err("reset", SL, "reset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3, probes=3),
     err("reset", RX, "reset-1", 502, "failed", "provider_error", None, None, True, attempts=3, sent=3),
     # html: a 502 whatever its body, repeated like any 502
-    err("html", SS, "html-1", 502, "failed", "provider_error", None, 502, True, attempts=3, sent=3),
+    err("html", SS, "html-1", 502, "failed", "provider_error", None, 502, True, attempts=3, sent=3, probes=3),
     err("html", SH, "html-1", 502, "failed", "provider_error", None, 502, True, attempts=3, sent=3),
-    err("html", SL, "html-1", 502, "failed", "provider_error", None, 502, True, attempts=3, sent=3),
+    err("html", SL, "html-1", 502, "failed", "provider_error", None, 502, True, attempts=3, sent=3, probes=3),
     err("html", RX, "html-1", 502, "failed", "provider_error", None, 502, True, attempts=3, sent=3),
     # nonjson / empty: a 2xx that does not confirm the cancellation
     err("nonjson", SS, "nonjson-1", 502, "failed", "provider_bad_response", None, 200, True),
@@ -451,9 +471,9 @@ ROWS: list[Row] = [
     err("empty", SL, "empty-1", 502, "failed", "provider_bad_response", None, 200, True),
     err("empty", RX, "empty-1", 502, "failed", "provider_bad_response", None, 200, True),
     # oversized: refused before the body is read, so no status is kept
-    err("oversized", SS, "oversized-1", 502, "failed", "provider_bad_response", None, None, True),
+    err("oversized", SS, "oversized-1", 502, "failed", "provider_bad_response", None, None, True, probes=1),
     err("oversized", SH, "oversized-1", 502, "failed", "provider_bad_response", None, None, True),
-    err("oversized", SL, "oversized-1", 502, "failed", "provider_bad_response", None, None, True),
+    err("oversized", SL, "oversized-1", 502, "failed", "provider_bad_response", None, None, True, probes=1),
     err("oversized", RX, "oversized-1", 502, "failed", "provider_bad_response", None, None, True),
     # redirect: never followed
     err("redirect", SS, "redirect-1", 502, "failed", "provider_bad_response", None, 302, True),
@@ -535,14 +555,21 @@ async def test_scenario(make_gateway: GatewayFactory, simulator: Simulator, row:
     assert upstream["url"] == simulator.url + path
     assert upstream["status"] == row.upstream_status
     assert upstream["attempts"] == row.attempts
+    assert upstream["probes"] == row.probes
     check_no_secret(result)
 
-    assert len(gateway.events("upstream.request")) == row.attempts
+    assert len(gateway.events("upstream.request")) == row.attempts + row.probes
+    assert len(gateway.events("upstream.probe")) == row.probes
     (completed,) = gateway.events("cancellation.completed")
     assert (completed["status"], completed["error_code"]) == (row.status, row.code)
 
-    journal = simulator.journal
-    assert len(journal) == row.sent, [(e.method, e.path) for e in journal]
+    journal = [entry for entry in simulator.journal if entry.method != "GET"]
+    probes = [entry for entry in simulator.journal if entry.method == "GET"]
+    assert len(journal) == row.sent, [(e.method, e.path) for e in simulator.journal]
+    if row.probes:
+        wanted = probe_path(row.provider, row.object_id)
+        assert [entry.path for entry in probes] == [wanted] * row.probes
+    assert len(probes) == row.probes
     for entry in journal:
         check_sent(
             entry, row.provider, path, standard_body(row.provider, row.object_id), request_id
@@ -755,7 +782,8 @@ async def test_stateset_idempotency_key_is_stable_for_the_callers_key(
         result = await gateway.cancel(request, headers={"Idempotency-Key": caller_key})
         assert result.status == 502, result.body
         assert result.body["error"]["code"] == "provider_error"
-    keys = [lower(entry.headers)["idempotency-key"] for entry in simulator.journal]
+    cancels = [entry for entry in simulator.journal if entry.method != "GET"]  # not probes
+    keys = [lower(entry.headers)["idempotency-key"] for entry in cancels]
     assert len(keys) == 3  # one attempt each: a 500 is not among the statuses ever repeated
     assert keys[0] == keys[1]
     assert keys[2] != keys[0]
@@ -771,7 +799,8 @@ async def test_stateset_idempotency_key_differs_per_cancellation_without_callers
             {"connection": "stateset-main", "id": object_id, "reason": REASON}
         )
         assert result.status == 200, result.body
-    first, second = (lower(entry.headers)["idempotency-key"] for entry in simulator.journal)
+    cancels = [entry for entry in simulator.journal if entry.method != "GET"]
+    first, second = (lower(entry.headers)["idempotency-key"] for entry in cancels)
     assert first
     assert second
     assert first != second
@@ -794,7 +823,11 @@ async def test_callers_retry_gets_through_after_a_long_outage(
     assert second.body["status"] == "cancelled"
     assert second.body["upstream"]["status"] == 200
     assert second.body["upstream"]["attempts"] == 2
-    assert len(simulator.journal) == 5
+    cancels = [entry for entry in simulator.journal if entry.method != "GET"]
+    assert len(cancels) == 5
+    # StateSet and Shoplazza read the object after each 503 (4 of them): it was not cancelled.
+    probes = first.body["upstream"]["probes"] + second.body["upstream"]["probes"]
+    assert probes == (4 if provider in (SS, SL) else 0)
 
 
 @pytest.mark.parametrize("code", [301, 303, 307, 308])

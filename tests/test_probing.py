@@ -1,0 +1,124 @@
+"""Status probes on a fake transport and clock (CONTRACT §10): after an attempt whose fate is
+unknown, the object is read before anything is repeated; the budget keeps a share for it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.definition import ProviderDefinition
+from gateway.errors import ErrorCode
+from gateway.translate.wire import UpstreamRequest, UpstreamResponse
+from gateway.upstream import UpstreamFailure
+from tests.fakes import BASE_CONFIG, Kit, make_kit, response
+from tests.test_cancel import cancel
+
+PROBED = """
+name: probed
+credentials: {token: {}}
+auth: {header: X-Token, value: "{credentials.token}"}
+resources:
+  order:
+    method: POST
+    path: /orders/{id}/cancel
+    retry_safe: false
+    success: {when: "state == 'cancelled'"}
+    probe:
+      path: /orders/{id}
+      cancelled: "state == 'cancelled'"
+      pending: "state == 'cancelling'"
+      not_cancelled: "state == 'open'"
+      extract: {cancelled_at: changed_at, provider_response: {state: state}}
+"""
+CONFIG = BASE_CONFIG.replace("callers:", "providers: [probed.yaml]\ncallers:", 1) + (
+    "  probed:\n    provider: probed\n    base_url: ${UPSTREAM}/p\n"
+    "    credentials: {token: probed-token-0123}\n    timeout_s: 5\n"
+)
+REQUEST = {"connection": "probed", "id": "o-1"}
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Kit:
+    return make_kit(tmp_path, CONFIG, files={"probed.yaml": PROBED})
+
+
+def lost(request: UpstreamRequest, timeout_s: float, connect_s: float) -> Any:
+    raise UpstreamFailure(ErrorCode.PROVIDER_TIMEOUT, "no answer in time", sent=True)
+
+
+def calls(kit: Kit) -> list[tuple[str, str]]:
+    return [(s.method, s.url.rsplit("/p", 1)[1]) for s in kit.transport.sent]
+
+
+async def test_a_lost_answer_is_settled_by_the_probe_and_nothing_is_sent_again(kit: Kit):
+    kit.transport.answer(
+        lost, response(200, {"state": "cancelled", "changed_at": "2026-01-02T03:04:05Z"})
+    )
+    result = await cancel(kit, REQUEST)
+    assert (result.http_status, result.body["status"]) == (200, "cancelled"), result.body
+    assert result.body["cancelled_at"] == "2026-01-02T03:04:05Z"
+    assert result.body["provider_response"] == {"state": "cancelled"}
+    assert (result.body["upstream"]["attempts"], result.body["upstream"]["probes"]) == (1, 1)
+    assert calls(kit) == [("POST", "/orders/o-1/cancel"), ("GET", "/orders/o-1")]
+    # The attempt left a fifth of the 5 s budget (1 s) for the probe.
+    assert kit.transport.sent[0].timeout_s == pytest.approx(4.0)
+
+
+async def test_not_cancelled_allows_a_repeat_of_what_is_not_safe_to_repeat(kit: Kit):
+    kit.transport.answer(
+        lost, response(200, {"state": "open"}), response(200, {"state": "cancelled"})
+    )
+    result = await cancel(kit, REQUEST)
+    assert (result.http_status, result.body["status"]) == (200, "cancelled"), result.body
+    assert calls(kit) == [
+        ("POST", "/orders/o-1/cancel"),
+        ("GET", "/orders/o-1"),
+        ("POST", "/orders/o-1/cancel"),
+    ]
+    assert (result.body["upstream"]["attempts"], result.body["upstream"]["probes"]) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        response(200, {"state": "cancelling"}),  # pending: still the provider's to finish
+        response(404, {"error": "no such order"}),  # not found
+        response(500, {"error": "down"}),  # says nothing
+    ],
+)
+async def test_anything_else_leaves_the_outcome_unknown_and_unrepeated(
+    kit: Kit, answer: UpstreamResponse
+):
+    kit.transport.answer(lost, answer)
+    result = await cancel(kit, REQUEST)
+    assert (result.http_status, result.body["error"]["code"]) == (504, "provider_timeout")
+    assert [method for method, _ in calls(kit)] == ["POST", "GET"]
+    assert result.body["upstream"]["probes"] == 1
+
+
+async def test_a_definite_answer_needs_no_probe(kit: Kit):
+    kit.transport.answer(response(409, {"error": "shipped"}))
+    result = await cancel(kit, REQUEST)
+    assert result.body["error"]["code"] == "not_cancellable"
+    assert calls(kit) == [("POST", "/orders/o-1/cancel")]
+    assert result.body["upstream"]["probes"] == 0
+
+
+def test_a_probe_names_only_what_a_request_may() -> None:
+    import yaml
+
+    data = yaml.safe_load(PROBED)
+    data["base_url"] = "https://api.example"
+    bad = copy.deepcopy(data)
+    bad["resources"]["order"]["probe"]["path"] = "/orders/{job_id}"
+    with pytest.raises(ValidationError, match="job_id"):
+        ProviderDefinition.model_validate(bad)
+    lines = copy.deepcopy(data)
+    lines["resources"]["order"]["probe"]["path"] = "/orders/{item.id}"
+    with pytest.raises(ValidationError, match="belong in a resource's request"):
+        ProviderDefinition.model_validate(lines)
+    assert ProviderDefinition.model_validate(data).resources["order"].probe is not None
