@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from gateway.api import CONFIG
 from gateway.app import gateway_app
 from gateway.cancel import Canceller
 from gateway.definition import ProviderDefinition
+from gateway.demo_text import demo_banner
 from gateway.envelope import gateway_envelope
 from gateway.errors import GatewayError
 from gateway.inbound import RequestInfo
@@ -39,12 +39,6 @@ DEFAULT_CONFIG = "config/gateway.yaml"
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 DEMO_CALLER_KEY = "demo-caller-key-0123456789"  # printed by the demo: not a secret
-DEMO_REQUESTS = [
-    {"connection": "stateset-demo", "id": "asn_demo_1", "reason": "Supplier delay"},
-    {"connection": "shipper-demo", "id": "SO-DEMO-1", "reason": "Cancelled from marketplace"},
-    {"connection": "shoplazza-demo", "id": "382451985837728044"},
-    {"connection": "rxuniverse-demo", "id": "72544", "reason": "customer request"},
-]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,30 +364,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log_stopped(log, runtime.version)
     print("demo stopped", flush=True)
     return 0
-
-
-def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
-    lines = [
-        "cancel-gateway demo",
-        f"  gateway     {gateway_url}",
-        f"  simulators  {simulator_url}",
-        f"  caller key  {key}",
-        "",
-        "Paste one of these; each answers a `cancelled` envelope (pasted again, StateSet and",
-        "RxUniverse answer `already_cancelled`):",
-    ]
-    for request in DEMO_REQUESTS:
-        body = json.dumps(request, separators=(",", ":"))
-        lines.append(
-            f"curl -s -X POST {gateway_url}/v1/cancellations "
-            f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{body}'"
-        )
-    lines += [
-        "",
-        "Ids choose simulator scenarios (notfound-1, slow-3000, flaky503x2-1, ...): see README.",
-        "Ctrl-C stops everything.",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,13 @@ class Metrics:
             ["connection", "reason"],
             registry=registry,
         )
+        self._probes = Counter(
+            "cancel_gateway_upstream_probes",
+            "Status probes after an unknown outcome, by what they found (cancelled, "
+            "not_cancelled, not_found, pending, unknown).",
+            ["connection", "result"],
+            registry=registry,
+        )
         self._budget_exhausted = Counter(
             "cancel_gateway_retry_budget_exhausted",
             "Retries refused because the connection's retry budget was spent.",
@@ -223,6 +230,9 @@ class Metrics:
 
     def retried(self, connection: str, reason: str) -> None:
         self._retries.labels(connection, reason).inc()
+
+    def probed(self, connection: str, result: str) -> None:
+        self._probes.labels(connection, result).inc()
 
     def retry_budget_exhausted(self, connection: str) -> None:
         self._budget_exhausted.labels(connection).inc()

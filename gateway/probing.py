@@ -10,15 +10,21 @@ from dataclasses import replace
 
 from structlog.typing import FilteringBoundLogger
 
-from gateway.errors import GatewayError
+from gateway.errors import ErrorCode, GatewayError
 from gateway.outbound import MIN_ATTEMPT_S, Outbound, Tried
-from gateway.translate.classify import Outcome
 from gateway.translate.wire import UpstreamRequest
 
 # What an attempt of a resource with a probe leaves of the budget for it: a fifth of the
 # connection's timeout_s, at least half a second.
 PROBE_SHARE = 0.2
 PROBE_MIN_S = 0.5
+# The least a repeat that leaves a probe its share must have for itself.
+USEFUL_ATTEMPT_S = 0.1
+
+# What an attempt ends with when its fate is unknown: no answer, or one that says nothing.
+_UNKNOWN = frozenset(
+    {ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_ERROR, ErrorCode.PROVIDER_BAD_RESPONSE}
+)
 
 Exchange = Callable[
     [Outbound, float, int, FilteringBoundLogger, UpstreamRequest | None], Awaitable[Tried]
@@ -41,7 +47,14 @@ def unknown(outbound: Outbound, tried: Tried) -> bool:
         or outbound.target.definition.resources[outbound.resource].probe is None
     ):
         return False
-    return tried.sent and (tried.status is None or tried.status >= 500) and not tried.final
+    outcome = tried.outcome
+    return (
+        tried.sent
+        and not tried.final
+        and (tried.status is None or tried.status >= 500)
+        and outcome.rule is None  # a rule that read the answer knows what happened
+        and outcome.code in _UNKNOWN
+    )
 
 
 async def probe(
@@ -51,9 +64,9 @@ async def probe(
     now: Callable[[], float],
     attempt: int,
     log: FilteringBoundLogger,
-) -> Outcome | None:
-    """The probe's answer (``probed`` says what it found), or None when no probe could be
-    made (no time left, a request that cannot be built)."""
+) -> Tried | None:
+    """How the probe ended (its outcome's ``probed`` says what it found), or None when no
+    probe could be made (no time left, a request that cannot be built)."""
     assert outbound.reader is not None
     if deadline - now() < MIN_ATTEMPT_S:
         log.info("upstream.probe_skipped", attempt=attempt, reason="no_time_left")
@@ -67,4 +80,4 @@ async def probe(
     tried = await exchange(probing, deadline, attempt, log, request)
     found = tried.outcome.probed
     log.info("upstream.probe", attempt=attempt, result=found or "unknown", status=tried.status)
-    return tried.outcome
+    return tried

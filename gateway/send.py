@@ -15,7 +15,7 @@ from gateway.auth_schemes import TokenAuth
 from gateway.errors import ErrorCode, GatewayError, Status, spec
 from gateway.models import UpstreamInfo
 from gateway.outbound import MIN_ATTEMPT_S, Outbound, Tried
-from gateway.probing import kept_for_probe, probe, unknown
+from gateway.probing import USEFUL_ATTEMPT_S, kept_for_probe, probe, unknown
 from gateway.resilience import Guards, backoff_s, retry_reason
 from gateway.services import Services
 from gateway.tokens import TokenFailure
@@ -80,13 +80,16 @@ class Sender:
             attempts += 1
             outcome = tried.outcome
             safe_now = retry_safe  # a probe that finds the object not cancelled makes it so
-            if unknown(outbound, tried):
+            if unknown(outbound, tried) and await self._probe_admitted(guards, deadline):
                 now = self._clock.monotonic
                 probed = await probe(self._exchange, outbound, deadline, now, attempts, log)
-                probes += probed is not None
-                if probed is not None and probed.probed == "cancelled":
-                    outcome = probed
-                elif probed is not None and probed.probed == "not_cancelled":
+                found = probed.outcome.probed if probed is not None else None
+                if probed is not None and probed.sent:  # counted when it may have gone out
+                    probes += 1
+                    self._metrics.probed(connection, found or "unknown")
+                if found == "cancelled" and probed is not None:
+                    outcome = probed.outcome
+                elif found == "not_cancelled":
                     safe_now = True
             progress(
                 UpstreamInfo(
@@ -121,6 +124,16 @@ class Sender:
                 break
             await self._clock.sleep(delay)
         return outcome
+
+    async def _probe_admitted(self, guards: Guards, deadline: float) -> bool:
+        """A probe is a request like any: it waits for the connection's rate limit (within
+        the budget), or is not made."""
+        if guards.bucket is None:
+            return True
+        granted, wait = guards.bucket.reserve(deadline - self._clock.monotonic())
+        if granted and wait > 0:
+            await self._clock.sleep(wait)
+        return granted
 
     async def _attempt(
         self,
@@ -292,7 +305,8 @@ class Sender:
         if signature is not None:  # a secret made for this request: no redactor knows it
             sent = sent_value(signature, request)
             outcome = without_echo(outcome, [sent]) if sent else outcome
-        self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
+        if not outbound.probing:  # a probe has its own count (probed)
+            self._metrics.attempt_finished(target.name, provider, response.status, None, latency)
         code = outcome.code.value if outcome.code else None
         span.finish(http_status=response.status, outcome=outcome.status.value, code=code)
         failed = response.status >= 500
@@ -398,7 +412,11 @@ class Sender:
         # A provider's Retry-After (a 429's, a 503's) is its word on when to come back.
         given = tried.outcome.retry_after_s
         delay = given if given is not None else backoff_s(attempts, retry, self._rand)
-        if delay >= deadline - self._clock.monotonic():
+        # A repeat of a resource with a probe must leave its probe's share too, and be worth
+        # sending (an attempt with a few milliseconds could only end unknown).
+        kept = kept_for_probe(outbound)
+        needed = delay + (kept + USEFUL_ATTEMPT_S if kept else 0.0)
+        if needed >= deadline - self._clock.monotonic():
             if given is not None:
                 return (
                     None,

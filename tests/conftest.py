@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import re
 import socket
 import subprocess
 import textwrap
@@ -148,6 +149,10 @@ class Answer:
     until: asyncio.Event | None = None
 
 
+# The built-in status probes' paths: StateSet's ASN, Shoplazza's procurement.
+PROBE_PATH = re.compile(r"/v1/asns/[^/]+$|/procurements/[^/]+$")
+
+
 class Upstream:
     """A real HTTP server on loopback that records each request and answers as told."""
 
@@ -204,7 +209,7 @@ class Upstream:
             hold.set()
 
     async def handle(self, request: web.Request) -> web.Response:
-        if request.method == "GET":
+        if request.method == "GET" and PROBE_PATH.search(request.path):
             # A status probe (StateSet's and Shoplazza's read the object): kept apart from the
             # cancels, answered 404 (which settles nothing) unless a test queues answers.
             self.probes.append(request.raw_path)

@@ -372,6 +372,7 @@ def test_exposition_declares_every_family_with_its_type():
         "cancel_gateway_upstream_latency_seconds": "histogram",
         "cancel_gateway_upstream_retries": "counter",
         "cancel_gateway_retry_budget_exhausted": "counter",
+        "cancel_gateway_upstream_probes": "counter",
         "cancel_gateway_upstream_refusals": "counter",
         "cancel_gateway_breaker_state": "gauge",
         "cancel_gateway_unmapped_errors": "counter",

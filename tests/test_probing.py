@@ -16,6 +16,7 @@ from gateway.translate.wire import UpstreamRequest, UpstreamResponse
 from gateway.upstream import UpstreamFailure
 from tests.fakes import BASE_CONFIG, Kit, make_kit, response
 from tests.test_cancel import cancel
+from tests.test_metrics import value
 
 PROBED = """
 name: probed
@@ -66,6 +67,10 @@ async def test_a_lost_answer_is_settled_by_the_probe_and_nothing_is_sent_again(k
     assert calls(kit) == [("POST", "/orders/o-1/cancel"), ("GET", "/orders/o-1")]
     # The attempt left a fifth of the 5 s budget (1 s) for the probe.
     assert kit.transport.sent[0].timeout_s == pytest.approx(4.0)
+    probes = "cancel_gateway_upstream_probes_total"
+    assert value(kit.services.metrics, probes, connection="probed", result="cancelled") == 1
+    [logged] = kit.events("upstream.probe")
+    assert logged["result"] == "cancelled"
 
 
 async def test_not_cancelled_allows_a_repeat_of_what_is_not_safe_to_repeat(kit: Kit):
@@ -122,3 +127,29 @@ def test_a_probe_names_only_what_a_request_may() -> None:
     with pytest.raises(ValidationError, match="belong in a resource's request"):
         ProviderDefinition.model_validate(lines)
     assert ProviderDefinition.model_validate(data).resources["order"].probe is not None
+
+
+async def test_a_repeat_is_made_only_with_its_probes_share_of_the_budget_left(kit: Kit):
+    """The first attempt used 3.95 s of 5: what is left (1.05 s) holds the probe's share (1 s)
+    but not a repeat worth sending (0.1 s at least) and its own share: the probe's
+    `not_cancelled` is not acted on."""
+
+    def slow_and_lost(request: UpstreamRequest, timeout_s: float, connect_s: float) -> Any:
+        kit.clock.advance(3.95)
+        raise UpstreamFailure(ErrorCode.PROVIDER_TIMEOUT, "no answer in time", sent=True)
+
+    kit.transport.answer(slow_and_lost, response(200, {"state": "open"}))
+    result = await cancel(kit, REQUEST)
+    assert result.body["error"]["code"] == "provider_timeout"
+    assert "would not fit in the budget" in result.body["error"]["message"]
+    assert [method for method, _ in calls(kit)] == ["POST", "GET"]
+
+
+async def test_a_probe_waits_for_the_connections_rate_limit(tmp_path: Path):
+    """A probe is a request to the provider like any: it takes its turn in the rate limit."""
+    limited = CONFIG + "    limits: {rate_per_s: 1, burst: 1}\n"
+    kit = make_kit(tmp_path, limited, files={"probed.yaml": PROBED})
+    kit.transport.answer(lost, response(200, {"state": "cancelled"}))
+    result = await cancel(kit, REQUEST)
+    assert result.body["status"] == "cancelled"
+    assert kit.clock.sleeps and kit.clock.sleeps[0] == pytest.approx(1.0)  # the probe's turn

@@ -214,10 +214,9 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     if found is not None and found.name == "notfound":
         return OUTCOMES["notfound"](call).response()
     when = app[STATE_KEY].cancelled.get((NAME, asn_id))
-    asn: dict[str, Any] = {"id": asn_id, "object": "asn", "asn_number": "ASN-2024-00001"}
-    if when is None:
-        return Reply(200, {**asn, "status": "in_transit", "updated_at": iso_z(call.now)}).response()
-    return Reply(200, {**asn, "status": "cancelled", "cancelled_at": iso_z(when)}).response()
+    status = "in_transit" if when is None else "cancelled"
+    asn = {"id": asn_id, "asn_number": "ASN-2024-00001", "status": status}
+    return Reply(200, {**asn, "updated_at": iso_z(when or call.now)}).response()
 
 
 ROUTES = (("/v1/asns/{id}/cancel", cancel), ("/v1/asns/{id}", retrieve))

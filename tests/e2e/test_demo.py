@@ -99,7 +99,7 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
         assert f"  gateway     {gateway_url}" in banner
         key = next(line.split()[-1] for line in banner if line.startswith("  caller key"))
         curls = [Curl.parse(line) for line in banner if line.startswith("curl ")]
-        assert len(curls) == 4
+        assert len(curls) == 5  # one per provider, then the lost answer a probe settles
 
         envelopes: list[dict[str, Any]] = []
         async with aiohttp.ClientSession() as session:
@@ -121,8 +121,12 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
         stdout, stderr = await stop(process, signal.SIGINT)
 
     assert process.returncode == 0, stderr
-    assert [e["provider"] for e in envelopes] == ["stateset", "shipper", "shoplazza", "rxuniverse"]
+    providers = ["stateset", "shipper", "shoplazza", "rxuniverse", "stateset"]
+    assert [e["provider"] for e in envelopes] == providers
     assert {e["status"] for e in envelopes} == {"cancelled"}
+    lost = envelopes[-1]
+    assert (lost["resource_id"], lost["upstream"]["probes"]) == ("lostanswer-demo", 1)
+    assert lost["upstream"]["status"] is None  # the cancel's answer never came
     for envelope in envelopes:
         assert envelope["upstream"]["url"].startswith("http://127.0.0.1:")
         assert envelope["upstream"]["attempts"] == 1
@@ -132,8 +136,8 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
     assert stdout.strip().splitlines()[-1] == "demo stopped"
     # The logs went to stderr, one JSON object per line, so stdout stays readable.
     completed = [e for e in _json_lines(stderr) if e["event"] == "cancellation.completed"]
-    assert [e["status"] for e in completed] == ["cancelled"] * 4 + ["already_cancelled"]
-    assert len({e["request_id"] for e in completed}) == 5
+    assert [e["status"] for e in completed] == ["cancelled"] * 5 + ["already_cancelled"]
+    assert len({e["request_id"] for e in completed}) == 6
 
 
 async def test_demo_on_a_taken_port_says_so_and_exits_1() -> None:

@@ -95,6 +95,38 @@ async def test_stateset_post_is_repeated_with_the_same_idempotency_key(
     assert keys[0] == keys[1]
 
 
+async def test_a_502_whose_cancel_was_applied_is_settled_by_the_probe(
+    make_gateway: GatewayFactory, upstream: Upstream
+):
+    """StateSet answers 502 after applying the cancel: before repeating, the gateway reads the
+    ASN (its documented probe), finds it cancelled and sends nothing more."""
+    gateway = await make_gateway(
+        config("retry: {backoff_base_s: 0.01}", "stateset-main"), upstream_url=upstream.url
+    )
+    upstream.answer(502, {"error": {"type": "api_error", "message": "bad gateway"}})
+    asn = {"id": "asn_1", "asn_number": "ASN-1", "status": "cancelled", "updated_at": "x"}
+    upstream.probe_answers.append((200, asn))
+    result = await gateway.cancel({"connection": "stateset-main", "id": "asn_1", "reason": "r"})
+    assert (result.status, result.body["status"]) == (200, "cancelled"), result.body
+    assert (result.body["upstream"]["attempts"], result.body["upstream"]["probes"]) == (1, 1)
+    assert result.body["provider_response"] == {"asn_number": "ASN-1"}
+    assert len(upstream.received) == 1
+    assert upstream.probes == ["/stateset/v1/asns/asn_1"]
+
+
+async def test_a_503_a_rule_reads_is_not_probed(make_gateway: GatewayFactory, upstream: Upstream):
+    """A 5xx whose body a rule classifies (StateSet's rate limit in a 503) is known: no probe."""
+    gateway = await make_gateway(
+        config("retry: {max_attempts: 1}", "stateset-main"), upstream_url=upstream.url
+    )
+    body = {"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "m"}}
+    upstream.answer(503, body)
+    result = await gateway.cancel({"connection": "stateset-main", "id": "asn_1", "reason": "r"})
+    assert result.body["status"] == "failed"
+    assert result.body["upstream"]["probes"] == 0
+    assert upstream.probes == []
+
+
 async def _plain_post_gateway(make_gateway: GatewayFactory, tmp_path: Path, url: str) -> Any:
     (tmp_path / "plainpost.yaml").write_text(PLAIN_POST)
     text = BASE_CONFIG.replace("callers:", "providers: [plainpost.yaml]\ncallers:", 1)

@@ -1,0 +1,44 @@
+"""What the demo prints: where everything listens, and requests to paste."""
+
+from __future__ import annotations
+
+import json
+
+DEMO_REQUESTS = [
+    {"connection": "stateset-demo", "id": "asn_demo_1", "reason": "Supplier delay"},
+    {"connection": "shipper-demo", "id": "SO-DEMO-1", "reason": "Cancelled from marketplace"},
+    {"connection": "shoplazza-demo", "id": "382451985837728044"},
+    {"connection": "rxuniverse-demo", "id": "72544", "reason": "customer request"},
+]
+# The simulator applies it, then holds the answer past the connection's budget.
+LOST_ANSWER = {"connection": "stateset-demo", "id": "lostanswer-demo", "reason": "Supplier delay"}
+
+
+def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
+    lines = [
+        "cancel-gateway demo",
+        f"  gateway     {gateway_url}",
+        f"  simulators  {simulator_url}",
+        f"  caller key  {key}",
+        "",
+        "Paste one of these; each answers a `cancelled` envelope (pasted again, StateSet and",
+        "RxUniverse answer `already_cancelled`):",
+    ]
+    for request in DEMO_REQUESTS:
+        body = json.dumps(request, separators=(",", ":"))
+        lines.append(
+            f"curl -s -X POST {gateway_url}/v1/cancellations "
+            f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{body}'"
+        )
+    lost = json.dumps(LOST_ANSWER, separators=(",", ":"))
+    lines += [
+        "",
+        "A cancel applied whose answer is lost: after 4 s without an answer the gateway reads",
+        "the ASN (a status probe), finds it cancelled and answers `cancelled` with probes 1:",
+        f"curl -s -X POST {gateway_url}/v1/cancellations "
+        f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{lost}'",
+        "",
+        "Ids choose simulator scenarios (notfound-1, slow-3000, flaky503x2-1, ...): see README.",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
