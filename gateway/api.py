@@ -15,6 +15,7 @@ from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.inbound import Decoded, RequestInfo, check_idempotency_key, json_body
+from gateway.ledger_api import ledger_page
 from gateway.live import Live, LiveConfig
 from gateway.metrics import CONTENT_TYPE
 from gateway.models import (
@@ -46,6 +47,7 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/cancellations", create_cancellation)
+    app.router.add_get("/v1/cancellations", list_cancellations)
     app.router.add_post("/v1/cancellations/batch", create_batch)
     # Not "batch": that path is POST only, and a GET on it must say so (405, Allow: POST).
     app.router.add_get("/v1/cancellations/{cancellation_id:(?!batch$)[^/]+}", get_cancellation)
@@ -204,6 +206,11 @@ async def get_cancellation(request: web.Request) -> web.Response:
             retry_after_s=1,
         )
     return web.Response(body=entry.envelope, content_type="application/json")
+
+
+async def list_cancellations(request: web.Request) -> web.Response:
+    """The caller's final cancellations (every caller's for an admin), newest first."""
+    return await ledger_page(request.query, request[CALLER], request.app[SERVICES])
 
 
 async def reload_config(request: web.Request) -> web.Response:

@@ -271,6 +271,15 @@ class BatchResponse(BaseModel):
     trace_id: str
 
 
+class CancellationList(BaseModel):
+    """``GET /v1/cancellations``: one page of final cancellations, newest first."""
+
+    items: list[Envelope]
+    next_cursor: str | None = Field(
+        description="Give it as `cursor` for the next page; null on the last page."
+    )
+
+
 class ParamInfo(BaseModel):
     type: str
     required: bool

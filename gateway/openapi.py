@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway import __version__
-from gateway.errors import SPECS
+from gateway.errors import SPECS, Status
+from gateway.ledger_api import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.loader import load_providers
 from gateway.models import (
     CANCELLATION_ID,
@@ -26,6 +27,7 @@ from gateway.models import (
     MAX_IDEMPOTENCY_KEY,
     BatchRequest,
     BatchResponse,
+    CancellationList,
     CancelRequest,
     Connections,
     Envelope,
@@ -43,6 +45,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (Envelope, "serialization"),
     (Preview, "serialization"),
     (BatchResponse, "serialization"),
+    (CancellationList, "serialization"),
     (Connections, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
@@ -93,6 +96,53 @@ _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     },
     405: {"Allow": _header("The methods the path takes.", {"type": "string"}, required=True)},
 }
+
+
+def _list_operation() -> dict[str, Any]:
+    """``GET /v1/cancellations``: its filters, each given at most once (else a 422)."""
+
+    def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema,
+        }
+
+    statuses = sorted(status.value for status in Status)
+    return {
+        "operationId": "listCancellations",
+        "summary": "The caller's final cancellations (every caller's for an admin), newest first",
+        "description": "Every filter is optional and given at most once; an unknown or invalid "
+        "one is a 422 invalid_request. A cancellation still running is listed once final.",
+        "parameters": [
+            query("connection", "a connection's name", {"type": "string"}),
+            query("resource_id", "the provider's id of the object", {"type": "string"}),
+            query("status", "the envelope's status", {"type": "string", "enum": statuses}),
+            query(
+                "since",
+                "created at or after (RFC 3339, with its offset)",
+                {"type": "string", "format": "date-time"},
+            ),
+            query(
+                "until",
+                "created before (RFC 3339, with its offset)",
+                {"type": "string", "format": "date-time"},
+            ),
+            query(
+                "limit",
+                "page size",
+                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+            ),
+            query(
+                "cursor",
+                "the previous page's next_cursor",
+                {"type": "string", "pattern": f"^{CANCELLATION_ID.pattern}$"},
+            ),
+        ],
+        "responses": {"200": _json("CancellationList", "one page"), **_errors()},
+    }
 
 
 def _errors() -> dict[str, Any]:
@@ -210,6 +260,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": _with_answer_headers(
             {
                 "/v1/cancellations": {
+                    "get": _list_operation(),
                     "post": {
                         "operationId": "cancel",
                         "summary": "Cancel one object at a provider (or preview with dry_run=true)",
@@ -237,7 +288,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                             **_errors(),
                         },
-                    }
+                    },
                 },
                 "/v1/cancellations/batch": {
                     "post": {

@@ -33,6 +33,7 @@ from gateway.store import (
     BeginAnswer,
     Entry,
     KeyClaim,
+    LedgerQuery,
     RefreshLease,
     RefreshRow,
     StoredReply,
@@ -254,6 +255,10 @@ class FlakyStore:
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         self._call("lookup")
         return await self.inner.lookup(cancellation_id, caller)
+
+    async def list_entries(self, query: LedgerQuery) -> list[Entry]:
+        self._call("list_entries")
+        return await self.inner.list_entries(query)
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float

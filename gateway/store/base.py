@@ -103,6 +103,49 @@ BeginAnswer = Claimed | Replay | InProgress | Conflict
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerQuery:
+    """Which ledger rows ``list_entries`` answers: final ones (with an envelope) only, newest
+    first by cancellation id (ids sort by creation time), at most ``limit``."""
+
+    caller: str | None  # None: every caller's (an admin's view)
+    connection: str | None = None
+    resource_id: str | None = None
+    status: str | None = None
+    since: float | None = None  # created_at >= since (unix seconds)
+    until: float | None = None  # created_at < until
+    before: str | None = None  # the cursor: only ids below this one
+    limit: int = 50
+
+    def matches(self, entry: Entry) -> bool:
+        """The rule every backend applies (in SQL, or in code as the memory store does)."""
+        return (
+            entry.envelope is not None
+            and (self.caller is None or entry.caller == self.caller)
+            and (self.connection is None or entry.connection == self.connection)
+            and (self.resource_id is None or entry.resource_id == self.resource_id)
+            and (self.status is None or entry.status == self.status)
+            and (self.since is None or entry.created_at >= self.since)
+            and (self.until is None or entry.created_at < self.until)
+            and (self.before is None or entry.cancellation_id < self.before)
+        )
+
+
+def ledger_conditions(query: LedgerQuery, id_column: str = "id") -> list[tuple[str, Any]]:
+    """``LedgerQuery.matches`` as SQL: each condition (its placeholder still to write) with
+    its value, for the filters given; ``envelope IS NOT NULL`` is the caller's to add."""
+    given = (
+        ("caller =", query.caller),
+        ("connection =", query.connection),
+        ("resource_id =", query.resource_id),
+        ("status =", query.status),
+        ("created_at >=", query.since),
+        ("created_at <", query.until),
+        (f"{id_column} <", query.before),
+    )
+    return [(condition, value) for condition, value in given if value is not None]
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshRow:
     """A connection's newest refresh token (a provider that rotates them spends each once),
     and ``seed``: the SHA-256 (hex) of the configured refresh token the chain descends from, so
@@ -244,6 +287,10 @@ class Store(Protocol):
 
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         """The ledger row, only for the caller that made it."""
+
+    async def list_entries(self, query: LedgerQuery) -> list[Entry]:
+        """The final ledger rows ``query`` matches, newest first (cancellation id descending),
+        at most ``query.limit``."""
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float

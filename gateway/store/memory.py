@@ -9,6 +9,7 @@ from gateway.store.base import (
     Entry,
     KeyClaim,
     KeyRow,
+    LedgerQuery,
     RefreshLease,
     RefreshRow,
     StoredReply,
@@ -90,3 +91,7 @@ class MemoryStore:
         if row is not None:
             self._refresh[name] = row
         return True
+
+    async def list_entries(self, query: LedgerQuery) -> list[Entry]:
+        found = (entry for entry in self._ledger.values() if query.matches(entry))
+        return sorted(found, key=lambda entry: entry.cancellation_id, reverse=True)[: query.limit]

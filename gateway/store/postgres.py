@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import orjson
@@ -25,6 +26,7 @@ from gateway.store.base import (
     KeyClaim,
     KeyRow,
     KeyState,
+    LedgerQuery,
     RefreshLease,
     RefreshRow,
     StoredReply,
@@ -33,10 +35,11 @@ from gateway.store.base import (
     entry_values,
     key_values,
     lease_rule,
+    ledger_conditions,
     settle,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 Conn = asyncpg.Connection | PoolConnectionProxy
 _MIGRATION_LOCK = 0x63616E63  # an arbitrary advisory lock id for this schema
 MIGRATIONS: dict[int, list[str]] = {
@@ -81,6 +84,13 @@ MIGRATIONS: dict[int, list[str]] = {
             holder TEXT,
             lease_until DOUBLE PRECISION NOT NULL DEFAULT 0
         )"""
+    ],
+    # The ledger is listed by caller, newest first: (caller, id) answers that in index order
+    # (ids sort by creation time). Ids compare byte by byte ("C"), as ``LedgerQuery`` and the
+    # other backends compare them, whatever the database's collation.
+    3: [
+        "CREATE INDEX IF NOT EXISTS cg_cancellations_caller_id"
+        ' ON cg_cancellations (caller, id COLLATE "C")'
     ],
 }
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
@@ -181,6 +191,17 @@ class PostgresStore:
             )
         return None if row is None else Entry(*row)
 
+    async def list_entries(self, query: LedgerQuery) -> list[Entry]:
+        where, params = _ledger_filter(query)
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {ENTRY_COLUMNS} FROM cg_cancellations"  # noqa: S608 - constant columns
+                f' WHERE {where} ORDER BY id COLLATE "C" DESC LIMIT ${len(params) + 1}',
+                *params,
+                max(query.limit, 0),
+            )
+        return [Entry(*row) for row in rows]
+
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float
     ) -> RefreshLease:
@@ -246,6 +267,15 @@ async def _migrate(conn: Conn) -> None:
         for statement in MIGRATIONS[version]:
             await conn.execute(statement)
         await conn.execute("INSERT INTO cg_schema (version) VALUES ($1)", version)
+
+
+def _ledger_filter(query: LedgerQuery) -> tuple[str, list[Any]]:
+    """``LedgerQuery.matches`` as a WHERE clause and its parameters ($1, $2, …); ids compare
+    byte by byte (COLLATE "C"), as every other backend orders them."""
+    conditions = ledger_conditions(query, id_column='id COLLATE "C"')
+    where = ["envelope IS NOT NULL"]
+    where += [f"{condition} ${n}" for n, (condition, _) in enumerate(conditions, 1)]
+    return " AND ".join(where), [value for _, value in conditions]
 
 
 async def _key_row(conn: Conn, claim: KeyClaim) -> KeyRow | None:

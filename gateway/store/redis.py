@@ -4,6 +4,10 @@ A claim is an optimistic transaction: ``WATCH`` the key, read it, apply ``decide
 it in ``MULTI``/``EXEC``; if another replica wrote the key in between, ``EXEC`` fails and the
 claim is read again. Keys and ledger rows carry Redis expiries, so nothing needs cleaning up.
 A refresh token's hash has none: it is the only copy of a token the provider has rotated.
+
+The ledger is listed through sorted sets of cancellation ids (one for all, one per caller), all
+scored 0 so that they sort by id, that is by creation time. A set is kept as long as its newest
+row; the ids of rows expired before it are dropped as listings meet them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 import redis.asyncio as redis
@@ -26,6 +30,7 @@ from gateway.store.base import (
     KeyClaim,
     KeyRow,
     KeyState,
+    LedgerQuery,
     RefreshLease,
     RefreshRow,
     StoredReply,
@@ -37,6 +42,11 @@ from gateway.store.base import (
 
 T = TypeVar("T")
 _MAX_RACES = 50  # a claim read again this often has met an implausible storm of writers
+# A listing reads ids in pages of this many times its limit, and gives up (answering what it
+# found, maybe fewer than the limit) after this many times its limit: filters other than the
+# caller are applied to the rows read, so a rare match in a long ledger is not searched for ever.
+_LIST_PAGE = 4
+_LIST_SCAN = 50
 
 
 class RedisStore:
@@ -122,9 +132,37 @@ class RedisStore:
             raw = await self._client.get(self._entry_name(cancellation_id))
         if raw is None:
             return None
-        data = orjson.loads(raw)
-        entry = Entry(**{**data, "envelope": _unhex(data["envelope"])})
+        entry = _entry(raw)
         return entry if entry.caller == caller else None
+
+    async def list_entries(self, query: LedgerQuery) -> list[Entry]:
+        index = self._index_name(query.caller)
+        page = max(query.limit, 0) * _LIST_PAGE
+        budget = max(query.limit, 0) * _LIST_SCAN
+        # Walked down from below the cursor by moving the (exclusive) bound, not by offset: ids
+        # added or dropped meanwhile shift nothing.
+        upper = b"+" if query.before is None else b"(" + query.before.encode()
+        found: list[Entry] = []
+        async with self._guard():
+            while len(found) < query.limit and budget > 0:
+                # The client answers bytes (it does not decode responses).
+                ids = cast(
+                    list[bytes],
+                    await self._client.zrevrangebylex(
+                        index, upper, b"-", start=0, num=min(page, budget)
+                    ),
+                )
+                if not ids:
+                    break
+                budget -= len(ids)
+                upper = b"(" + ids[-1]
+                rows = await self._client.mget([self._entry_name(i.decode()) for i in ids])
+                expired = [i for i, raw in zip(ids, rows, strict=True) if raw is None]
+                if expired:
+                    await self._client.zrem(index, *expired)
+                entries = (_entry(raw) for raw in rows if raw is not None)
+                found.extend(e for e in entries if query.matches(e))
+        return found[: query.limit]
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float
@@ -177,7 +215,21 @@ class RedisStore:
     def _entry_name(self, cancellation_id: str) -> str:
         return f"{self._prefix}cxl:{cancellation_id}"
 
+    def _index_name(self, caller: str | None) -> str:
+        """The sorted set of a caller's cancellation ids, or of everyone's."""
+        return f"{self._prefix}ledger" if caller is None else f"{self._prefix}ledger:{caller}"
+
     async def _write_entry(self, target: Any, entry: Entry) -> None:
+        """Write a ledger row and index it, in ``target``'s transaction, or in one of its own
+        when ``target`` is the client (one round trip)."""
+        if target is self._client:
+            async with self._client.pipeline(transaction=True) as pipe:
+                self._queue_entry(pipe, entry)
+                await pipe.execute()
+        else:
+            self._queue_entry(target, entry)
+
+    def _queue_entry(self, pipe: Any, entry: Entry) -> None:
         data = {
             "cancellation_id": entry.cancellation_id,
             "caller": entry.caller,
@@ -192,11 +244,12 @@ class RedisStore:
             "completed_at": entry.completed_at,
             "envelope": entry.envelope.hex() if entry.envelope is not None else None,
         }
-        result = target.set(
+        pipe.set(
             self._entry_name(entry.cancellation_id), orjson.dumps(data), px=self._ledger_ttl_ms
         )
-        if isinstance(result, Awaitable):
-            await result
+        for index in (self._index_name(None), self._index_name(entry.caller)):
+            pipe.zadd(index, {entry.cancellation_id: 0})
+            pipe.pexpire(index, self._ledger_ttl_ms)  # it outlives no row it lists
 
     async def _watching(self, key: str, attempt: Callable[[Any], Awaitable[T]]) -> T:
         async with self._client.pipeline(transaction=True) as pipe:
@@ -259,6 +312,12 @@ def _write_key(pipe: Any, key: str, row: KeyRow, now: float) -> None:
     pipe.hset(key, mapping=mapping)
     # Redis forgets the key a little after the gateway stops honouring it.
     pipe.pexpire(key, max(1, int((row.expires_at - now) * 1000) + 60_000))
+
+
+def _entry(raw: bytes | str) -> Entry:
+    """A ledger row as ``_queue_entry`` stored it (the envelope in hex)."""
+    data = orjson.loads(raw)
+    return Entry(**{**data, "envelope": _unhex(data["envelope"])})
 
 
 def _unhex(value: str | None) -> bytes | None:

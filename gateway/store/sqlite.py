@@ -33,6 +33,7 @@ from gateway.store.base import (
     KeyClaim,
     KeyRow,
     KeyState,
+    LedgerQuery,
     RefreshLease,
     RefreshRow,
     StoredReply,
@@ -41,55 +42,14 @@ from gateway.store.base import (
     entry_values,
     key_values,
     lease_rule,
+    ledger_conditions,
     settle,
 )
+from gateway.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 CHECKPOINT_EVERY_S = 1.0
 RETRY_BUSY_S = (0.001, 0.05)  # first and longest wait for the write lock held by another process
 
-SCHEMA_VERSION = 3
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE cg_idempotency (
-            caller TEXT NOT NULL,
-            key TEXT NOT NULL,
-            fingerprint TEXT NOT NULL,
-            token TEXT NOT NULL,
-            state TEXT NOT NULL,
-            lease_until REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            cancellation_id TEXT NOT NULL,
-            http_status INTEGER,
-            headers TEXT,
-            body BLOB,
-            PRIMARY KEY (caller, key)
-        )""",
-        """CREATE TABLE cg_cancellations (
-            id TEXT PRIMARY KEY,
-            caller TEXT NOT NULL,
-            connection TEXT,
-            provider TEXT,
-            resource TEXT,
-            resource_id TEXT,
-            status TEXT NOT NULL,
-            error_code TEXT,
-            attempts INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            completed_at REAL,
-            envelope BLOB
-        )""",
-        "CREATE INDEX cg_cancellations_caller ON cg_cancellations (caller, created_at)",
-        "CREATE INDEX cg_idempotency_expires ON cg_idempotency (expires_at)",
-    ],
-    # No query reads ledger rows by caller, and the index made every first write of a
-    # cancellation update a second B-tree.
-    2: ["DROP INDEX IF EXISTS cg_cancellations_caller"],
-    # Rotating refresh tokens, and the lease under which one process at a time spends them.
-    3: [
-        "CREATE TABLE cg_refresh_tokens (name TEXT PRIMARY KEY, value TEXT, seed TEXT,"
-        " holder TEXT, lease_until REAL NOT NULL DEFAULT 0)"
-    ],
-}
 # A completion updates its row in place (REPLACE would delete it and insert it again).
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
     (id, caller, connection, provider, resource, resource_id, status, error_code, attempts,
@@ -226,6 +186,15 @@ class SqliteStore:
         )
         return None if row is None else Entry(*row)
 
+    async def list_entries(self, query: LedgerQuery) -> list[Entry]:
+        where, params = _ledger_filter(query)
+        rows = self._read_all(
+            f"SELECT {ENTRY_COLUMNS} FROM cg_cancellations"  # noqa: S608 - constant columns
+            f" WHERE {where} ORDER BY id DESC LIMIT ?",
+            (*params, max(query.limit, 0)),
+        )
+        return [Entry(*row) for row in rows]
+
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float
     ) -> RefreshLease:
@@ -271,6 +240,13 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"sqlite {self._path}: {exc}") from None
         return row
+
+    def _read_all(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        try:
+            rows = self._connected().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite {self._path}: {exc}") from None
+        return rows
 
     async def _write(
         self, *, row: tuple[Any, ...] | None = None, apply: Apply | None = None
@@ -398,6 +374,13 @@ def _migrate(db: sqlite3.Connection) -> None:
         for statement in MIGRATIONS[version]:
             db.execute(statement)
         db.execute("INSERT INTO cg_schema (version) VALUES (?)", (version,))
+
+
+def _ledger_filter(query: LedgerQuery) -> tuple[str, tuple[Any, ...]]:
+    """``LedgerQuery.matches`` as a WHERE clause and its parameters."""
+    conditions = ledger_conditions(query)
+    where = ["envelope IS NOT NULL", *(f"{condition} ?" for condition, _ in conditions)]
+    return " AND ".join(where), tuple(value for _, value in conditions)
 
 
 def _key_row(db: sqlite3.Connection, claim: KeyClaim) -> KeyRow | None:

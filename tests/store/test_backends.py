@@ -20,6 +20,7 @@ from gateway.store import (
     Entry,
     InProgress,
     KeyClaim,
+    LedgerQuery,
     RefreshLease,
     RefreshRow,
     Replay,
@@ -28,6 +29,7 @@ from gateway.store import (
     StoreUnavailable,
     create_store,
     postgres,
+    redis,
     sqlite,
 )
 from tests.services import REDIS_URL, free_port
@@ -347,8 +349,10 @@ async def test_a_sqlite_file_of_schema_2_is_migrated_and_leases(tmp_path: Path):
     await store.close()
     check = sqlite3.connect(path)
     versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
+    indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     check.close()
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
+    assert "cg_cancellations_caller_id" in indexes
 
 
 async def test_a_postgres_schema_1_is_migrated_and_leases(postgres_dsn: str):
@@ -364,5 +368,161 @@ async def test_a_postgres_schema_1_is_migrated_and_leases(postgres_dsn: str):
     assert await store.lease_refresh("shop", "b", NOW, 30) == RefreshLease(True, TOKEN, NOW + 30)
     await store.close()
     versions = [row[0] for row in await old.fetch("SELECT version FROM cg_schema ORDER BY 1")]
+    indexes = {row[0] for row in await old.fetch("SELECT indexname FROM pg_indexes")}
     await old.close()
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
+    assert "cg_cancellations_caller_id" in indexes
+
+
+# The ledger listed: ids in creation order; (caller, connection, resource_id, status, created_at).
+LEDGER = {
+    "cxl_01": ("oms", "conn-a", "r1", "cancelled", NOW),
+    "cxl_02": ("wms", "conn-a", "r2", "failed", NOW + 1),
+    "cxl_03": ("oms", "conn-b", "r1", "failed", NOW + 2),
+    "cxl_04": ("oms", "conn-a", "r3", "cancelled", NOW + 3),
+    "cxl_05": ("wms", "conn-b", "r1", "cancelled", NOW + 4),
+    "cxl_06": ("oms", "conn-b", "r2", "cancelled", NOW + 5),
+    "cxl_07": ("oms", "conn-a", "r1", "rejected", NOW + 6),
+}
+FINAL = sorted(LEDGER, reverse=True)
+
+
+def ledger_row(cancellation_id: str) -> Entry:
+    caller, connection, resource_id, status, created_at = LEDGER[cancellation_id]
+    return entry(caller, cancellation_id)._replace(
+        connection=connection,
+        resource_id=resource_id,
+        status=status,
+        created_at=created_at,
+        attempts=1,
+        completed_at=created_at + 0.5,
+        envelope=b'{"status":"%s"}' % status.encode(),
+    )
+
+
+async def fill_ledger(store: Store) -> None:
+    """Every way a row is written (begin then complete, with and without a key, record), and
+    a cancellation still running, which no listing shows."""
+    for n, cancellation_id in enumerate(LEDGER):
+        final = ledger_row(cancellation_id)
+        running = final._replace(status="running", attempts=0, completed_at=None, envelope=None)
+        if final.status == "rejected":
+            await store.record(final)
+        elif n % 2:
+            key = claim(key=cancellation_id, caller=final.caller)
+            begun = await store.begin(running, key, final.created_at)
+            assert isinstance(begun, Claimed)
+            await store.complete(final, key, begun.token, REPLY, final.created_at)
+        else:
+            assert await store.begin(running, None, final.created_at) == Claimed("")
+            await store.complete(final, None, "", None, final.created_at)
+    assert await store.begin(entry("oms", "cxl_08")._replace(created_at=NOW + 7), None, NOW + 7)
+
+
+async def listed(store: Store, **query: object) -> list[str]:
+    caller = query.pop("caller", None)
+    found = await store.list_entries(LedgerQuery(caller, **query))  # type: ignore[arg-type]
+    return [e.cancellation_id for e in found]
+
+
+async def test_the_ledger_lists_final_rows_newest_first_each_caller_its_own(
+    make_store: StoreFactory,
+):
+    store = await make_store()
+    await fill_ledger(store)
+    assert await store.list_entries(LedgerQuery("oms")) == [
+        ledger_row(i) for i in ("cxl_07", "cxl_06", "cxl_04", "cxl_03", "cxl_01")
+    ]
+    assert await listed(store, caller="wms") == ["cxl_05", "cxl_02"]
+    assert await listed(store) == FINAL  # every caller's; never the running cxl_08
+    assert await listed(store, caller="nobody") == []
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"caller": "oms", "connection": "conn-a"}, ["cxl_07", "cxl_04", "cxl_01"]),
+        ({"resource_id": "r1"}, ["cxl_07", "cxl_05", "cxl_03", "cxl_01"]),
+        ({"status": "failed"}, ["cxl_03", "cxl_02"]),
+        ({"since": NOW + 2}, ["cxl_07", "cxl_06", "cxl_05", "cxl_04", "cxl_03"]),
+        ({"until": NOW + 2}, ["cxl_02", "cxl_01"]),
+        ({"since": NOW + 2, "until": NOW + 5}, ["cxl_05", "cxl_04", "cxl_03"]),
+        ({"until": NOW}, []),
+        ({"since": NOW + 6}, ["cxl_07"]),
+        ({"before": "cxl_05"}, ["cxl_04", "cxl_03", "cxl_02", "cxl_01"]),
+        ({"before": "cxl_01"}, []),
+        ({"limit": 3}, ["cxl_07", "cxl_06", "cxl_05"]),
+        ({"limit": 0}, []),
+        ({"caller": "oms", "connection": "conn-b", "status": "cancelled"}, ["cxl_06"]),
+        ({"caller": "oms", "resource_id": "r1", "since": NOW + 1}, ["cxl_07", "cxl_03"]),
+        ({"connection": "conn-a", "until": NOW + 6, "before": "cxl_04", "limit": 1}, ["cxl_02"]),
+        ({"caller": "wms", "status": "rejected"}, []),
+    ],
+)
+async def test_the_ledger_filters_alone_and_combined(
+    make_store: StoreFactory, query: dict[str, object], expected: list[str]
+):
+    store = await make_store()
+    await fill_ledger(store)
+    assert await listed(store, **query) == expected
+    # The same rule as ``LedgerQuery.matches``.
+    rule = LedgerQuery(**{"caller": None, **query})  # type: ignore[arg-type]
+    assert [i for i in FINAL if rule.matches(ledger_row(i))][: rule.limit] == expected
+
+
+async def test_paging_with_the_last_id_walks_every_final_row_once(make_store: StoreFactory):
+    store = await make_store()
+    await fill_ledger(store)
+    for caller, everything in (
+        (None, FINAL),
+        ("oms", ["cxl_07", "cxl_06", "cxl_04", "cxl_03", "cxl_01"]),
+    ):
+        pages: list[list[str]] = []
+        before = None
+        while page := await listed(store, caller=caller, before=before, limit=2):
+            pages.append(page)
+            before = page[-1]
+        assert [i for page in pages for i in page] == everything
+        assert [len(page) for page in pages[:-1]] == [2] * (len(pages) - 1)
+
+
+async def test_a_row_added_while_paging_shows_on_a_new_listing_only(make_store: StoreFactory):
+    store = await make_store()
+    await fill_ledger(store)
+    seen = await listed(store, limit=2)
+    assert seen == ["cxl_07", "cxl_06"]
+    newer = ledger_row("cxl_07")._replace(cancellation_id="cxl_09", created_at=NOW + 9)
+    await store.record(newer)
+    while page := await listed(store, before=seen[-1], limit=2):
+        seen += page
+    assert seen == FINAL
+    assert await listed(store, limit=2) == ["cxl_09", "cxl_07"]
+
+
+async def test_redis_forgets_the_ids_of_expired_ledger_rows(redis_prefix: str):
+    store = redis.RedisStore(REDIS_URL, redis_prefix, 5, ledger_ttl_s=0.2)
+    await store.open()
+    await store.record(ledger_row("cxl_01"))
+    await asyncio.sleep(0.3)
+    await store.record(ledger_row("cxl_02"))
+    await store.record(ledger_row("cxl_03"))
+    assert await listed(store) == ["cxl_03", "cxl_02"]
+    # The listing dropped the expired id from the set it walked.
+    assert await store._client.zrange(redis_prefix + "ledger", 0, -1) == [b"cxl_02", b"cxl_03"]
+    await asyncio.sleep(0.3)
+    assert await listed(store) == []
+    await store.close()
+
+
+async def test_a_redis_listing_reads_a_bounded_number_of_ids(redis_prefix: str):
+    """A filter that matches nothing recent stops the walk, answering what it found."""
+    store = redis.RedisStore(REDIS_URL, redis_prefix, 5, ledger_ttl_s=60)
+    await store.open()
+    await store.record(ledger_row("cxl_01"))
+    for n in range(100, 100 + redis._LIST_SCAN):
+        await store.record(ledger_row("cxl_02")._replace(cancellation_id=f"cxl_{n}"))
+    # Fifty failed rows are newer than the one cancelled: beyond the bound of a listing of one.
+    assert await listed(store, status="cancelled", limit=1) == []
+    assert await listed(store, status="cancelled", limit=2) == ["cxl_01"]
+    assert await listed(store, caller="oms", limit=1) == ["cxl_01"]  # the caller's own set
+    await store.close()

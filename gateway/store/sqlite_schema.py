@@ -1,0 +1,50 @@
+"""The SQLite store's schema: each version's statements, applied in order at open."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 4
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE cg_idempotency (
+            caller TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            token TEXT NOT NULL,
+            state TEXT NOT NULL,
+            lease_until REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            cancellation_id TEXT NOT NULL,
+            http_status INTEGER,
+            headers TEXT,
+            body BLOB,
+            PRIMARY KEY (caller, key)
+        )""",
+        """CREATE TABLE cg_cancellations (
+            id TEXT PRIMARY KEY,
+            caller TEXT NOT NULL,
+            connection TEXT,
+            provider TEXT,
+            resource TEXT,
+            resource_id TEXT,
+            status TEXT NOT NULL,
+            error_code TEXT,
+            attempts INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            completed_at REAL,
+            envelope BLOB
+        )""",
+        "CREATE INDEX cg_cancellations_caller ON cg_cancellations (caller, created_at)",
+        "CREATE INDEX cg_idempotency_expires ON cg_idempotency (expires_at)",
+    ],
+    # No query reads ledger rows by caller, and the index made every first write of a
+    # cancellation update a second B-tree.
+    2: ["DROP INDEX IF EXISTS cg_cancellations_caller"],
+    # Rotating refresh tokens, and the lease under which one process at a time spends them.
+    3: [
+        "CREATE TABLE cg_refresh_tokens (name TEXT PRIMARY KEY, value TEXT, seed TEXT,"
+        " holder TEXT, lease_until REAL NOT NULL DEFAULT 0)"
+    ],
+    # The ledger is listed by caller, newest first: (caller, id) answers that in index order
+    # (ids sort by creation time), where (caller, created_at), dropped by 2, needed a sort.
+    4: ["CREATE INDEX IF NOT EXISTS cg_cancellations_caller_id ON cg_cancellations (caller, id)"],
+}
