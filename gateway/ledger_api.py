@@ -3,6 +3,7 @@ cancellations (every caller's for an admin), newest first, with filters and a cu
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime
 
@@ -10,7 +11,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request
-from gateway.models import CANCELLATION_ID
+from gateway.models import CANCELLATION_ID, CONTROL
 from gateway.routing import Caller
 from gateway.services import Services
 from gateway.store import LedgerQuery, StoreUnavailable
@@ -19,6 +20,11 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 FILTERS = ("connection", "resource_id", "status", "since", "until", "limit", "cursor")
 _STATUSES = frozenset(status.value for status in Status)
+_LIMIT = re.compile(r"[0-9]{1,3}")
+# RFC 3339's date-time: a full date, T, a full time with seconds, an offset (Z or ±hh:mm).
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def ledger_query(params: dict[str, list[str]], caller: str | None) -> LedgerQuery:
@@ -37,9 +43,12 @@ def ledger_query(params: dict[str, list[str]], caller: str | None) -> LedgerQuer
         problems.append(("query.status", f"must be one of {', '.join(sorted(_STATUSES))}"))
     since, until = (_time(given.get(name), name, problems) for name in ("since", "until"))
     limit = DEFAULT_LIMIT
+    for name in ("connection", "resource_id"):
+        if name in given and CONTROL.search(given[name]):
+            problems.append((f"query.{name}", "must not contain control characters"))
     if "limit" in given:
         text = given["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        if not _LIMIT.fullmatch(text) or not 1 <= int(text) <= MAX_LIMIT:
             problems.append(("query.limit", f"must be a whole number from 1 to {MAX_LIMIT}"))
         else:
             limit = int(text)
@@ -63,10 +72,12 @@ def ledger_query(params: dict[str, list[str]], caller: str | None) -> LedgerQuer
 def _time(text: str | None, name: str, problems: list[tuple[str, str]]) -> float | None:
     if text is None:
         return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
+    moment = None
+    if _RFC3339.fullmatch(text):
+        try:  # (a leap second, :60, is not a time Python can hold: refused)
+            moment = datetime.fromisoformat(text.upper())
+        except ValueError:
+            moment = None
     if moment is None or moment.tzinfo is None:
         problems.append((f"query.{name}", "must be an RFC 3339 time with its offset"))
         return None

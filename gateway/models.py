@@ -320,6 +320,13 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _PAIRS = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)  # 10 bits -> 2 chars
 
 
+def cancellation_id_at(unix_ms: int) -> str:
+    """The smallest id a cancellation made at that millisecond can have (its random bits
+    zero): ids sort by time, so this bounds the ids of a time range."""
+    value = max(unix_ms, 0) << 80
+    return "cxl_" + "".join([_PAIRS[value >> shift & 0x3FF] for shift in range(120, -1, -10)])
+
+
 def new_cancellation_id() -> str:
     """``cxl_`` and 26 Crockford base32 characters: 48 bits of milliseconds, then 80 random
     bits, so ids sort by creation time (the ULID layout)."""

@@ -25,6 +25,7 @@ from gateway.models import (
     MAX_BATCH,
     MAX_BATCH_KEY,
     MAX_IDEMPOTENCY_KEY,
+    NO_CONTROL_PATTERN,
     BatchRequest,
     BatchResponse,
     CancellationList,
@@ -117,8 +118,16 @@ def _list_operation() -> dict[str, Any]:
         "description": "Every filter is optional and given at most once; an unknown or invalid "
         "one is a 422 invalid_request. A cancellation still running is listed once final.",
         "parameters": [
-            query("connection", "a connection's name", {"type": "string"}),
-            query("resource_id", "the provider's id of the object", {"type": "string"}),
+            query(
+                "connection",
+                "a connection's name",
+                {"type": "string", "pattern": NO_CONTROL_PATTERN},
+            ),
+            query(
+                "resource_id",
+                "the provider's id of the object",
+                {"type": "string", "pattern": NO_CONTROL_PATTERN},
+            ),
             query("status", "the envelope's status", {"type": "string", "enum": statuses}),
             query(
                 "since",

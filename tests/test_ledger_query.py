@@ -47,3 +47,26 @@ def test_every_problem_is_reported_together() -> None:
         "query.since",
         "query.status",
     ]
+
+
+@pytest.mark.parametrize(
+    ("params", "loc"),
+    [
+        ({"limit": ["²"]}, "query.limit"),  # a digit to str.isdigit, not to int
+        ({"limit": ["0" * 5000]}, "query.limit"),
+        ({"connection": ["a\x00b"]}, "query.connection"),
+        ({"resource_id": ["line\nbreak"]}, "query.resource_id"),
+        ({"since": ["20261206T040654Z"]}, "query.since"),  # ISO 8601, not RFC 3339
+        ({"since": ["2026-12-06 04:06:54Z"]}, "query.since"),
+        ({"until": ["2026-12-06T04Z"]}, "query.until"),
+    ],
+)
+def test_what_is_not_a_filter_value_is_refused(params: dict[str, list[str]], loc: str) -> None:
+    with pytest.raises(GatewayError) as refused:
+        ledger_query(params, "oms")
+    assert [field for field, _ in refused.value.fields] == [loc]
+
+
+def test_rfc3339_times_in_lower_case_are_read() -> None:
+    query = ledger_query({"since": ["2026-12-06t04:06:54.5z"]}, "oms")
+    assert query.since == datetime(2026, 12, 6, 4, 6, 54, 500000, tzinfo=UTC).timestamp()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
@@ -22,6 +23,7 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError, WatchError
 
+from gateway.models import cancellation_id_at
 from gateway.store.base import (
     NOT_OURS,
     BeginAnswer,
@@ -142,6 +144,14 @@ class RedisStore:
         # Walked down from below the cursor by moving the (exclusive) bound, not by offset: ids
         # added or dropped meanwhile shift nothing.
         upper = b"+" if query.before is None else b"(" + query.before.encode()
+        lower = b"-"
+        # A time range bounds the ids walked (ids sort by the time they were made: a second
+        # of margin each side for a creation time taken a moment apart from the id's).
+        if query.until is not None:
+            until = b"(" + cancellation_id_at(int((query.until + 1) * 1000)).encode()
+            upper = min(upper, until) if query.before is not None else until
+        if query.since is not None:
+            lower = b"[" + cancellation_id_at(int((query.since - 1) * 1000)).encode()
         found: list[Entry] = []
         async with self._guard():
             while len(found) < query.limit and budget > 0:
@@ -149,7 +159,7 @@ class RedisStore:
                 ids = cast(
                     list[bytes],
                     await self._client.zrevrangebylex(
-                        index, upper, b"-", start=0, num=min(page, budget)
+                        index, upper, lower, start=0, num=min(page, budget)
                     ),
                 )
                 if not ids:
@@ -247,8 +257,12 @@ class RedisStore:
         pipe.set(
             self._entry_name(entry.cancellation_id), orjson.dumps(data), px=self._ledger_ttl_ms
         )
+        # Ids older than the ledger's rows can be are dropped as new ones come, so the index
+        # holds about what the ledger holds (a listing also drops the dead ids it meets).
+        expired = "(" + cancellation_id_at(int(time.time() * 1000) - self._ledger_ttl_ms)
         for index in (self._index_name(None), self._index_name(entry.caller)):
             pipe.zadd(index, {entry.cancellation_id: 0})
+            pipe.zremrangebylex(index, "-", expired)
             pipe.pexpire(index, self._ledger_ttl_ms)  # it outlives no row it lists
 
     async def _watching(self, key: str, attempt: Callable[[Any], Awaitable[T]]) -> T:

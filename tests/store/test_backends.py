@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import asyncpg
 import pytest
 
 from gateway.config import StoreConfig
+from gateway.models import cancellation_id_at
 from gateway.store import (
     Claimed,
     Conflict,
@@ -375,14 +377,18 @@ async def test_a_postgres_schema_1_is_migrated_and_leases(postgres_dsn: str):
 
 
 # The ledger listed: ids in creation order; (caller, connection, resource_id, status, created_at).
+# Cancellation ids as the gateway makes them (they sort by the time they were made), made
+# now: the Redis index drops ids older than its ledger's rows can be.
+LNOW = float(int(time.time()))  # the ledger's rows are made now, a second apart
+C = {n: cancellation_id_at(int((LNOW + n - 1) * 1000)) for n in range(1, 10)}
 LEDGER = {
-    "cxl_01": ("oms", "conn-a", "r1", "cancelled", NOW),
-    "cxl_02": ("wms", "conn-a", "r2", "failed", NOW + 1),
-    "cxl_03": ("oms", "conn-b", "r1", "failed", NOW + 2),
-    "cxl_04": ("oms", "conn-a", "r3", "cancelled", NOW + 3),
-    "cxl_05": ("wms", "conn-b", "r1", "cancelled", NOW + 4),
-    "cxl_06": ("oms", "conn-b", "r2", "cancelled", NOW + 5),
-    "cxl_07": ("oms", "conn-a", "r1", "rejected", NOW + 6),
+    C[1]: ("oms", "conn-a", "r1", "cancelled", LNOW),
+    C[2]: ("wms", "conn-a", "r2", "failed", LNOW + 1),
+    C[3]: ("oms", "conn-b", "r1", "failed", LNOW + 2),
+    C[4]: ("oms", "conn-a", "r3", "cancelled", LNOW + 3),
+    C[5]: ("wms", "conn-b", "r1", "cancelled", LNOW + 4),
+    C[6]: ("oms", "conn-b", "r2", "cancelled", LNOW + 5),
+    C[7]: ("oms", "conn-a", "r1", "rejected", LNOW + 6),
 }
 FINAL = sorted(LEDGER, reverse=True)
 
@@ -416,7 +422,7 @@ async def fill_ledger(store: Store) -> None:
         else:
             assert await store.begin(running, None, final.created_at) == Claimed("")
             await store.complete(final, None, "", None, final.created_at)
-    assert await store.begin(entry("oms", "cxl_08")._replace(created_at=NOW + 7), None, NOW + 7)
+    assert await store.begin(entry("oms", C[8])._replace(created_at=LNOW + 7), None, LNOW + 7)
 
 
 async def listed(store: Store, **query: object) -> list[str]:
@@ -431,9 +437,9 @@ async def test_the_ledger_lists_final_rows_newest_first_each_caller_its_own(
     store = await make_store()
     await fill_ledger(store)
     assert await store.list_entries(LedgerQuery("oms")) == [
-        ledger_row(i) for i in ("cxl_07", "cxl_06", "cxl_04", "cxl_03", "cxl_01")
+        ledger_row(i) for i in (C[7], C[6], C[4], C[3], C[1])
     ]
-    assert await listed(store, caller="wms") == ["cxl_05", "cxl_02"]
+    assert await listed(store, caller="wms") == [C[5], C[2]]
     assert await listed(store) == FINAL  # every caller's; never the running cxl_08
     assert await listed(store, caller="nobody") == []
 
@@ -441,21 +447,21 @@ async def test_the_ledger_lists_final_rows_newest_first_each_caller_its_own(
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ({"caller": "oms", "connection": "conn-a"}, ["cxl_07", "cxl_04", "cxl_01"]),
-        ({"resource_id": "r1"}, ["cxl_07", "cxl_05", "cxl_03", "cxl_01"]),
-        ({"status": "failed"}, ["cxl_03", "cxl_02"]),
-        ({"since": NOW + 2}, ["cxl_07", "cxl_06", "cxl_05", "cxl_04", "cxl_03"]),
-        ({"until": NOW + 2}, ["cxl_02", "cxl_01"]),
-        ({"since": NOW + 2, "until": NOW + 5}, ["cxl_05", "cxl_04", "cxl_03"]),
-        ({"until": NOW}, []),
-        ({"since": NOW + 6}, ["cxl_07"]),
-        ({"before": "cxl_05"}, ["cxl_04", "cxl_03", "cxl_02", "cxl_01"]),
-        ({"before": "cxl_01"}, []),
-        ({"limit": 3}, ["cxl_07", "cxl_06", "cxl_05"]),
+        ({"caller": "oms", "connection": "conn-a"}, [C[7], C[4], C[1]]),
+        ({"resource_id": "r1"}, [C[7], C[5], C[3], C[1]]),
+        ({"status": "failed"}, [C[3], C[2]]),
+        ({"since": LNOW + 2}, [C[7], C[6], C[5], C[4], C[3]]),
+        ({"until": LNOW + 2}, [C[2], C[1]]),
+        ({"since": LNOW + 2, "until": LNOW + 5}, [C[5], C[4], C[3]]),
+        ({"until": LNOW}, []),
+        ({"since": LNOW + 6}, [C[7]]),
+        ({"before": C[5]}, [C[4], C[3], C[2], C[1]]),
+        ({"before": C[1]}, []),
+        ({"limit": 3}, [C[7], C[6], C[5]]),
         ({"limit": 0}, []),
-        ({"caller": "oms", "connection": "conn-b", "status": "cancelled"}, ["cxl_06"]),
-        ({"caller": "oms", "resource_id": "r1", "since": NOW + 1}, ["cxl_07", "cxl_03"]),
-        ({"connection": "conn-a", "until": NOW + 6, "before": "cxl_04", "limit": 1}, ["cxl_02"]),
+        ({"caller": "oms", "connection": "conn-b", "status": "cancelled"}, [C[6]]),
+        ({"caller": "oms", "resource_id": "r1", "since": LNOW + 1}, [C[7], C[3]]),
+        ({"connection": "conn-a", "until": LNOW + 6, "before": C[4], "limit": 1}, [C[2]]),
         ({"caller": "wms", "status": "rejected"}, []),
     ],
 )
@@ -475,7 +481,7 @@ async def test_paging_with_the_last_id_walks_every_final_row_once(make_store: St
     await fill_ledger(store)
     for caller, everything in (
         (None, FINAL),
-        ("oms", ["cxl_07", "cxl_06", "cxl_04", "cxl_03", "cxl_01"]),
+        ("oms", [C[7], C[6], C[4], C[3], C[1]]),
     ):
         pages: list[list[str]] = []
         before = None
@@ -490,39 +496,59 @@ async def test_a_row_added_while_paging_shows_on_a_new_listing_only(make_store: 
     store = await make_store()
     await fill_ledger(store)
     seen = await listed(store, limit=2)
-    assert seen == ["cxl_07", "cxl_06"]
-    newer = ledger_row("cxl_07")._replace(cancellation_id="cxl_09", created_at=NOW + 9)
+    assert seen == [C[7], C[6]]
+    newer = ledger_row(C[7])._replace(cancellation_id=C[9], created_at=LNOW + 9)
     await store.record(newer)
     while page := await listed(store, before=seen[-1], limit=2):
         seen += page
     assert seen == FINAL
-    assert await listed(store, limit=2) == ["cxl_09", "cxl_07"]
+    assert await listed(store, limit=2) == [C[9], C[7]]
 
 
 async def test_redis_forgets_the_ids_of_expired_ledger_rows(redis_prefix: str):
     store = redis.RedisStore(REDIS_URL, redis_prefix, 5, ledger_ttl_s=0.2)
     await store.open()
-    await store.record(ledger_row("cxl_01"))
+    one = _id_now(0)
+    await store.record(ledger_row(C[1])._replace(cancellation_id=one))
     await asyncio.sleep(0.3)
-    await store.record(ledger_row("cxl_02"))
-    await store.record(ledger_row("cxl_03"))
-    assert await listed(store) == ["cxl_03", "cxl_02"]
-    # The listing dropped the expired id from the set it walked.
-    assert await store._client.zrange(redis_prefix + "ledger", 0, -1) == [b"cxl_02", b"cxl_03"]
+    two, three = _id_now(0), _id_now(1)  # made after the first row expired
+    await store.record(ledger_row(C[2])._replace(cancellation_id=two))
+    await store.record(ledger_row(C[3])._replace(cancellation_id=three))
+    assert await listed(store) == [three, two]
+    # Writing drops the ids older than the ledger's rows can be.
+    index = await store._client.zrange(redis_prefix + "ledger", 0, -1)
+    assert index == [two.encode(), three.encode()]
     await asyncio.sleep(0.3)
     assert await listed(store) == []
     await store.close()
+
+
+async def test_a_listing_drops_the_expired_ids_it_meets(redis_prefix: str):
+    """Ids whose rows expired are dropped from the index by the listing that meets them."""
+    store = redis.RedisStore(REDIS_URL, redis_prefix, 5, ledger_ttl_s=0.2)
+    await store.open()
+    await store.record(ledger_row(C[1])._replace(cancellation_id=_id_now(0)))
+    await asyncio.sleep(0.3)
+    assert await listed(store) == []
+    assert await store._client.zrange(redis_prefix + "ledger", 0, -1) == []
+    await store.close()
+
+
+def _id_now(offset_ms: int) -> str:
+    """A cancellation id of now (plus ``offset_ms``), as the gateway makes them."""
+    return cancellation_id_at(int(time.time() * 1000) + offset_ms)
 
 
 async def test_a_redis_listing_reads_a_bounded_number_of_ids(redis_prefix: str):
     """A filter that matches nothing recent stops the walk, answering what it found."""
     store = redis.RedisStore(REDIS_URL, redis_prefix, 5, ledger_ttl_s=60)
     await store.open()
-    await store.record(ledger_row("cxl_01"))
-    for n in range(100, 100 + redis._LIST_SCAN):
-        await store.record(ledger_row("cxl_02")._replace(cancellation_id=f"cxl_{n}"))
+    first = _id_now(0)
+    await store.record(ledger_row(C[1])._replace(cancellation_id=first))
+    for n in range(1, 1 + redis._LIST_SCAN):
+        await store.record(ledger_row(C[2])._replace(cancellation_id=_id_now(n)))
     # Fifty failed rows are newer than the one cancelled: beyond the bound of a listing of one.
     assert await listed(store, status="cancelled", limit=1) == []
-    assert await listed(store, status="cancelled", limit=2) == ["cxl_01"]
-    assert await listed(store, caller="oms", limit=1) == ["cxl_01"]  # the caller's own set
+    assert await listed(store, status="cancelled", limit=2) == [first]
+    assert await listed(store, caller="oms", limit=1) == [first]  # the caller's own set
     await store.close()
