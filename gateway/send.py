@@ -16,12 +16,12 @@ from gateway.errors import ErrorCode, GatewayError, Status, spec
 from gateway.models import UpstreamInfo
 from gateway.outbound import MIN_ATTEMPT_S, Outbound, Tried
 from gateway.probing import USEFUL_ATTEMPT_S, kept_for_probe, probe, unknown
+from gateway.read_call import read_then_cancel
 from gateway.resilience import Guards, backoff_s, retry_reason
 from gateway.services import Services
 from gateway.tokens import TokenFailure
-from gateway.translate.build import Reader
-from gateway.translate.classify import Outcome, classify, without_echo
-from gateway.translate.sign import sent_value
+from gateway.translate.classify import Outcome, classify
+from gateway.translate.sign import sent_value, without_echo
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import UpstreamFailure
 
@@ -230,7 +230,7 @@ class Sender:
         target, policy = outbound.target, outbound.policy
         reader = outbound.reader
         if reader is not None and reader.reads and not (outbound.reading or outbound.probing):
-            return await self._read_then_cancel(outbound, reader, deadline, attempt, log)
+            return await read_then_cancel(self._exchange, outbound, reader, deadline, attempt, log)
         if deadline - self._clock.monotonic() < MIN_ATTEMPT_S:  # a late line, a cancel after a read
             message = f"{outbound.title}: no time left in the budget, nothing was sent"
             outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_TIMEOUT, message)
@@ -314,45 +314,6 @@ class Sender:
         return Tried(
             outcome, response.status, True, failed=failed, cached_token=cached_token, url=shown
         )
-
-    async def _read_then_cancel(
-        self,
-        outbound: Outbound,
-        reader: Reader,
-        deadline: float,
-        attempt: int,
-        log: FilteringBoundLogger,
-    ) -> Tried:
-        """The read, then the cancel made of its values. An answer to the read other than the
-        values ends the attempt (nothing else is sent); so does a value the cancel cannot carry
-        (the provider's answer is at fault, not the caller's request)."""
-        title = outbound.title
-        try:
-            read_request = reader.read()
-        except GatewayError as exc:
-            outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_MISCONFIGURED, exc.message)
-            return Tried(outcome, final=True)
-        reading = replace(outbound, reader=None, reading=True)
-        read = await self._exchange(reading, deadline, attempt, log, read_request)
-        values = read.outcome.provider_response
-        if read.outcome.status is not Status.CANCELLED:
-            return replace(read, sent=False)  # the read's refusal or failure, or "already"
-        problem = None
-        missing = reader.missing(values)
-        if missing:
-            problem = f"{title}: the read's answer lacks {', '.join(missing)}"
-        else:
-            try:
-                cancel = reader.cancel(values)
-            except GatewayError as exc:
-                problem = f"{title}: the read's answer cannot make the cancel: {exc.message}"
-        if problem is not None:
-            outcome = Outcome(Status.FAILED, ErrorCode.PROVIDER_BAD_RESPONSE, problem)
-            return replace(read, outcome=outcome, sent=False, final=True)
-        tried = await self._exchange(replace(outbound, reader=None), deadline, attempt, log, cancel)
-        read_spec = outbound.target.definition.resources[outbound.resource].read
-        stale = read_spec is not None and read_spec.is_stale(tried.outcome.provider_code)
-        return replace(tried, stale=stale)
 
     def _without_token(
         self, outbound: Outbound, failure: TokenFailure, attempt: int, log: FilteringBoundLogger

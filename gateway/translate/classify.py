@@ -8,11 +8,10 @@ here raises on a strange body: HTML, an empty body, wrong types all classify.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from jmespath.exceptions import JMESPathError
@@ -22,7 +21,6 @@ from gateway.answers import Errors, RetryHint, Rule
 from gateway.definition import ProviderDefinition
 from gateway.errors import ErrorCode, Status, spec
 from gateway.probe_spec import Probe, ProbeKind
-from gateway.redact import REDACTED
 from gateway.translate.wire import UpstreamResponse
 
 MAX_PROVIDER_MESSAGE = 300  # characters of the provider's own text in an envelope
@@ -349,40 +347,6 @@ def _timestamp(value: Any) -> str | None:
 
 def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="auto").replace("+00:00", "Z")
-
-
-def without_echo(outcome: Outcome, secrets: list[str]) -> Outcome:
-    """``outcome`` with every echo of ``secrets`` in what the provider said masked. A signature
-    is a secret made for one request, which no redactor knows in advance: a provider that says
-    "expected sign X, got Y" has it masked here, before anything is logged or answered."""
-    response = outcome.provider_response
-    said = [outcome.detail or "", outcome.provider_code or ""]
-    if response:
-        said.append(orjson.dumps(response).decode())
-    # As sent in a query (percent-encoded) too: a provider may quote the query it received.
-    # (A hex signature, the usual, reads the same encoded.)
-    forms = [*secrets, *(quote(s, safe="") for s in secrets if not s.isalnum())]
-    found = [form for form in forms if any(form in text for text in said)]
-    if not found:
-        return outcome
-
-    def masked(value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in found:
-                value = value.replace(secret, REDACTED)
-            return value
-        if isinstance(value, dict):
-            return {key: masked(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [masked(item) for item in value]
-        return value
-
-    return replace(
-        outcome,
-        detail=masked(outcome.detail),
-        provider_code=masked(outcome.provider_code),
-        provider_response=masked(response),
-    )
 
 
 def _probed(probe: Probe, response: UpstreamResponse) -> Outcome:

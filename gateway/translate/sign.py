@@ -13,10 +13,16 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlsplit
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import orjson
 
 from gateway.auth_schemes import RequestPart, Signature
+from gateway.redact import REDACTED
 from gateway.translate.auth import with_credentials
+from gateway.translate.classify import Outcome
 from gateway.translate.templates import Context, Template, TemplateError, header_value
 from gateway.translate.wire import UpstreamRequest
 
@@ -102,3 +108,37 @@ def _text(template: Template, ctx: Context, where: str) -> str:
     if value is None:
         raise TemplateError(f"the signature's {where} {template.source!r} lacks a value")
     return str(value)
+
+
+def without_echo(outcome: Outcome, secrets: list[str]) -> Outcome:
+    """``outcome`` with every echo of ``secrets`` in what the provider said masked. A signature
+    is a secret made for one request, which no redactor knows in advance: a provider that says
+    "expected sign X, got Y" has it masked here, before anything is logged or answered."""
+    response = outcome.provider_response
+    said = [outcome.detail or "", outcome.provider_code or ""]
+    if response:
+        said.append(orjson.dumps(response).decode())
+    # As sent in a query (percent-encoded) too: a provider may quote the query it received.
+    # (A hex signature, the usual, reads the same encoded.)
+    forms = [*secrets, *(quote(s, safe="") for s in secrets if not s.isalnum())]
+    found = [form for form in forms if any(form in text for text in said)]
+    if not found:
+        return outcome
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in found:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {key: masked(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [masked(item) for item in value]
+        return value
+
+    return replace(
+        outcome,
+        detail=masked(outcome.detail),
+        provider_code=masked(outcome.provider_code),
+        provider_response=masked(response),
+    )

@@ -886,8 +886,7 @@ def test_a_signature_the_provider_quotes_is_masked_wherever_it_said_it() -> None
     """A per-request secret (a signature) echoed in the message, the code or a nested value of
     the provider's response is masked; what the provider said around it stays."""
     from gateway.auth_schemes import Signature
-    from gateway.translate.classify import without_echo
-    from gateway.translate.sign import sent_value
+    from gateway.translate.sign import sent_value, without_echo
     from gateway.translate.wire import UpstreamRequest
 
     sign = "9f2c1e0d8b7a6f5e4d3c2b1a"
