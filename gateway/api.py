@@ -33,7 +33,7 @@ from gateway.openapi import openapi_document
 from gateway.problems import ConfigError
 from gateway.routing import Caller
 from gateway.services import Services
-from gateway.store import StoreUnavailable
+from gateway.store import Entry, StoreUnavailable
 
 CONFIG = web.AppKey("config", LiveConfig)
 SERVICES = web.AppKey("services", Services)
@@ -51,6 +51,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/cancellations/batch", create_batch)
     # Not "batch": that path is POST only, and a GET on it must say so (405, Allow: POST).
     app.router.add_get("/v1/cancellations/{cancellation_id:(?!batch$)[^/]+}", get_cancellation)
+    app.router.add_get("/v1/cancellations/{cancellation_id}/events", get_events)
     app.router.add_get("/v1/connections", list_connections)
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/healthz", healthz)
@@ -183,8 +184,8 @@ def _flag(request: web.Request, name: str) -> bool:
     return given[0] == "true"
 
 
-async def get_cancellation(request: web.Request) -> web.Response:
-    """A cancellation's envelope as it was answered, for the caller that made it only."""
+async def _ledger_row(request: web.Request) -> tuple[str, Entry]:
+    """The cancellation the path names, for the caller that made it only (else a 404)."""
     cancellation_id = request.match_info["cancellation_id"]
     unknown = GatewayError(ErrorCode.NOT_FOUND, f"no cancellation {cancellation_id!r}")
     if not CANCELLATION_ID.fullmatch(cancellation_id):
@@ -199,6 +200,20 @@ async def get_cancellation(request: web.Request) -> web.Response:
         ) from None
     if entry is None:
         raise unknown
+    return cancellation_id, entry
+
+
+async def get_events(request: web.Request) -> web.Response:
+    """What happened to a cancellation, in order: received, attempts, probes, settled."""
+    cancellation_id, entry = await _ledger_row(request)
+    head = b'{"cancellation_id":"' + cancellation_id.encode() + b'","events":'
+    body = head + (entry.events or b"[]") + b"}"
+    return web.Response(body=body, content_type="application/json")
+
+
+async def get_cancellation(request: web.Request) -> web.Response:
+    """A cancellation's envelope as it was answered, for the caller that made it only."""
+    cancellation_id, entry = await _ledger_row(request)
     if entry.envelope is None:
         raise GatewayError(
             ErrorCode.IDEMPOTENCY_IN_PROGRESS,

@@ -56,7 +56,7 @@ from gateway.translate.build import (
     build_reader,
     resolve_resource,
 )
-from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
+from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
 
 LEASE_MARGIN_S = 10.0
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
@@ -134,7 +134,10 @@ class Canceller:
 
     def _new_facts(self, caller: Caller) -> Facts:
         """A new cancellation: its id and when it was asked for."""
-        return Facts(new_cancellation_id(), caller.name, self._clock.now().timestamp())
+        now = self._clock.now()
+        facts = Facts(new_cancellation_id(), caller.name, now.timestamp())
+        facts.record({"at": format_time(now), "type": "received"})
+        return facts
 
     def preview(self, caller: Caller, body: bytes, info: RequestInfo) -> Preview:
         """What ``cancel`` would send, after the same checks; nothing is sent or recorded.
@@ -253,7 +256,9 @@ class Canceller:
             facts.upstream = upstream
 
         clock = self._clock.monotonic
-        result, facts.lines = await send(self._sender, outbound, prepared, log, progress, clock)
+        result, facts.lines = await send(
+            self._sender, outbound, prepared, log, progress, clock, facts.record
+        )
         return result
 
     async def _begin(self, facts: Facts, log: FilteringBoundLogger) -> None:
@@ -295,7 +300,11 @@ class Canceller:
     ) -> None:
         """Record the result; a definite one is kept for replays, a failed one releases the
         key. The answer stands even when this fails: it is logged in full instead."""
-        now = self._clock.now().timestamp()
+        moment = self._clock.now()
+        now = moment.timestamp()
+        code = result.code.value if result.code else None
+        settled = {"status": result.status.value, "error_code": code}
+        facts.record({"at": format_time(moment), "type": "settled", **settled})
         entry = facts.entry(
             result.status.value,
             error_code=result.code.value if result.code else None,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from gateway.envelope import decision_error, provider_error
 from gateway.errors import GatewayError, Status
@@ -35,6 +37,7 @@ class Facts:
     running: bool = False  # recorded as running in the store: complete() must follow
     items: Sequence[LineItem] | None = None  # the lines asked for, and each one's outcome
     lines: Sequence[Outcome | GatewayError] = ()
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def entry(self, status: str, **more: Any) -> Entry:
         return Entry(
@@ -47,7 +50,12 @@ class Facts:
             status,
             self.created_at,
             **more,
+            events=orjson.dumps(self.events),
         )
+
+    def record(self, event: dict[str, Any]) -> None:
+        """What happened, in order (CONTRACT §10, ``GET /v1/cancellations/{id}/events``)."""
+        self.events.append(event)
 
     def envelope(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -17,7 +18,7 @@ from gateway.models import LineError, LineItem, LineOutcome, UpstreamInfo
 from gateway.outbound import Outbound
 from gateway.redact import AnswerRedactor
 from gateway.request import Prepared
-from gateway.send import Sender, ms
+from gateway.send import Record, Sender, ms
 from gateway.translate.build import LineAttempts
 from gateway.translate.classify import Outcome
 
@@ -32,18 +33,20 @@ async def send(
     log: FilteringBoundLogger,
     progress: Callable[[UpstreamInfo], None],
     monotonic: Callable[[], float],
+    record: Record | None = None,
 ) -> tuple[Result, list[Result]]:
     """The cancellation's outcome, and each line's when the request names lines: the one
-    request's outcome for each, or each line's own when every line is a request."""
+    request's outcome for each, or each line's own when every line is a request. ``record``
+    hears each attempt and probe."""
     items = prepared.request.items
     if prepared.lines is None:
-        result = await sender.send(outbound, log, progress)
+        result = await sender.send(outbound, log, progress, record=record)
         return result, [result] * len(items or ())
     lines = prepared.target.definition.resources[prepared.resource].items
     assert items is not None
     assert lines is not None
     results = await send_lines(
-        sender, outbound, prepared.lines, lines.concurrency, log, progress, monotonic
+        sender, outbound, prepared.lines, lines.concurrency, log, progress, monotonic, record
     )
     return combined(items, results), results
 
@@ -56,6 +59,7 @@ async def send_lines(
     log: FilteringBoundLogger,
     progress: Callable[[UpstreamInfo], None],
     monotonic: Callable[[], float],
+    record: Record | None = None,
 ) -> list[Result]:
     """Each line's outcome, in the request's order: each line its own request with its own
     attempts and classification, at most ``concurrency`` in flight, all within the one budget
@@ -84,7 +88,12 @@ async def send_lines(
         async with slots:
             line_log = log.bind(line=index)
             line = replace(outbound, request=request, rebuild=rebuild, reader=reader)
-            return await sender.send(line, line_log, lambda i: heard(index, i), deadline)
+
+            def recorded(event: dict[str, Any]) -> None:
+                if record is not None:
+                    record({**event, "line": index})
+
+            return await sender.send(line, line_log, lambda i: heard(index, i), deadline, recorded)
 
     # Every line runs to its end, whatever another's does: none is left running unseen.
     ended = await asyncio.gather(*(one(n, a) for n, a in enumerate(lines)), return_exceptions=True)

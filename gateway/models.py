@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -278,6 +278,24 @@ class CancellationList(BaseModel):
     next_cursor: str | None = Field(
         description="Give it as `cursor` for the next page; null on the last page."
     )
+
+
+class Event(BaseModel):
+    """One thing that happened to a cancellation; each type has its own fields besides these
+    (an attempt: method, url, status, error_code, latency_ms; a probe: result; settled:
+    status, error_code; with lines, the line's index)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    at: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+    type: Literal["received", "attempt", "probe", "scheduled", "settled", "webhook"]
+
+
+class CancellationEvents(BaseModel):
+    """``GET /v1/cancellations/{id}/events``: what happened to it, in order."""
+
+    cancellation_id: str
+    events: list[Event]
 
 
 class ParamInfo(BaseModel):

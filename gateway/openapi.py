@@ -28,6 +28,7 @@ from gateway.models import (
     NO_CONTROL_PATTERN,
     BatchRequest,
     BatchResponse,
+    CancellationEvents,
     CancellationList,
     CancelRequest,
     Connections,
@@ -47,6 +48,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (Preview, "serialization"),
     (BatchResponse, "serialization"),
     (CancellationList, "serialization"),
+    (CancellationEvents, "serialization"),
     (Connections, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
@@ -96,6 +98,20 @@ _ERROR_HEADERS: dict[int, dict[str, Any]] = {
         )
     },
     405: {"Allow": _header("The methods the path takes.", {"type": "string"}, required=True)},
+}
+
+
+_CANCELLATION_ID_PARAMETER = {
+    "name": "cancellation_id",
+    "in": "path",
+    "required": True,
+    "description": "As answered in the envelope; an id of another form answers 404 not_found.",
+    "schema": {
+        "type": "string",
+        "minLength": 30,  # with the pattern, exact in any engine
+        "maxLength": 30,
+        "pattern": f"^{CANCELLATION_ID.pattern}$",  # else a 404
+    },
 }
 
 
@@ -328,22 +344,22 @@ def openapi_document() -> dict[str, Any]:
                     "get": {
                         "operationId": "getCancellation",
                         "summary": "A cancellation's envelope, to the caller that made it",
-                        "parameters": [
-                            {
-                                "name": "cancellation_id",
-                                "in": "path",
-                                "required": True,
-                                "description": "As answered in the envelope; an id of another "
-                                "form answers 404 not_found.",
-                                "schema": {
-                                    "type": "string",
-                                    "minLength": 30,  # with the pattern, exact in any engine
-                                    "maxLength": 30,
-                                    "pattern": f"^{CANCELLATION_ID.pattern}$",  # else a 404
-                                },
-                            }
-                        ],
+                        "parameters": [_CANCELLATION_ID_PARAMETER],
                         "responses": {"200": envelope_ok, **_errors()},
+                    }
+                },
+                "/v1/cancellations/{cancellation_id}/events": {
+                    "get": {
+                        "operationId": "getCancellationEvents",
+                        "summary": "What happened to a cancellation, in order, to the caller "
+                        "that made it",
+                        "parameters": [_CANCELLATION_ID_PARAMETER],
+                        "responses": {
+                            "200": _json(
+                                "CancellationEvents", "received, each attempt and probe, settled"
+                            ),
+                            **_errors(),
+                        },
                     }
                 },
                 "/v1/connections": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.resilience import Policy
 from gateway.targets import Target
@@ -31,6 +32,19 @@ class Tried:
     cached_token: str | None = None  # the cached token it was sent with (worth renewing)
     stale: bool = False  # the provider says the object changed since it was read: read again
     url: str | None = None  # the attempt's URL as shown (each attempt may be built anew)
+
+    def event(self, at: str, request: UpstreamRequest, latency_ms: float) -> dict[str, Any]:
+        """The attempt as an event of its cancellation (``GET …/{id}/events``)."""
+        code = self.outcome.code
+        return {
+            "at": at,
+            "type": "attempt",
+            "method": request.method,
+            "url": self.url or request.shown_url,
+            "status": self.status,
+            "error_code": code.value if code else None,
+            "latency_ms": latency_ms,
+        }
 
 
 @dataclass(frozen=True, slots=True)

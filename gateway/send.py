@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -20,7 +21,7 @@ from gateway.read_call import read_then_cancel
 from gateway.resilience import Guards, backoff_s, retry_reason
 from gateway.services import Services
 from gateway.tokens import TokenFailure
-from gateway.translate.classify import Outcome, classify
+from gateway.translate.classify import Outcome, classify, format_time
 from gateway.translate.sign import sent_value, without_echo
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import UpstreamFailure
@@ -41,6 +42,10 @@ async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
     return True
 
 
+# Hears each attempt and probe as an event of the cancellation (``GET …/{id}/events``).
+Record = Callable[[dict[str, Any]], None]
+
+
 class Sender:
     def __init__(self, services: Services) -> None:
         self._transport = services.transport
@@ -57,6 +62,7 @@ class Sender:
         log: FilteringBoundLogger,
         progress: Callable[[UpstreamInfo], None],
         deadline: float | None = None,
+        record: Record | None = None,
     ) -> Outcome | GatewayError:
         """The provider's final outcome, or the local guards' refusal when nothing could be
         sent; ``progress`` hears about every attempt that was made. The budget ends at
@@ -71,6 +77,7 @@ class Sender:
         attempts = probes = 0
         renewed = False  # a refused token is fetched again once
         while True:
+            at, began = self._clock.now(), self._clock.monotonic()
             tried = await self._attempt(outbound, guards, deadline, attempts + 1, log)
             if isinstance(tried, GatewayError):
                 if outcome is None:
@@ -79,6 +86,9 @@ class Sender:
                 return replace(outcome, note=f"not repeated: {tried.message}")
             attempts += 1
             outcome = tried.outcome
+            if record is not None:
+                took = ms(self._clock.monotonic() - began)
+                record(tried.event(format_time(at), request, took))
             safe_now = retry_safe  # a probe that finds the object not cancelled makes it so
             if unknown(outbound, tried) and await self._probe_admitted(guards, deadline):
                 now = self._clock.monotonic
@@ -87,6 +97,9 @@ class Sender:
                 if probed is not None and probed.sent:  # counted when it may have gone out
                     probes += 1
                     self._metrics.probed(connection, found or "unknown")
+                    if record is not None:
+                        when = format_time(self._clock.now())
+                        record({"at": when, "type": "probe", "result": found or "unknown"})
                 if found == "cancelled" and probed is not None:
                     outcome = probed.outcome
                 elif found == "not_cancelled":

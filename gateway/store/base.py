@@ -75,6 +75,7 @@ class Entry(NamedTuple):
     attempts: int = 0
     completed_at: float | None = None
     envelope: bytes | None = None
+    events: bytes | None = None  # what happened to it, a JSON list (GET …/{id}/events)
 
 
 # What ``begin`` answers.
@@ -244,13 +245,14 @@ def entry_values(entry: Entry) -> tuple[Any, ...]:
         entry.created_at,
         entry.completed_at,
         entry.envelope,
+        entry.events,
     )
 
 
 # Ledger columns in ``Entry``'s field order, for reading rows back.
 ENTRY_COLUMNS = (
     "id, caller, connection, provider, resource, resource_id, status, created_at, error_code,"
-    " attempts, completed_at, envelope"
+    " attempts, completed_at, envelope, events"
 )
 
 

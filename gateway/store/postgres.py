@@ -39,7 +39,7 @@ from gateway.store.base import (
     settle,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 Conn = asyncpg.Connection | PoolConnectionProxy
 _MIGRATION_LOCK = 0x63616E63  # an arbitrary advisory lock id for this schema
 MIGRATIONS: dict[int, list[str]] = {
@@ -92,14 +92,17 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS cg_cancellations_caller_id"
         ' ON cg_cancellations (caller, id COLLATE "C")'
     ],
+    # What happened to each cancellation, for GET /v1/cancellations/{id}/events.
+    4: ["ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS events BYTEA"],
 }
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
     (id, caller, connection, provider, resource, resource_id, status, error_code, attempts,
-     created_at, completed_at, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+     created_at, completed_at, envelope, events)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, error_code = EXCLUDED.error_code,
     attempts = EXCLUDED.attempts, completed_at = EXCLUDED.completed_at,
     envelope = EXCLUDED.envelope, connection = EXCLUDED.connection,
-    provider = EXCLUDED.provider, resource = EXCLUDED.resource"""
+    provider = EXCLUDED.provider, resource = EXCLUDED.resource, events = EXCLUDED.events"""
 _KEY_COLUMNS = """caller, key, fingerprint, token, state, lease_until, expires_at,
     cancellation_id, http_status, headers, body"""
 _INSERT_KEY = (

@@ -253,6 +253,7 @@ class RedisStore:
             "attempts": entry.attempts,
             "completed_at": entry.completed_at,
             "envelope": entry.envelope.hex() if entry.envelope is not None else None,
+            "events": entry.events.hex() if entry.events is not None else None,
         }
         pipe.set(
             self._entry_name(entry.cancellation_id), orjson.dumps(data), px=self._ledger_ttl_ms
@@ -331,7 +332,8 @@ def _write_key(pipe: Any, key: str, row: KeyRow, now: float) -> None:
 def _entry(raw: bytes | str) -> Entry:
     """A ledger row as ``_queue_entry`` stored it (the envelope in hex)."""
     data = orjson.loads(raw)
-    return Entry(**{**data, "envelope": _unhex(data["envelope"])})
+    events = _unhex(data.get("events"))  # absent from rows written before events were kept
+    return Entry(**{**data, "envelope": _unhex(data["envelope"]), "events": events})
 
 
 def _unhex(value: str | None) -> bytes | None:

@@ -53,11 +53,11 @@ RETRY_BUSY_S = (0.001, 0.05)  # first and longest wait for the write lock held b
 # A completion updates its row in place (REPLACE would delete it and insert it again).
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
     (id, caller, connection, provider, resource, resource_id, status, error_code, attempts,
-     created_at, completed_at, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     created_at, completed_at, envelope, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error_code = excluded.error_code,
     attempts = excluded.attempts, completed_at = excluded.completed_at,
     envelope = excluded.envelope, connection = excluded.connection,
-    provider = excluded.provider, resource = excluded.resource"""
+    provider = excluded.provider, resource = excluded.resource, events = excluded.events"""
 _UPSERT_KEY = """INSERT OR REPLACE INTO cg_idempotency
     (caller, key, fingerprint, token, state, lease_until, expires_at, cancellation_id,
      http_status, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""

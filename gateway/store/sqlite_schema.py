@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE cg_idempotency (
@@ -47,4 +47,6 @@ MIGRATIONS: dict[int, list[str]] = {
     # The ledger is listed by caller, newest first: (caller, id) answers that in index order
     # (ids sort by creation time), where (caller, created_at), dropped by 2, needed a sort.
     4: ["CREATE INDEX IF NOT EXISTS cg_cancellations_caller_id ON cg_cancellations (caller, id)"],
+    # What happened to each cancellation, for GET /v1/cancellations/{id}/events.
+    5: ["ALTER TABLE cg_cancellations ADD COLUMN events BLOB"],
 }

@@ -222,6 +222,10 @@ async def test_one_request_per_line_two_at_a_time(gateway: Gateway, upstream: Up
     assert all(body == {"quantity": 1} for _, _, body in upstream.line_calls)
     assert upstream.most_in_flight == 2  # the definition's concurrency
     assert result.body["upstream"]["attempts"] == 4
+    path = f"/v1/cancellations/{result.body['cancellation_id']}/events"
+    events = (await gateway.request("GET", path)).body["events"]
+    attempts = [e for e in events if e["type"] == "attempt"]
+    assert sorted(e["line"] for e in attempts) == [0, 1, 2, 3]  # each line's own attempt
 
 
 async def test_every_line_already_cancelled_is_already_cancelled(

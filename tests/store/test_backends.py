@@ -353,7 +353,7 @@ async def test_a_sqlite_file_of_schema_2_is_migrated_and_leases(tmp_path: Path):
     versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
     indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     check.close()
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
     assert "cg_cancellations_caller_id" in indexes
 
 
@@ -372,7 +372,7 @@ async def test_a_postgres_schema_1_is_migrated_and_leases(postgres_dsn: str):
     versions = [row[0] for row in await old.fetch("SELECT version FROM cg_schema ORDER BY 1")]
     indexes = {row[0] for row in await old.fetch("SELECT indexname FROM pg_indexes")}
     await old.close()
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
     assert "cg_cancellations_caller_id" in indexes
 
 
@@ -552,3 +552,17 @@ async def test_a_redis_listing_reads_a_bounded_number_of_ids(redis_prefix: str):
     assert await listed(store, status="cancelled", limit=2) == [first]
     assert await listed(store, caller="oms", limit=1) == [first]  # the caller's own set
     await store.close()
+
+
+async def test_a_cancellations_events_are_kept_with_its_row(make_store: StoreFactory):
+    """Written at the start (received) and at the end (every event), read back whole."""
+    store = await make_store()
+    started = entry()._replace(events=b'[{"type":"received"}]')
+    assert await store.begin(started, None, NOW) == Claimed("")
+    found = await store.lookup(started.cancellation_id, "oms")
+    assert found is not None
+    assert found.events == b'[{"type":"received"}]'
+    events = b'[{"type":"received"},{"type":"attempt","status":200},{"type":"settled"}]'
+    final = started._replace(status="cancelled", envelope=b"{}", events=events)
+    await store.complete(final, None, "", None, NOW)
+    assert await store.lookup(started.cancellation_id, "oms") == final

@@ -130,7 +130,8 @@ async def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_rows(tmp_path: Pat
         old.execute(statement)
     old.execute("INSERT INTO cg_schema (version) VALUES (1)")
     old.execute(
-        f"INSERT INTO cg_cancellations ({module.ENTRY_COLUMNS}) VALUES"
+        "INSERT INTO cg_cancellations (id, caller, connection, provider, resource, resource_id,"
+        " status, created_at, error_code, attempts, completed_at, envelope) VALUES"
         " ('cxl_old', 'oms', 'c', 'p', 'r', 'id-1', 'running', 1.0, NULL, 0, NULL, NULL)"
     )
     old.close()
@@ -147,7 +148,7 @@ async def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_rows(tmp_path: Pat
     versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
     indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     check.close()
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
     assert "cg_cancellations_caller" not in indexes
     assert "cg_idempotency_expires" in indexes
 
