@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import orjson
 from aiohttp import web
@@ -34,6 +35,7 @@ from gateway.problems import ConfigError
 from gateway.routing import Caller
 from gateway.services import Services
 from gateway.store import Entry, StoreUnavailable
+from gateway.translate.classify import format_time
 
 CONFIG = web.AppKey("config", LiveConfig)
 SERVICES = web.AppKey("services", Services)
@@ -206,8 +208,10 @@ async def _ledger_row(request: web.Request) -> tuple[str, Entry]:
 async def get_events(request: web.Request) -> web.Response:
     """What happened to a cancellation, in order: received, attempts, probes, settled."""
     cancellation_id, entry = await _ledger_row(request)
-    head = b'{"cancellation_id":"' + cancellation_id.encode() + b'","events":'
-    body = head + (entry.events or b"[]") + b"}"
+    events = orjson.loads(entry.events or b"[]")
+    for event in events:  # kept as unix seconds, cheaper to record: written out now
+        event["at"] = format_time(datetime.fromtimestamp(event["at"], UTC))
+    body = orjson.dumps({"cancellation_id": cancellation_id, "events": events})
     return web.Response(body=body, content_type="application/json")
 
 

@@ -56,7 +56,7 @@ from gateway.translate.build import (
     build_reader,
     resolve_resource,
 )
-from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome, format_time
+from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
 
 LEASE_MARGIN_S = 10.0
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
@@ -134,9 +134,9 @@ class Canceller:
 
     def _new_facts(self, caller: Caller) -> Facts:
         """A new cancellation: its id and when it was asked for."""
-        now = self._clock.now()
-        facts = Facts(new_cancellation_id(), caller.name, now.timestamp())
-        facts.record({"at": format_time(now), "type": "received"})
+        now = self._clock.now().timestamp()
+        facts = Facts(new_cancellation_id(), caller.name, now)
+        facts.record({"at": now, "type": "received"})  # unix seconds: written out when read
         return facts
 
     def preview(self, caller: Caller, body: bytes, info: RequestInfo) -> Preview:
@@ -300,11 +300,11 @@ class Canceller:
     ) -> None:
         """Record the result; a definite one is kept for replays, a failed one releases the
         key. The answer stands even when this fails: it is logged in full instead."""
-        moment = self._clock.now()
-        now = moment.timestamp()
+        now = self._clock.now().timestamp()
         code = result.code.value if result.code else None
-        settled = {"status": result.status.value, "error_code": code}
-        facts.record({"at": format_time(moment), "type": "settled", **settled})
+        facts.record(
+            {"at": now, "type": "settled", "status": result.status.value, "error_code": code}
+        )
         entry = facts.entry(
             result.status.value,
             error_code=result.code.value if result.code else None,

@@ -33,7 +33,7 @@ class Tried:
     stale: bool = False  # the provider says the object changed since it was read: read again
     url: str | None = None  # the attempt's URL as shown (each attempt may be built anew)
 
-    def event(self, at: str, request: UpstreamRequest, latency_ms: float) -> dict[str, Any]:
+    def event(self, at: float, request: UpstreamRequest, latency_ms: float) -> dict[str, Any]:
         """The attempt as an event of its cancellation (``GET …/{id}/events``)."""
         code = self.outcome.code
         return {

@@ -21,7 +21,7 @@ from gateway.read_call import read_then_cancel
 from gateway.resilience import Guards, backoff_s, retry_reason
 from gateway.services import Services
 from gateway.tokens import TokenFailure
-from gateway.translate.classify import Outcome, classify, format_time
+from gateway.translate.classify import Outcome, classify
 from gateway.translate.sign import sent_value, without_echo
 from gateway.translate.wire import UpstreamRequest
 from gateway.upstream import UpstreamFailure
@@ -77,7 +77,7 @@ class Sender:
         attempts = probes = 0
         renewed = False  # a refused token is fetched again once
         while True:
-            at, began = self._clock.now(), self._clock.monotonic()
+            at, began = self._clock.now().timestamp(), self._clock.monotonic()
             tried = await self._attempt(outbound, guards, deadline, attempts + 1, log)
             if isinstance(tried, GatewayError):
                 if outcome is None:
@@ -88,7 +88,7 @@ class Sender:
             outcome = tried.outcome
             if record is not None:
                 took = ms(self._clock.monotonic() - began)
-                record(tried.event(format_time(at), request, took))
+                record(tried.event(at, request, took))
             safe_now = retry_safe  # a probe that finds the object not cancelled makes it so
             if unknown(outbound, tried) and await self._probe_admitted(guards, deadline):
                 now = self._clock.monotonic
@@ -98,7 +98,7 @@ class Sender:
                     probes += 1
                     self._metrics.probed(connection, found or "unknown")
                     if record is not None:
-                        when = format_time(self._clock.now())
+                        when = self._clock.now().timestamp()
                         record({"at": when, "type": "probe", "result": found or "unknown"})
                 if found == "cancelled" and probed is not None:
                     outcome = probed.outcome
