@@ -35,10 +35,11 @@ from gateway.fields import (
     StructureField,
     TemplateField,
     absolute_path,
+    request_parts,
 )
 from gateway.line_items import LINE_NAMES, Lines, lines_problems
 from gateway.probe_spec import Probe
-from gateway.read_spec import Read
+from gateway.read_spec import ObjectRead, Read
 from gateway.translate.templates import (
     CONTEXT_NAMES,
     GENERATED_NAMES,
@@ -144,10 +145,7 @@ class Resource(Strict):
 
     def request_templates(self, where: str) -> list[tuple[str, Template]]:
         """The templates of the request (path, headers, query, body), each with where it is."""
-        found = [(f"{where}.path", self.path)]
-        found += [(f"{where}.headers.{name}", t) for name, t in self.headers.items()]
-        found += [(f"{where}.query.{name}", t) for name, t in self.query.items()]
-        return found + [(f"{where}.body", t) for t in structure_templates(self.body)]
+        return request_parts(where, self.path, self.headers, self.query, self.body)
 
     @cached_property
     def read_request(self) -> Resource | None:
@@ -156,36 +154,25 @@ class Resource(Strict):
         read = self.read
         if read is None:
             return None
-        return Resource(
-            method=read.method,
-            path=read.path,
-            headers=read.headers,
-            query=read.query,
-            body=read.body,
+        already = read.already_cancelled
+        return self._reading(
+            read,
             success=Success(status=read.status, when=read.when),
-            already_cancelled=(
-                None
-                if read.already_cancelled is None
-                else AlreadyCancelled(status=read.status, when=read.already_cancelled)
-            ),
+            already_cancelled=AlreadyCancelled(status=read.status, when=already)
+            if already is not None
+            else None,
             extract=Extract(provider_response=read.values),
-            errors=self.errors,
         )
 
     @cached_property
     def probe_request(self) -> Resource | None:
-        """The probe as a request to build like a cancel's."""
-        probe = self.probe
-        if probe is None:
-            return None
-        return Resource(
-            method=probe.method,
-            path=probe.path,
-            headers=probe.headers,
-            query=probe.query,
-            body=probe.body,
-            errors=self.errors,
-        )
+        """The probe as a request to build like a cancel's (``classify`` reads its answer)."""
+        return self._reading(self.probe) if self.probe is not None else None
+
+    def _reading(self, spec: ObjectRead, **answer: Any) -> Resource:
+        """A read of the object as a resource: its request, the resource's error rules."""
+        parts = {"headers": spec.headers, "query": spec.query, "body": spec.body}
+        return Resource(method=spec.method, path=spec.path, errors=self.errors, **parts, **answer)
 
     def default_templates(self, where: str) -> list[tuple[str, Template]]:
         """The templates of the fields' defaults, each with where it is."""

@@ -16,6 +16,7 @@ from gateway.translate.templates import (
     TemplateError,
     compile_structure,
     compile_template,
+    structure_templates,
 )
 
 
@@ -59,3 +60,17 @@ def absolute_path(template: Template) -> Template:
     if not template.source.startswith("/"):
         raise ValueError("must start with / (it is appended to the base URL)")
     return template
+
+
+def request_parts(
+    where: str,
+    path: Template,
+    headers: dict[str, Template],
+    query: dict[str, Template],
+    body: Any,
+) -> list[tuple[str, Template]]:
+    """The templates of a request (its path, headers, query, body), each with where it is."""
+    found = [(f"{where}.path", path)]
+    found += [(f"{where}.headers.{name}", t) for name, t in headers.items()]
+    found += [(f"{where}.query.{name}", t) for name, t in query.items()]
+    return found + [(f"{where}.body", t) for t in structure_templates(body)]

@@ -6,40 +6,22 @@ after sending) and before any repeat. Its answer is ``cancelled``, ``not_cancell
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from gateway.answers import Extract
-from gateway.fields import (
-    Expression,
-    HeaderName,
-    Strict,
-    StructureField,
-    TemplateField,
-    absolute_path,
-)
-from gateway.translate.templates import Template, structure_templates
+from gateway.fields import Expression
+from gateway.read_spec import ObjectRead
 
 ProbeKind = Literal["cancelled", "not_cancelled", "not_found", "pending"]
 
 
-class Probe(Strict):
-    method: Literal["GET", "POST"] = "GET"
-    path: Annotated[TemplateField, AfterValidator(absolute_path)]
-    headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
-    query: dict[str, TemplateField] = Field(default_factory=dict)
-    body: StructureField = None
-    status: list[int] = Field(default_factory=lambda: list(range(200, 300)))  # an answer
+class Probe(ObjectRead):
+    part = "probe"
     cancelled: Expression  # truthy on an answer: the object is cancelled
     pending: Expression | None = None  # truthy: the provider is still cancelling it
     # Truthy: not cancelled (a repeat is safe); without it, any other answer means so.
     not_cancelled: Expression | None = None
     not_found: list[int] = Field(default_factory=lambda: [404])
     extract: Extract = Field(default_factory=Extract)
-
-    def templates(self, where: str) -> list[tuple[str, Template]]:
-        found = [(f"{where}.probe.path", self.path)]
-        found += [(f"{where}.probe.headers.{n}", t) for n, t in self.headers.items()]
-        found += [(f"{where}.probe.query.{n}", t) for n, t in self.query.items()]
-        return found + [(f"{where}.probe.body", t) for t in structure_templates(self.body)]

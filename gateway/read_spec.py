@@ -6,7 +6,7 @@ before every attempt, so a repeat after a conflict sends what the provider holds
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -18,21 +18,34 @@ from gateway.fields import (
     StructureField,
     TemplateField,
     absolute_path,
+    request_parts,
 )
-from gateway.translate.templates import Template, structure_templates
+from gateway.translate.templates import Template
 
 READ_PREFIX = "read."
 
 
-class Read(Strict):
+class ObjectRead(Strict):
+    """A request that reads the object (a resource's ``read:`` or ``probe:``), and the
+    answers that describe it (``status``, default any 2xx)."""
+
+    part: ClassVar[str]  # its key in the resource
     method: Literal["GET", "POST"] = "GET"
     path: Annotated[TemplateField, AfterValidator(absolute_path)]
     headers: dict[HeaderName, TemplateField] = Field(default_factory=dict)
     query: dict[str, TemplateField] = Field(default_factory=dict)
     body: StructureField = None
-    # The answer that gives the values (default any 2xx, and ``when`` truthy when given);
-    # any other is classified with the resource's error rules, as a cancel's answer would be.
     status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
+
+    def templates(self, where: str) -> list[tuple[str, Template]]:
+        where = f"{where}.{self.part}"
+        return request_parts(where, self.path, self.headers, self.query, self.body)
+
+
+class Read(ObjectRead):
+    part = "read"
+    # The answer that gives the values (``status``, and ``when`` truthy when given); any
+    # other is classified with the resource's error rules, as a cancel's answer would be.
     when: Expression | None = None
     values: dict[Annotated[str, Field(pattern=NAME)], Expression] = Field(min_length=1)
     # Truthy on an answer that shows the object already cancelled: nothing more is sent.
@@ -47,9 +60,3 @@ class Read(Strict):
     def names(self) -> frozenset[str]:
         """What the cancel's request may name: ``read.<value>``."""
         return frozenset(READ_PREFIX + name for name in self.values)
-
-    def templates(self, where: str) -> list[tuple[str, Template]]:
-        found = [(f"{where}.read.path", self.path)]
-        found += [(f"{where}.read.headers.{n}", t) for n, t in self.headers.items()]
-        found += [(f"{where}.read.query.{n}", t) for n, t in self.query.items()]
-        return found + [(f"{where}.read.body", t) for t in structure_templates(self.body)]

@@ -69,18 +69,27 @@ def procurement(procurement_id: str, updated_at: datetime) -> dict[str, Any]:
     }
 
 
-async def cancel(request: web.Request) -> web.StreamResponse:
-    app = request.app
+def _admitted(request: web.Request, method: str, suffix: str) -> tuple[Call, Reply | None]:
+    """The call to the procurement's path plus ``suffix``, and the refusal to answer instead
+    of serving it: another verb, a wrong token."""
     info = request.match_info
     procurement_id = info["id"]
-    path = f"/openapi/{info['version']}/procurements/{procurement_id}/cancel"
-    call = Call(NAME, request.method, path, procurement_id, app[CLOCK_KEY]())
-    if request.method != "PATCH":
-        return error(405, call).response()
+    path = f"/openapi/{info['version']}/procurements/{procurement_id}{suffix}"
+    call = Call(NAME, request.method, path, procurement_id, request.app[CLOCK_KEY]())
+    if request.method != method:
+        return call, error(405, call)
     token = request.headers.get("Access-Token", "")
-    if not hmac.compare_digest(token.encode(), app[KEYS_KEY].shoplazza.encode()):
-        return _INACTIVE.response()
-    state = app[STATE_KEY]
+    if not hmac.compare_digest(token.encode(), request.app[KEYS_KEY].shoplazza.encode()):
+        return call, _INACTIVE
+    return call, None
+
+
+async def cancel(request: web.Request) -> web.StreamResponse:
+    call, refused = _admitted(request, "PATCH", "/cancel")
+    if refused is not None:
+        return refused.response()
+    procurement_id = call.object_id
+    state = request.app[STATE_KEY]
 
     def succeed(now: datetime) -> Reply:
         first = state.cancel(NAME, procurement_id, now)
@@ -92,20 +101,14 @@ async def cancel(request: web.Request) -> web.StreamResponse:
 async def detail(request: web.Request) -> web.StreamResponse:
     """ "Get Procurement Detail", the status probe: state 4 once cancelled, else 1 (waiting for
     stock); 404 for a `notfound` id."""
-    app = request.app
-    info = request.match_info
-    procurement_id = info["id"]
-    path = f"/openapi/{info['version']}/procurements/{procurement_id}"
-    call = Call(NAME, request.method, path, procurement_id, app[CLOCK_KEY]())
-    if request.method != "GET":
-        return error(405, call).response()
-    token = request.headers.get("Access-Token", "")
-    if not hmac.compare_digest(token.encode(), app[KEYS_KEY].shoplazza.encode()):
-        return _INACTIVE.response()
+    call, refused = _admitted(request, "GET", "")
+    if refused is not None:
+        return refused.response()
+    procurement_id = call.object_id
     found = match(procurement_id)
     if found is not None and found.name == "notfound":
         return OUTCOMES["notfound"](call).response()
-    when = app[STATE_KEY].cancelled.get((NAME, procurement_id))
+    when = request.app[STATE_KEY].cancelled.get((NAME, procurement_id))
     body = procurement(procurement_id, when or call.now)
     if when is None:
         body["procurement"]["state"] = 1

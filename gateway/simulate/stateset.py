@@ -156,15 +156,24 @@ def cancelled_asn(asn_id: str, body: dict[str, Any], now: datetime) -> dict[str,
     }
 
 
+def _admitted(request: web.Request, method: str, suffix: str) -> tuple[Call, Reply | None]:
+    """The call to the ASN's path plus ``suffix``, and the refusal to answer instead of
+    serving it: another verb, a wrong key."""
+    asn_id = request.match_info["id"]
+    call = Call(
+        NAME, request.method, f"/v1/asns/{asn_id}{suffix}", asn_id, request.app[CLOCK_KEY]()
+    )
+    if request.method != method:
+        return call, error(405, call)
+    return call, authenticate(request, request.app[KEYS_KEY].stateset, call)
+
+
 async def cancel(request: web.Request) -> web.StreamResponse:
     app = request.app
-    asn_id = request.match_info["id"]
-    call = Call(NAME, request.method, f"/v1/asns/{asn_id}/cancel", asn_id, app[CLOCK_KEY]())
-    if request.method != "POST":
-        return error(405, call).response()
-    denied = authenticate(request, app[KEYS_KEY].stateset, call)
-    if denied is not None:
-        return denied.response()
+    call, refused = _admitted(request, "POST", "/cancel")
+    if refused is not None:
+        return refused.response()
+    asn_id = call.object_id
     body = check_body(await request.read())
     if isinstance(body, Reply):
         return body.response()
@@ -203,13 +212,10 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     """ "Retrieve ASN", the status probe: the ASN as the simulator's state has it (cancelled,
     or still in transit; 404 for a `notfound` id)."""
     app = request.app
-    asn_id = request.match_info["id"]
-    call = Call(NAME, request.method, f"/v1/asns/{asn_id}", asn_id, app[CLOCK_KEY]())
-    if request.method != "GET":
-        return error(405, call).response()
-    denied = authenticate(request, app[KEYS_KEY].stateset, call)
-    if denied is not None:
-        return denied.response()
+    call, refused = _admitted(request, "GET", "")
+    if refused is not None:
+        return refused.response()
+    asn_id = call.object_id
     found = match(asn_id)
     if found is not None and found.name == "notfound":
         return OUTCOMES["notfound"](call).response()
