@@ -218,3 +218,27 @@ async def test_a_reload_that_changes_the_credentials_fetches_a_new_token(tmp_pat
     request, cached = await tokens.authorize(changed, CANCEL, clock.monotonic() + 5)
     assert (dict(request.headers)["WM_SEC.ACCESS_TOKEN"], cached) == ("token-two-2", None)
     assert len(transport.sent) == 2
+
+
+async def test_an_oauth2_token_request_is_signed_by_its_own_signature(tmp_path: Path):
+    """`token_signature` signs the token request like a cancel: HMAC-SHA256 under the client
+    secret over the method, the path and the form body, computed here by hand."""
+    import hashlib
+    import hmac
+    from urllib.parse import urlsplit
+
+    signature = (
+        "  token_signature:\n"
+        "    algorithm: hmac-sha256\n"
+        '    key: "{credentials.client_secret}"\n'
+        "    message: [{part: method}, {part: path}, {part: body}]\n"
+        "    header: X-Token-Signature\n"
+        "  header: WM_SEC.ACCESS_TOKEN"
+    )
+    tokens, transport, target = setup_with(tmp_path, "  header: WM_SEC.ACCESS_TOKEN", signature)
+    transport.answer(issued("token-one-1"))
+    await tokens.authorize(target, CANCEL, 5.0)
+    [sent] = transport.sent
+    message = b"POST" + urlsplit(sent.url).path.encode() + (sent.body or b"")
+    expected = hmac.new(b"client-secret-not-real", message, hashlib.sha256).hexdigest()
+    assert sent.header("X-Token-Signature") == expected
