@@ -42,6 +42,9 @@ class KeyClaim:
     fingerprint: str  # SHA-256 of the canonical JSON of the request body
     lease_s: float  # how long the claim holds while the request runs
     ttl_s: float  # how long the key lives
+    # Who holds the claim once it is taken: made here, so that whoever finishes the
+    # cancellation later (another process, after a crash) can say it is the holder.
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,11 @@ class Entry(NamedTuple):
     completed_at: float | None = None
     envelope: bytes | None = None
     events: bytes | None = None  # what happened to it, a JSON list (GET …/{id}/events)
+    # Its next step, while it has one (a pending cancellation to send or probe, a running one
+    # to recover if its process dies, a webhook to deliver): when it is due (unix seconds),
+    # and what it is (JSON, gateway/settling.py). Any process sharing the store may take it.
+    due_at: float | None = None
+    work: bytes | None = None
 
 
 # What ``begin`` answers.
@@ -187,7 +195,7 @@ def decide(
         claim.caller,
         claim.key,
         claim.fingerprint,
-        secrets.token_hex(16),
+        claim.token,
         KeyState.RUNNING,
         now + claim.lease_s,
         now + claim.ttl_s,
@@ -195,6 +203,7 @@ def decide(
     )
 
 
+PENDING: Final = "pending"  # the status of a cancellation not settled yet
 RELEASE: Final = "release"
 NOT_OURS: Final = "not ours"
 
@@ -246,13 +255,21 @@ def entry_values(entry: Entry) -> tuple[Any, ...]:
         entry.completed_at,
         entry.envelope,
         entry.events,
+        entry.due_at,
+        entry.work,
     )
 
+
+# Pending rows always have a step: an index on due_at (where there is one) finds them.
+PENDING_SUMMARY = (
+    "SELECT COUNT(*), MIN(created_at) FROM cg_cancellations"
+    " WHERE due_at IS NOT NULL AND status = 'pending'"
+)
 
 # Ledger columns in ``Entry``'s field order, for reading rows back.
 ENTRY_COLUMNS = (
     "id, caller, connection, provider, resource, resource_id, status, created_at, error_code,"
-    " attempts, completed_at, envelope, events"
+    " attempts, completed_at, envelope, events, due_at, work"
 )
 
 
@@ -280,9 +297,18 @@ class Store(Protocol):
         token: str,
         reply: StoredReply | None,
         now: float,
-    ) -> None:
-        """After answering: record the outcome; with a key, keep ``reply`` for replays, or
-        release the key when ``reply`` is None (a failed outcome may be tried again)."""
+        holder: str | None = None,
+    ) -> bool:
+        """After answering: record the outcome (and the entry's next step, or none); with a
+        key, keep ``reply`` for replays, or release the key when ``reply`` is None (a failed
+        outcome may be tried again). With ``holder`` (a step taken by ``take_due``), only while
+        that holder still holds the entry's lease: False, writing nothing, when it does not."""
+
+    async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries whose step is due (``due_at <= now``), earliest first, each
+        leased to ``holder`` for ``lease_s`` atomically: its ``due_at`` moves to ``now +
+        lease_s``, so that no other process takes it meanwhile and, if ``holder`` dies, another
+        takes it once the lease has run out."""
 
     async def record(self, entry: Entry) -> None:
         """A cancellation that ended before anything could be sent (refused input)."""
@@ -293,6 +319,10 @@ class Store(Protocol):
     async def list_entries(self, query: LedgerQuery) -> list[Entry]:
         """The final ledger rows ``query`` matches, newest first (cancellation id descending),
         at most ``query.limit``."""
+
+    async def pending_summary(self) -> tuple[int, float | None]:
+        """How many cancellations are pending, and when the oldest of them was made (None
+        when none is): the gauges of ``/metrics``."""
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.store.base import (
+    PENDING,
     RELEASE,
     BeginAnswer,
     Claimed,
@@ -27,6 +28,7 @@ class MemoryStore:
         self._ledger: dict[str, Entry] = {}
         self._refresh: dict[str, RefreshRow] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._holders: dict[str, str] = {}  # cancellation id → who leased its due step
 
     async def open(self) -> None:
         return None
@@ -47,7 +49,7 @@ class MemoryStore:
                 return decided
             self._keys[(claim.caller, claim.key)] = decided
             token = decided.token
-        self._ledger[entry.cancellation_id] = entry
+        self._write(entry)
         return Claimed(token)
 
     async def complete(
@@ -57,18 +59,42 @@ class MemoryStore:
         token: str,
         reply: StoredReply | None,
         now: float,
-    ) -> None:
-        self._ledger[entry.cancellation_id] = entry
+        holder: str | None = None,
+    ) -> bool:
+        if holder is not None and self._holders.get(entry.cancellation_id) != holder:
+            return False
+        self._write(entry)
         if claim is None:
-            return
+            return True
         settled = settle(self._keys.get((claim.caller, claim.key)), token, reply, claim.ttl_s, now)
         if settled == RELEASE:
             del self._keys[(claim.caller, claim.key)]
         elif isinstance(settled, KeyRow):
             self._keys[(claim.caller, claim.key)] = settled
+        return True
+
+    async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
+        due = sorted(
+            (e for e in self._ledger.values() if e.due_at is not None and e.due_at <= now),
+            key=lambda e: e.due_at or 0.0,
+        )[: max(limit, 0)]
+        taken = [e._replace(due_at=now + lease_s) for e in due]
+        for entry in taken:
+            self._ledger[entry.cancellation_id] = entry
+            self._holders[entry.cancellation_id] = holder
+        return taken
+
+    async def pending_summary(self) -> tuple[int, float | None]:
+        made = [e.created_at for e in self._ledger.values() if e.status == PENDING]
+        return len(made), min(made, default=None)
 
     async def record(self, entry: Entry) -> None:
+        self._write(entry)
+
+    def _write(self, entry: Entry) -> None:
+        """A write of the row ends any lease on its step (the step written replaces it)."""
         self._ledger[entry.cancellation_id] = entry
+        self._holders.pop(entry.cancellation_id, None)
 
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         entry = self._ledger.get(cancellation_id)

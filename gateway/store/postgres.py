@@ -4,6 +4,9 @@ A claim is one transaction: ``INSERT … ON CONFLICT DO NOTHING`` takes a free k
 otherwise the row is read ``FOR UPDATE`` (other claimers of that key wait), ``decide`` is
 applied and the row rewritten. The schema is created and migrated on start, under an
 advisory lock so replicas starting together do not race.
+
+Due steps are taken ``FOR UPDATE SKIP LOCKED``: replicas taking at once each lease other rows,
+none waiting for another, and a holder's write locks its row before checking the lease is its.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from gateway.store.base import (
     ENTRY_COLUMNS,
+    PENDING_SUMMARY,
     RELEASE,
     BeginAnswer,
     Claimed,
@@ -39,7 +43,7 @@ from gateway.store.base import (
     settle,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 Conn = asyncpg.Connection | PoolConnectionProxy
 _MIGRATION_LOCK = 0x63616E63  # an arbitrary advisory lock id for this schema
 MIGRATIONS: dict[int, list[str]] = {
@@ -94,15 +98,33 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # What happened to each cancellation, for GET /v1/cancellations/{id}/events.
     4: ["ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS events BYTEA"],
+    # A cancellation's next step and its lease (gateway/settling.py): the rows with one are
+    # few (pending, running, a webhook to deliver), so the index holds only those.
+    5: [
+        "ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS due_at DOUBLE PRECISION",
+        "ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS work BYTEA",
+        "ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS holder TEXT",
+        "CREATE INDEX IF NOT EXISTS cg_cancellations_due ON cg_cancellations (due_at)"
+        " WHERE due_at IS NOT NULL",
+    ],
 }
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
     (id, caller, connection, provider, resource, resource_id, status, error_code, attempts,
-     created_at, completed_at, envelope, events)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     created_at, completed_at, envelope, events, due_at, work)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, error_code = EXCLUDED.error_code,
     attempts = EXCLUDED.attempts, completed_at = EXCLUDED.completed_at,
     envelope = EXCLUDED.envelope, connection = EXCLUDED.connection,
-    provider = EXCLUDED.provider, resource = EXCLUDED.resource, events = EXCLUDED.events"""
+    provider = EXCLUDED.provider, resource = EXCLUDED.resource, events = EXCLUDED.events,
+    due_at = EXCLUDED.due_at, work = EXCLUDED.work, holder = NULL"""
+# Up to $4 entries whose step is due, earliest first, leased to $2 until $1. Rows another
+# transaction has locked (taking or writing them) are skipped, not waited for.
+_TAKE_DUE = (
+    "UPDATE cg_cancellations SET due_at = $1, holder = $2 WHERE id IN"  # noqa: S608
+    " (SELECT id FROM cg_cancellations WHERE due_at IS NOT NULL AND due_at <= $3"
+    " ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED)"
+    f" RETURNING {ENTRY_COLUMNS}"
+)
 _KEY_COLUMNS = """caller, key, fingerprint, token, state, lease_until, expires_at,
     cancellation_id, http_status, headers, body"""
 _INSERT_KEY = (
@@ -165,11 +187,20 @@ class PostgresStore:
         token: str,
         reply: StoredReply | None,
         now: float,
-    ) -> None:
+        holder: str | None = None,
+    ) -> bool:
         async with self._connection() as conn, conn.transaction():
+            if holder is not None:
+                # The row stays locked until the write: a take_due meanwhile skips it.
+                current = await conn.fetchrow(
+                    "SELECT holder FROM cg_cancellations WHERE id = $1 FOR UPDATE",
+                    entry.cancellation_id,
+                )
+                if current is None or current["holder"] != holder:
+                    return False
             await conn.execute(_UPSERT_ENTRY, *entry_values(entry))
             if claim is None:
-                return
+                return True
             settled = settle(await _key_row(conn, claim), token, reply, claim.ttl_s, now)
             if settled == RELEASE:
                 await conn.execute(
@@ -179,6 +210,12 @@ class PostgresStore:
                 )
             elif isinstance(settled, KeyRow):
                 await conn.execute(_REWRITE_KEY, *key_values(settled))
+            return True
+
+    async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(_TAKE_DUE, now + lease_s, holder, now, max(limit, 0))
+        return [Entry(*row) for row in rows]
 
     async def record(self, entry: Entry) -> None:
         async with self._connection() as conn:
@@ -204,6 +241,12 @@ class PostgresStore:
                 max(query.limit, 0),
             )
         return [Entry(*row) for row in rows]
+
+    async def pending_summary(self) -> tuple[int, float | None]:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(PENDING_SUMMARY)
+        assert row is not None  # an aggregate always answers one row
+        return row[0], row[1]
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float

@@ -8,6 +8,13 @@ A refresh token's hash has none: it is the only copy of a token the provider has
 The ledger is listed through sorted sets of cancellation ids (one for all, one per caller), all
 scored 0 so that they sort by id, that is by creation time. A set is kept as long as its newest
 row; the ids of rows expired before it are dropped as listings meet them.
+
+Steps due (``take_due``) are queued in a sorted set of cancellation ids scored by when each is
+due, and the holder of each leased step kept in a key of its own; a Lua script takes steps and
+leases them in one go, so two replicas never take the same one. A holder's write is a
+transaction that watches its holder key: it lands only while the lease is still its own, in one
+piece with the row. Neither has an expiry: a step must outlive any quiet spell, and the id of
+a row expired meanwhile is dropped when it comes due.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from redis.exceptions import RedisError, WatchError
 from gateway.models import cancellation_id_at
 from gateway.store.base import (
     NOT_OURS,
+    PENDING,
     BeginAnswer,
     Claimed,
     Entry,
@@ -50,6 +58,17 @@ _MAX_RACES = 50  # a claim read again this often has met an implausible storm of
 _LIST_PAGE = 4
 _LIST_SCAN = 50
 
+# KEYS: the due set; ARGV: now, limit, the lease's end, the holder, the holder keys' prefix.
+# The steps due, earliest first, each moved to the lease's end and marked as the holder's.
+_TAKE_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    redis.call('SET', ARGV[5] .. id, ARGV[4])
+end
+return ids
+"""
+
 
 class RedisStore:
     name = "redis"
@@ -64,6 +83,7 @@ class RedisStore:
         self._prefix = prefix
         self._timeout_s = timeout_s
         self._ledger_ttl_ms = int(ledger_ttl_s * 1000)
+        self._take_due = self._client.register_script(_TAKE_DUE)
 
     async def open(self) -> None:
         await self.ping()
@@ -103,11 +123,16 @@ class RedisStore:
         token: str,
         reply: StoredReply | None,
         now: float,
-    ) -> None:
+        holder: str | None = None,
+    ) -> bool:
         async with self._guard():
-            await self._write_entry(self._client, entry)
+            if holder is not None:
+                if not await self._write_held(entry, holder):
+                    return False
+            else:
+                await self._write_entry(self._client, entry)
             if claim is None:
-                return
+                return True
             key = self._key_name(claim)
 
             async def attempt(pipe: Any) -> None:
@@ -124,6 +149,31 @@ class RedisStore:
                 await pipe.execute()
 
             await self._watching(key, attempt)
+            return True
+
+    async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
+        if limit <= 0:
+            return []
+        until = now + lease_s
+        async with self._guard():
+            ids = cast(
+                list[bytes],
+                await self._take_due(
+                    keys=[self._due_name()],
+                    args=[repr(now), limit, repr(until), holder, self._holder_name("")],
+                ),
+            )
+            if not ids:
+                return []
+            rows = await self._client.mget([self._entry_name(i.decode()) for i in ids])
+            expired = [i for i, raw in zip(ids, rows, strict=True) if raw is None]
+            if expired:  # rows the ledger forgot: their steps go with them
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.zrem(self._due_name(), *expired)
+                    pipe.zrem(self._pending_name(), *expired)
+                    pipe.delete(*(self._holder_name(i.decode()) for i in expired))
+                    await pipe.execute()
+        return [_entry(raw)._replace(due_at=until) for raw in rows if raw is not None]
 
     async def record(self, entry: Entry) -> None:
         async with self._guard():
@@ -132,10 +182,12 @@ class RedisStore:
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:
         async with self._guard():
             raw = await self._client.get(self._entry_name(cancellation_id))
-        if raw is None:
-            return None
-        entry = _entry(raw)
-        return entry if entry.caller == caller else None
+            if raw is None:
+                return None
+            entry = _entry(raw)
+            if entry.caller != caller:
+                return None
+            return (await self._leased([entry]))[0]
 
     async def list_entries(self, query: LedgerQuery) -> list[Entry]:
         index = self._index_name(query.caller)
@@ -171,8 +223,16 @@ class RedisStore:
                 if expired:
                     await self._client.zrem(index, *expired)
                 entries = (_entry(raw) for raw in rows if raw is not None)
-                found.extend(e for e in entries if query.matches(e))
+                found.extend(await self._leased([e for e in entries if query.matches(e)]))
         return found[: query.limit]
+
+    async def pending_summary(self) -> tuple[int, float | None]:
+        async with self._guard():
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zcard(self._pending_name())
+                pipe.zrange(self._pending_name(), 0, 0, withscores=True)
+                count, oldest = await pipe.execute()
+        return count, oldest[0][1] if oldest else None
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float
@@ -225,6 +285,53 @@ class RedisStore:
     def _entry_name(self, cancellation_id: str) -> str:
         return f"{self._prefix}cxl:{cancellation_id}"
 
+    def _due_name(self) -> str:
+        """The sorted set of cancellation ids with a step, scored by when it is due."""
+        return f"{self._prefix}due"
+
+    def _pending_name(self) -> str:
+        """The sorted set of pending cancellations' ids, scored by when each was made."""
+        return f"{self._prefix}pending"
+
+    def _holder_name(self, cancellation_id: str) -> str:
+        """Who holds the lease on a cancellation's step, while one does."""
+        return f"{self._prefix}holder:{cancellation_id}"
+
+    async def _write_held(self, entry: Entry, holder: str) -> bool:
+        """Write ``entry`` only while ``holder`` holds its step's lease, atomically: the
+        transaction fails if the lease changes hands between the check and the write."""
+        key = self._holder_name(entry.cancellation_id)
+
+        async def attempt(pipe: Any) -> bool:
+            current = await pipe.get(key)
+            if current is None or current.decode() != holder:
+                await pipe.unwatch()
+                return False
+            pipe.multi()
+            self._queue_entry(pipe, entry)
+            await pipe.execute()
+            return True
+
+        return await self._watching(key, attempt)
+
+    async def _leased(self, entries: list[Entry]) -> list[Entry]:
+        """``entries`` with their steps' due times as the due set holds them. A row keeps the
+        due time it was written with; a lease (``take_due``) moves only the set's score, so
+        that taking a step rewrites no row another replica may be writing."""
+        queued = [e for e in entries if e.due_at is not None]
+        if not queued:
+            return entries
+        async with self._client.pipeline(transaction=False) as pipe:
+            for e in queued:
+                pipe.zscore(self._due_name(), e.cancellation_id)
+            scores = dict(
+                zip((e.cancellation_id for e in queued), await pipe.execute(), strict=True)
+            )
+        return [
+            e if e.cancellation_id not in scores else e._replace(due_at=scores[e.cancellation_id])
+            for e in entries
+        ]
+
     def _index_name(self, caller: str | None) -> str:
         """The sorted set of a caller's cancellation ids, or of everyone's."""
         return f"{self._prefix}ledger" if caller is None else f"{self._prefix}ledger:{caller}"
@@ -254,10 +361,23 @@ class RedisStore:
             "completed_at": entry.completed_at,
             "envelope": entry.envelope.hex() if entry.envelope is not None else None,
             "events": entry.events.hex() if entry.events is not None else None,
+            "due_at": entry.due_at,
+            "work": entry.work.hex() if entry.work is not None else None,
         }
         pipe.set(
             self._entry_name(entry.cancellation_id), orjson.dumps(data), px=self._ledger_ttl_ms
         )
+        # The row's step replaces any it had: queued (or not) as written, and any lease on the
+        # old one ended, so its holder can no longer write over this row.
+        if entry.due_at is not None:
+            pipe.zadd(self._due_name(), {entry.cancellation_id: entry.due_at})
+        else:
+            pipe.zrem(self._due_name(), entry.cancellation_id)
+        pipe.delete(self._holder_name(entry.cancellation_id))
+        if entry.status == PENDING:  # scored by creation: the oldest is the first
+            pipe.zadd(self._pending_name(), {entry.cancellation_id: entry.created_at})
+        else:
+            pipe.zrem(self._pending_name(), entry.cancellation_id)
         # Ids older than the ledger's rows can be are dropped as new ones come, so the index
         # holds about what the ledger holds (a listing also drops the dead ids it meets).
         expired = "(" + cancellation_id_at(int(time.time() * 1000) - self._ledger_ttl_ms)
@@ -332,8 +452,16 @@ def _write_key(pipe: Any, key: str, row: KeyRow, now: float) -> None:
 def _entry(raw: bytes | str) -> Entry:
     """A ledger row as ``_queue_entry`` stored it (the envelope in hex)."""
     data = orjson.loads(raw)
-    events = _unhex(data.get("events"))  # absent from rows written before events were kept
-    return Entry(**{**data, "envelope": _unhex(data["envelope"]), "events": events})
+    # Absent from rows written before events, then steps, were kept.
+    return Entry(
+        **{
+            **data,
+            "envelope": _unhex(data["envelope"]),
+            "events": _unhex(data.get("events")),
+            "due_at": data.get("due_at"),
+            "work": _unhex(data.get("work")),
+        }
+    )
 
 
 def _unhex(value: str | None) -> bytes | None:

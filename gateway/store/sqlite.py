@@ -26,6 +26,7 @@ import orjson
 
 from gateway.store.base import (
     ENTRY_COLUMNS,
+    PENDING_SUMMARY,
     RELEASE,
     BeginAnswer,
     Claimed,
@@ -53,11 +54,13 @@ RETRY_BUSY_S = (0.001, 0.05)  # first and longest wait for the write lock held b
 # A completion updates its row in place (REPLACE would delete it and insert it again).
 _UPSERT_ENTRY = """INSERT INTO cg_cancellations
     (id, caller, connection, provider, resource, resource_id, status, error_code, attempts,
-     created_at, completed_at, envelope, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+     created_at, completed_at, envelope, events, due_at, work)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET status = excluded.status, error_code = excluded.error_code,
     attempts = excluded.attempts, completed_at = excluded.completed_at,
     envelope = excluded.envelope, connection = excluded.connection,
-    provider = excluded.provider, resource = excluded.resource, events = excluded.events"""
+    provider = excluded.provider, resource = excluded.resource, events = excluded.events,
+    due_at = excluded.due_at, work = excluded.work, holder = NULL"""
 _UPSERT_KEY = """INSERT OR REPLACE INTO cg_idempotency
     (caller, key, fingerprint, token, state, lease_until, expires_at, cancellation_id,
      http_status, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -157,13 +160,18 @@ class SqliteStore:
         token: str,
         reply: StoredReply | None,
         now: float,
-    ) -> None:
-        if claim is None:
+        holder: str | None = None,
+    ) -> bool:
+        if claim is None and holder is None:
             await self._write(row=entry_values(entry))
-            return
+            return True
 
-        def apply(db: sqlite3.Connection) -> None:
+        def apply(db: sqlite3.Connection) -> bool:
+            if holder is not None and not _holds(db, entry.cancellation_id, holder):
+                return False
             db.execute(_UPSERT_ENTRY, entry_values(entry))
+            if claim is None:
+                return True
             settled = settle(_key_row(db, claim), token, reply, claim.ttl_s, now)
             if settled == RELEASE:
                 db.execute(
@@ -172,8 +180,23 @@ class SqliteStore:
                 )
             elif isinstance(settled, KeyRow):
                 db.execute(_UPSERT_KEY, key_values(settled))
+            return True
 
-        await self._write(apply=apply)
+        written: bool = await self._write(apply=apply)
+        return written
+
+    async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
+        def apply(db: sqlite3.Connection) -> list[Entry]:
+            rows = db.execute(
+                "UPDATE cg_cancellations SET due_at = ?, holder = ? WHERE id IN"  # noqa: S608
+                " (SELECT id FROM cg_cancellations WHERE due_at IS NOT NULL AND due_at <= ?"
+                f" ORDER BY due_at LIMIT ?) RETURNING {ENTRY_COLUMNS}",
+                (now + lease_s, holder, now, max(limit, 0)),
+            ).fetchall()
+            return [Entry(*row) for row in rows]
+
+        taken: list[Entry] = await self._write(apply=apply)
+        return taken
 
     async def record(self, entry: Entry) -> None:
         await self._write(row=entry_values(entry))
@@ -194,6 +217,10 @@ class SqliteStore:
             (*params, max(query.limit, 0)),
         )
         return [Entry(*row) for row in rows]
+
+    async def pending_summary(self) -> tuple[int, float | None]:
+        count, oldest = self._read(PENDING_SUMMARY, ())
+        return count, oldest
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float
@@ -381,6 +408,13 @@ def _ledger_filter(query: LedgerQuery) -> tuple[str, tuple[Any, ...]]:
     conditions = ledger_conditions(query)
     where = ["envelope IS NOT NULL", *(f"{condition} ?" for condition, _ in conditions)]
     return " AND ".join(where), tuple(value for _, value in conditions)
+
+
+def _holds(db: sqlite3.Connection, cancellation_id: str, holder: str) -> bool:
+    found = db.execute(
+        "SELECT holder FROM cg_cancellations WHERE id = ?", (cancellation_id,)
+    ).fetchone()
+    return found is not None and found[0] == holder
 
 
 def _key_row(db: sqlite3.Connection, claim: KeyClaim) -> KeyRow | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE cg_idempotency (
@@ -49,4 +49,13 @@ MIGRATIONS: dict[int, list[str]] = {
     4: ["CREATE INDEX IF NOT EXISTS cg_cancellations_caller_id ON cg_cancellations (caller, id)"],
     # What happened to each cancellation, for GET /v1/cancellations/{id}/events.
     5: ["ALTER TABLE cg_cancellations ADD COLUMN events BLOB"],
+    # A cancellation's next step and its lease (gateway/settling.py): the rows with one are
+    # few (pending, running, a webhook to deliver), so the index holds only those.
+    6: [
+        "ALTER TABLE cg_cancellations ADD COLUMN due_at REAL",
+        "ALTER TABLE cg_cancellations ADD COLUMN work BLOB",
+        "ALTER TABLE cg_cancellations ADD COLUMN holder TEXT",
+        "CREATE INDEX IF NOT EXISTS cg_cancellations_due ON cg_cancellations (due_at)"
+        " WHERE due_at IS NOT NULL",
+    ],
 }

@@ -8,7 +8,6 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -35,36 +34,11 @@ from gateway.store import (
     sqlite,
 )
 from tests.services import REDIS_URL, free_port
+from tests.store.conftest import SHARED_ENGINES, StoreFactory
 
-BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 NOW = 1_700_000_000.0
 REPLY = StoredReply(200, (("Retry-After", "3"),), b'{"status": "cancelled", "x": "\\u00e9"}')
 TOKEN = RefreshRow("rt-1", "seed-1")
-SHARED_ENGINES = ["sqlite", "redis", "postgres"]  # a memory store is one process's own
-
-StoreFactory = Callable[..., Awaitable[Store]]
-
-
-@pytest.fixture(params=BACKENDS)
-async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens stores of one backend on its real engine (a fresh namespace per test)."""
-    backend: str = request.param
-    settings: dict[str, object] = {"backend": backend, "timeout_s": 5}
-    if backend == "redis":
-        settings |= {"url": REDIS_URL, "prefix": request.getfixturevalue("redis_prefix")}
-    if backend == "postgres":
-        settings["dsn"] = request.getfixturevalue("postgres_dsn")
-    opened: list[Store] = []
-
-    async def factory() -> Store:
-        store = create_store(StoreConfig.model_validate(settings), tmp_path)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield factory
-    for store in opened:
-        await store.close()
 
 
 def entry(caller: str = "oms", cancellation_id: str | None = None, **more: object) -> Entry:
@@ -353,7 +327,7 @@ async def test_a_sqlite_file_of_schema_2_is_migrated_and_leases(tmp_path: Path):
     versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
     indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     check.close()
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions == [1, 2, 3, 4, 5, 6]
     assert "cg_cancellations_caller_id" in indexes
 
 
@@ -372,7 +346,7 @@ async def test_a_postgres_schema_1_is_migrated_and_leases(postgres_dsn: str):
     versions = [row[0] for row in await old.fetch("SELECT version FROM cg_schema ORDER BY 1")]
     indexes = {row[0] for row in await old.fetch("SELECT indexname FROM pg_indexes")}
     await old.close()
-    assert versions == [1, 2, 3, 4]
+    assert versions == [1, 2, 3, 4, 5]
     assert "cg_cancellations_caller_id" in indexes
 
 

@@ -148,7 +148,7 @@ async def test_a_ledger_of_schema_1_is_migrated_and_keeps_its_rows(tmp_path: Pat
     versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
     indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     check.close()
-    assert versions == [1, 2, 3, 4, 5]
+    assert versions == [1, 2, 3, 4, 5, 6]
     assert "cg_cancellations_caller" not in indexes
     assert "cg_idempotency_expires" in indexes
 
