@@ -41,6 +41,14 @@ class AlreadyCancelled(Strict):
     when: Expression
 
 
+class Pending(Strict):
+    """An answer that accepts the cancellation and finishes it later (a job id, a 202, a
+    "submitted" state): the envelope says ``pending`` and the status probe settles it."""
+
+    status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
+    when: Expression | None = None  # truthy on the parsed body; unset: any answer of ``status``
+
+
 class Extract(Strict):
     cancelled_at: Expression | None = None
     provider_response: dict[str, Expression] = Field(default_factory=dict)

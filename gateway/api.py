@@ -77,8 +77,21 @@ async def create_cancellation(request: web.Request) -> web.Response:
             resource_id=preview.resource_id,
         )
         return web.Response(body=preview.model_dump_json(), content_type="application/json")
-    reply = await canceller.cancel(request[CALLER], body, request[INFO])
+    info = request[INFO]
+    if prefers_async(request):
+        info = replace(info, asynchronous=True)
+    reply = await canceller.cancel(request[CALLER], body, info)
     return envelope_response(reply)
+
+
+def prefers_async(request: web.Request) -> bool:
+    """``Prefer: respond-async`` (RFC 7240: preferences separated by commas, each maybe with
+    parameters after a semicolon, names compared without case)."""
+    for header in request.headers.getall("Prefer", []):
+        for preference in header.split(","):
+            if preference.split(";")[0].split("=")[0].strip().lower() == "respond-async":
+                return True
+    return False
 
 
 async def create_batch(request: web.Request) -> web.Response:
@@ -91,6 +104,8 @@ async def create_batch(request: web.Request) -> web.Response:
         )
     body = await _read_body(request)
     info = request[INFO]
+    if prefers_async(request):  # every valid item is queued, each answered pending
+        info = replace(info, asynchronous=True)
     items = parse_batch(body, info.idempotency_key)
     caller, canceller = request[CALLER], request[CURRENT].canceller
     slots = asyncio.Semaphore(request.app[SERVER].batch_concurrency)
@@ -224,7 +239,10 @@ async def get_cancellation(request: web.Request) -> web.Response:
             f"cancellation {cancellation_id} is still running",
             retry_after_s=1,
         )
-    return web.Response(body=entry.envelope, content_type="application/json")
+    # A pending cancellation answers 202 until it is settled (CONTRACT §10); a final one 200,
+    # whatever its status (§7).
+    status = 202 if entry.status == Status.PENDING.value else 200
+    return web.Response(body=entry.envelope, status=status, content_type="application/json")
 
 
 async def list_cancellations(request: web.Request) -> web.Response:

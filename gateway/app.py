@@ -10,6 +10,7 @@ finds it under ``ERROR_ANSWER``) with the same headers, one log line and the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TextIO
@@ -42,6 +43,7 @@ from gateway.metrics import Metrics
 from gateway.redact import Redactor
 from gateway.serve import ERROR_ANSWER, ErrorAnswer
 from gateway.services import build_services
+from gateway.settling import Settler
 from gateway.spans import otel_provider
 from gateway.store import Store, StoreUnavailable
 from gateway.tracing import request_id_from, trace_from
@@ -68,13 +70,15 @@ def create_app(
     store: Store | None = None,
     metrics_dir: str | None = None,
     tracer_provider: TracerProvider | None = None,
+    background: bool = True,
 ) -> web.Application:
     """Build the gateway. Without ``transport`` the app opens one pooled client session on
     startup and closes it on cleanup. ``loader`` loads the configuration again for a reload
     (SIGHUP, ``POST /admin/reload``); ``redactor`` is the log's, so that a reloaded
     configuration's secrets are redacted too. ``store`` replaces the configured one.
     ``metrics_dir`` is the folder of prometheus-client's multiprocess mode (``--workers``);
-    ``tracer_provider`` records spans instead of the one ``tracing`` configures."""
+    ``tracer_provider`` records spans instead of the one ``tracing`` configures;
+    ``background`` False leaves the store's due work (settling.py) to other processes."""
     server = runtime.config.server
     app = web.Application(
         middlewares=[request_context, errors_to_envelope, authenticate],
@@ -109,11 +113,19 @@ def create_app(
             await store.open()
         except StoreUnavailable as exc:  # fail closed until it answers: /readyz says so
             services.log.error("store.unavailable", backend=store.name, error=str(exc))
+        settler: asyncio.Task[None] | None = None
         try:
             if owned_transport is not None:
                 await owned_transport.open()
+            if background:
+                work = Settler(lambda: app[CONFIG].current, services, server)
+                settler = asyncio.create_task(work.run())
             yield
         finally:
+            if settler is not None:
+                settler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await settler
             if owned_transport is not None:
                 await owned_transport.close()
             await store.close()

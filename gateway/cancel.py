@@ -29,7 +29,6 @@ from gateway.models import (
     UpstreamInfo,
     new_cancellation_id,
 )
-from gateway.outbound import Outbound
 from gateway.redact import cut
 from gateway.request import (
     Prepared,
@@ -57,9 +56,12 @@ from gateway.translate.build import (
     resolve_resource,
 )
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
+from gateway.work import delay_s, first_step
 
 LEASE_MARGIN_S = 10.0
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
+# What a replay answers again: a definite outcome, or "pending" until the final one replaces it.
+KEPT = DEFINITE | {Status.PENDING}
 
 
 class _Replayed(Exception):
@@ -80,7 +82,14 @@ class Canceller:
         self._clock = services.clock
         self._redactor = services.redactor
         self._metrics = services.metrics
-        self._sender = Sender(services)
+        self._rand = services.rand
+        self._work_due = services.work_due
+        self.sender = Sender(services)
+        self.webhooks = {c.name: c.webhook for c in runtime.config.callers if c.webhook}
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
 
     def prepare(self, caller: Caller, data: Any, info: RequestInfo, facts: Facts) -> Prepared:
         """Parse, route and build: everything short of sending. What is learnt on the way goes
@@ -177,10 +186,10 @@ class Canceller:
         except Exception:
             result = _crashed(log, info)
         try:
-            reply = self._reply(facts, result, info)
+            reply = self.reply(facts, result, info)
         except Exception:  # a bug: the answer is still an envelope, recorded and logged
             result = _crashed(log, info)
-            reply = self._reply(facts, result, info)
+            reply = self.reply(facts, result, info)
         await self._settle(facts, result, reply, log)
         error_code = result.code.value if result.code else None
         routed = facts.connection if facts.provider else None
@@ -233,40 +242,49 @@ class Canceller:
                     with_idempotency_key=info.idempotency_key is not None,
                 )
         policy = self._runtime.policies[prepared.target.name]
+        # Longer than the request can run, so a live claim is never taken over.
+        lease_s = policy.timeout_s + LEASE_MARGIN_S
         if info.idempotency_key is not None:
             facts.claim = KeyClaim(
                 caller.name,
                 info.idempotency_key,
                 fingerprint(data),
-                # Longer than the request can run, so a live claim is never taken over.
-                lease_s=policy.timeout_s + LEASE_MARGIN_S,
+                lease_s=lease_s,
                 ttl_s=self._key_ttl_s,
             )
-        await self._begin(facts, log)
-        outbound = Outbound(
-            prepared.target,
-            prepared.resource,
-            policy,
-            prepared.upstream,
-            prepared.rebuild,
-            prepared.reader,
+        claim = facts.claim
+        settling = self._runtime.config.connections[prepared.target.name].settling
+        facts.step = first_step(
+            "recover",
+            data,
+            info,
+            facts.created_at + settling.max_age_s,
+            (claim.fingerprint, claim.token) if claim is not None else None,
         )
+        await self._begin(facts, lease_s, log)
+        if info.asynchronous:  # recorded: it is sent in the background (settling.py)
+            facts.step = facts.step.then("send")
+            return Outcome(Status.PENDING)
+        outbound = prepared.outbound(policy)
 
         def progress(upstream: UpstreamInfo) -> None:
             facts.upstream = upstream
 
         clock = self._clock.monotonic
         result, facts.lines = await send(
-            self._sender, outbound, prepared, log, progress, clock, facts.record
+            self.sender, outbound, prepared, log, progress, clock, facts.record
         )
         return result
 
-    async def _begin(self, facts: Facts, log: FilteringBoundLogger) -> None:
-        """Claim the key and record the cancellation as running, or say why not to send."""
+    async def _begin(self, facts: Facts, lease_s: float, log: FilteringBoundLogger) -> None:
+        """Claim the key and record the cancellation as running, or say why not to send. Its
+        step (``recover``) falls due when the claim expires: if this process dies before
+        the answer, another one settles it (settling.py)."""
+        now = self._clock.now().timestamp()
+        assert facts.step is not None
+        running = facts.entry("running", due_at=now + lease_s, work=facts.step.encode())
         try:
-            answer = await self._store.begin(
-                facts.entry("running"), facts.claim, self._clock.now().timestamp()
-            )
+            answer = await self._store.begin(running, facts.claim, now)
         except StoreUnavailable as exc:
             log.error("store.unavailable", backend=self._store.name, error=str(exc))
             raise GatewayError(
@@ -302,25 +320,39 @@ class Canceller:
         key. The answer stands even when this fails: it is logged in full instead."""
         now = self._clock.now().timestamp()
         code = result.code.value if result.code else None
-        facts.record(
-            {"at": now, "type": "settled", "status": result.status.value, "error_code": code}
-        )
+        due_at, work = self.next_step(facts, result, now)
+        if result.status is Status.PENDING and due_at is not None and facts.step is not None:
+            facts.record({"at": now, "type": "scheduled", "step": facts.step.kind, "due": due_at})
+            log.info(
+                "cancellation.pending",
+                connection=facts.connection,
+                resource_id=facts.resource_id,
+                asynchronous=facts.step.asynchronous,
+            )
+        else:
+            facts.record(
+                {"at": now, "type": "settled", "status": result.status.value, "error_code": code}
+            )
         entry = facts.entry(
             result.status.value,
             error_code=result.code.value if result.code else None,
             attempts=facts.upstream.attempts if facts.upstream else 0,
-            completed_at=now,
+            completed_at=None if result.status is Status.PENDING else now,
             envelope=reply.body,
+            due_at=due_at,
+            work=work,
         )
         try:
             if not facts.running:
                 await self._store.record(entry)
                 return
             stored = None
-            if result.status in DEFINITE:
+            if result.status in KEPT:
                 headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
                 stored = StoredReply(reply.http_status, headers, reply.body)
             await self._store.complete(entry, facts.claim, facts.token, stored, now)
+            if due_at is not None:
+                self._work_due.at(due_at, now)
         except Exception as exc:  # the store down, or a bug in it: the answer stands
             bug = not isinstance(exc, StoreUnavailable)
             envelope = orjson.loads(reply.body)
@@ -331,6 +363,30 @@ class Canceller:
                 exc_info=bug,
                 envelope=envelope,
             )
+
+    def next_step(
+        self, facts: Facts, result: Outcome | GatewayError, now: float
+    ) -> tuple[float | None, bytes | None]:
+        """What is left to do once ``result`` is known, and when (``facts.step`` becomes it):
+        a pending cancellation is sent (asynchronous) or probed; a final one of a caller with
+        a webhook is delivered when it was pending, or always with ``all``; else nothing."""
+        step = facts.step
+        if step is None or not facts.running:
+            return None, None
+        due_at: float = now
+        if result.status is Status.PENDING:
+            if step.kind != "send":  # the provider's pending answer: probed on the schedule
+                answered = result.provider_response if isinstance(result, Outcome) else {}
+                settings = self._runtime.config.connections[facts.connection or ""].settling
+                due_at += delay_s(settings, step.tries, self._rand())
+                step = step.then("probe", pending=True, answer=answered)
+        else:
+            webhook = self.webhooks.get(facts.caller)
+            if webhook is None or not (step.pending or webhook.all):
+                return None, None
+            step = step.then("webhook")
+        facts.step = step
+        return due_at, step.encode()
 
     def _replay(
         self, replay: Replay, facts: Facts, log: FilteringBoundLogger, started: float
@@ -359,15 +415,19 @@ class Canceller:
         headers["Idempotent-Replayed"] = "true"
         return Reply(stored.http_status, stored.body, headers)
 
-    def _reply(self, facts: Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
+    def reply(self, facts: Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
+        """The envelope of ``result`` and its HTTP status and headers; a pending one says
+        where its final envelope will be (``Location``)."""
         answer = self._redactor.answer(facts.callers_text)
         envelope = facts.envelope(result, answer, self._clock.now(), info)
         http_status = 200 if result.code is None else spec(result.code).http_status
-        return Reply(
-            http_status,
-            render_envelope(envelope),
-            reply_headers(info.request_id, result.retry_after_s),
-        )
+        headers = reply_headers(info.request_id, result.retry_after_s)
+        if result.status is Status.PENDING:
+            http_status = 202
+            headers["Location"] = f"/v1/cancellations/{facts.cancellation_id}"
+            if info.asynchronous:
+                headers["Preference-Applied"] = "respond-async"
+        return Reply(http_status, render_envelope(envelope), headers)
 
 
 def _crashed(log: FilteringBoundLogger, info: RequestInfo) -> GatewayError:

@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.webhooks import DEFAULT_RETRY_SCHEDULE_S, secret_key
+
 Name = Annotated[str, Field(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
@@ -39,6 +41,10 @@ class ServerConfig(_Strict):
     batch_concurrency: int = Field(default=10, ge=1, le=100)  # items of one batch at once
     # Connections waiting to be accepted; the kernel caps it at net.core.somaxconn.
     backlog: int = Field(default=4096, ge=1, le=65535)
+    # The background work (pending cancellations, crash recovery, webhooks) kept in the store:
+    # how often an idle process asks it for due steps, and how many steps it runs at once.
+    work_poll_s: float = Field(default=1.0, gt=0, le=60)
+    work_concurrency: int = Field(default=32, ge=1, le=1000)
 
 
 class LoggingConfig(_Strict):
@@ -66,6 +72,23 @@ class TracingConfig(_Strict):
         return exporter
 
 
+class WebhookConfig(_Strict):
+    """Where a caller hears of its cancellations' final outcomes (README, "Webhooks")."""
+
+    url: Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")]
+    secret: SecretStr  # whsec_<base64>, from the environment
+    all: bool = False  # every final answer, not only those that were pending
+    retry_schedule_s: list[Annotated[float, Field(ge=0, le=7 * 86400)]] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S), max_length=50
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, secret: SecretStr) -> SecretStr:
+        secret_key(secret.get_secret_value())  # a ValueError names no part of it
+        return secret
+
+
 class CallerConfig(_Strict):
     """An inbound client. Its key is given plain (from the environment) or as a SHA-256."""
 
@@ -74,6 +97,7 @@ class CallerConfig(_Strict):
     key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
     connections: list[str] = Field(default_factory=list)  # globs; none means no access
     admin: bool = False  # may call POST /admin/reload
+    webhook: WebhookConfig | None = None
 
     @field_validator("key")
     @classmethod
@@ -138,6 +162,14 @@ class LimitSettings(_Strict):
     max_wait_s: float | None = Field(default=None, ge=0, le=300)
 
 
+class AsyncSettings(_Strict):
+    """How a pending cancellation is worked on in the background (CONTRACT §10)."""
+
+    max_age_s: float = Field(default=86400.0, gt=0, le=30 * 86400)  # then outcome_unknown
+    first_delay_s: float = Field(default=1.0, gt=0, le=3600)  # before the first probe or repeat
+    max_delay_s: float = Field(default=300.0, gt=0, le=86400)  # the delay doubles up to this
+
+
 class ConnectionConfig(_Strict):
     """One account at one provider: the routing key of a cancellation."""
 
@@ -151,6 +183,8 @@ class ConnectionConfig(_Strict):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    # ``async`` in the file (a Python keyword as a name).
+    settling: AsyncSettings = Field(default_factory=AsyncSettings, alias="async")
 
 
 class StoreConfig(_Strict):

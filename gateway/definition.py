@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.answers import AlreadyCancelled, Errors, Extract, Success
+from gateway.answers import AlreadyCancelled, Errors, Extract, Pending, Success
 from gateway.auth_schemes import (
     Auth,
     BasicAuth,
@@ -38,7 +38,7 @@ from gateway.fields import (
     request_parts,
 )
 from gateway.line_items import LINE_NAMES, Lines, lines_problems
-from gateway.probe_spec import Probe
+from gateway.probe_spec import ANSWER_PREFIX, Probe
 from gateway.read_spec import ObjectRead, Read
 from gateway.translate.templates import (
     CONTEXT_NAMES,
@@ -128,6 +128,7 @@ class Resource(Strict):
     fields: dict[CanonicalField, FieldRule] = Field(default_factory=dict)
     success: Success = Field(default_factory=Success)
     already_cancelled: AlreadyCancelled | None = None
+    pending: Pending | None = None  # accepted, finished later: settled by ``probe``
     extract: Extract = Field(default_factory=Extract)
     errors: Errors | None = None  # replaces the provider's ``errors`` for this resource
     items: Lines | None = None  # cancels single lines: see line_items.py
@@ -141,6 +142,12 @@ class Resource(Strict):
             and all(not isinstance(v, dict | list) for v in self.body.values())
         ):
             raise ValueError("a form body is a mapping of names to single values")
+        return self
+
+    @model_validator(mode="after")
+    def _pending_is_probed(self) -> Resource:
+        if self.pending is not None and self.probe is None:
+            raise ValueError("a `pending` answer needs a `probe` to settle it")
         return self
 
     def request_templates(self, where: str) -> list[tuple[str, Template]]:
@@ -298,8 +305,9 @@ class ProviderDefinition(Strict):
                 check(loc, template, also=read_names)
             for loc, template in res.read.templates(where) if res.read else []:
                 check(loc, template)
+            answered = frozenset(ANSWER_PREFIX + n for n in res.extract.provider_response)
             for loc, template in res.probe.templates(where) if res.probe else []:
-                check(loc, template)
+                check(loc, template, also=answered)
             for template in res.items.templates() if res.items else []:
                 check(f"{where}.items.template", template)
             found += lines_problems(res.items, located, res.body, where)

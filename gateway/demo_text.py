@@ -12,6 +12,12 @@ DEMO_REQUESTS = [
 ]
 # The simulator applies it, then holds the answer past the connection's budget.
 LOST_ANSWER = {"connection": "stateset-demo", "id": "lostanswer-demo", "reason": "Supplier delay"}
+# Answered 202 pending at once; its first two sends meet a 503, the third cancels it.
+ASYNC_REQUEST = {
+    "connection": "shipper-demo",
+    "id": "flaky503x2-async",
+    "reason": "Cancelled from marketplace",
+}
 
 
 def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
@@ -37,6 +43,14 @@ def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
         "the ASN (a status probe), finds it cancelled and answers `cancelled` with probes 1:",
         f"curl -s -X POST {gateway_url}/v1/cancellations "
         f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{lost}'",
+        "",
+        "Asynchronously (Prefer: respond-async): answered 202 `pending` at once, with a",
+        "Location; the gateway sends it in the background, through two 503s, until it is",
+        "`cancelled`. GET the Location (same Authorization header) to see it settle, and",
+        "its /events to see how:",
+        f"curl -si -X POST {gateway_url}/v1/cancellations -H 'Prefer: respond-async' "
+        f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f"-d '{json.dumps(ASYNC_REQUEST, separators=(',', ':'))}'",
         "",
         "Ids choose simulator scenarios (notfound-1, slow-3000, flaky503x2-1, ...): see README.",
         "Ctrl-C stops everything.",

@@ -42,6 +42,9 @@ class Status(StrEnum):
     ALREADY_CANCELLED = "already_cancelled"
     REJECTED = "rejected"
     FAILED = "failed"
+    # Not settled yet (HTTP 202): the provider finishes it later, or the gateway is still
+    # working on it; it always ends in one of the four words above (CONTRACT §10).
+    PENDING = "pending"
 
 
 class Source(StrEnum):
@@ -71,6 +74,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_IN_PROGRESS = "idempotency_in_progress"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
+    OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,7 @@ SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.IDEMPOTENCY_IN_PROGRESS: CodeSpec(_F, 409, True),
     ErrorCode.STORE_UNAVAILABLE: CodeSpec(_F, 503, True),
     ErrorCode.INTERNAL_ERROR: CodeSpec(_F, 500, False),
+    ErrorCode.OUTCOME_UNKNOWN: CodeSpec(_F, 504, True),
 }
 
 

@@ -17,6 +17,7 @@ from gateway.models import Envelope, ErrorBody, LineItem, UpstreamInfo
 from gateway.redact import AnswerRedactor
 from gateway.store import Entry, KeyClaim
 from gateway.translate.classify import Outcome, format_time
+from gateway.work import Step
 
 
 @dataclass(slots=True)
@@ -38,6 +39,7 @@ class Facts:
     items: Sequence[LineItem] | None = None  # the lines asked for, and each one's outcome
     lines: Sequence[Outcome | GatewayError] = ()
     events: list[dict[str, Any]] = field(default_factory=list)
+    step: Step | None = None  # what any process needs to go on with it (work.py)
 
     def entry(self, status: str, **more: Any) -> Entry:
         return Entry(
@@ -75,7 +77,7 @@ class Facts:
             error = decision_error(result)
         else:
             error = provider_error(result, answer)
-            if result.status in (Status.CANCELLED, Status.ALREADY_CANCELLED):
+            if result.status in (Status.CANCELLED, Status.ALREADY_CANCELLED, Status.PENDING):
                 provider_response = answer.clean(result.provider_response)
                 # The gateway's time stands in for the provider's only for a cancellation it
                 # saw happen: when an already cancelled object was cancelled is unknown.

@@ -23,6 +23,7 @@ class RequestInfo:
     request_id: str
     trace: Trace
     idempotency_key: str | None = None
+    asynchronous: bool = False  # Prefer: respond-async (CONTRACT §10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,14 +106,14 @@ async def send_lines(
 def combined(items: Sequence[LineItem], results: Sequence[Result]) -> Result:
     """The cancellation's outcome from its lines' (CONTRACT §11): every line cancelled or
     already cancelled is ``cancelled`` (``already_cancelled`` when every line was); else the
-    first refused line's outcome; else the first failed line's (repeating is safe: a line
-    already cancelled answers so)."""
+    first refused line's outcome; else the first pending line's; else the first failed line's
+    (repeating is safe: a line already cancelled answers so)."""
     if all(r.status in DONE for r in results):
         if all(r.status is Status.ALREADY_CANCELLED for r in results):
             return Outcome(Status.ALREADY_CANCELLED)
         times = [r.cancelled_at for r in results if isinstance(r, Outcome) and r.cancelled_at]
         return Outcome(Status.CANCELLED, cancelled_at=max(times) if times else None)
-    for wanted in (Status.REJECTED, Status.FAILED):
+    for wanted in (Status.REJECTED, Status.PENDING, Status.FAILED):
         for item, result in zip(items, results, strict=True):
             if result.status is wanted:
                 return _named(item, result)

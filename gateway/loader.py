@@ -29,6 +29,7 @@ from gateway.yamlfile import parse_yaml, read_yaml, unreadable
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{[^{}]*\})*))?\}")
 SECRET_PATHS = (
     ("callers", "*", "key"),
+    ("callers", "*", "webhook", "secret"),
     ("connections", "*", "credentials", "*"),
     ("store", "url"),
     ("store", "dsn"),

@@ -166,6 +166,32 @@ class Metrics:
             ["connection", "provider", "provider_status"],
             registry=registry,
         )
+        self._pending = Gauge(
+            "cancel_gateway_pending_cancellations",
+            "Cancellations not settled yet (pending), in the whole store.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self._oldest_pending = Gauge(
+            "cancel_gateway_oldest_pending_age_seconds",
+            "Age of the oldest pending cancellation in the store (0 when there is none).",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self._settle_time = Histogram(
+            "cancel_gateway_settle_seconds",
+            "From a cancellation's request to its final outcome, for those settled in the "
+            "background (pending, asynchronous, recovered after a crash).",
+            ["connection", "status"],
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400),
+            registry=registry,
+        )
+        self._webhooks = Counter(
+            "cancel_gateway_webhook_deliveries",
+            "Webhook deliveries by result (delivered, http_error, timeout, connection_error).",
+            ["caller", "result"],
+            registry=registry,
+        )
 
         # The children of the metrics every request touches.
         self._http_child = _Children(self._http)
@@ -245,6 +271,16 @@ class Metrics:
         if self._breaker_states.get(connection) is not state:
             self._breaker_states[connection] = state
             self._breaker.labels(connection).set(BREAKER_VALUES[state])
+
+    def pending_seen(self, count: int, oldest_age_s: float) -> None:
+        self._pending.set(count)
+        self._oldest_pending.set(oldest_age_s)
+
+    def settled(self, connection: str | None, status: str, settle_s: float) -> None:
+        self._settle_time.labels(connection or "", status).observe(max(settle_s, 0.0))
+
+    def webhook_delivered(self, caller: str, result: str) -> None:
+        self._webhooks.labels(caller, result).inc()
 
     def unmapped_error(self, connection: str, provider: str, provider_status: int | None) -> None:
         status = "" if provider_status is None else str(provider_status)

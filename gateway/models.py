@@ -282,8 +282,9 @@ class CancellationList(BaseModel):
 
 class Event(BaseModel):
     """One thing that happened to a cancellation; each type has its own fields besides these
-    (an attempt: method, url, status, error_code, latency_ms; a probe: result; settled:
-    status, error_code; with lines, the line's index)."""
+    (an attempt: method, url, status, error_code, latency_ms; a probe: result; scheduled:
+    step, due (unix seconds); settled: status, error_code; webhook: status, error,
+    latency_ms; with lines, the line's index)."""
 
     model_config = ConfigDict(extra="allow")
 

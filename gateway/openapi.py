@@ -187,6 +187,18 @@ def _errors() -> dict[str, Any]:
     return answers
 
 
+def _pending(description: str) -> dict[str, Any]:
+    """A pending envelope (CONTRACT §10) and where its final one will be."""
+    answer = _json("Envelope", description)
+    answer["headers"] = {
+        "Location": _header("/v1/cancellations/{cancellation_id}", {"type": "string"}),
+        "Preference-Applied": _header(
+            "respond-async, when the request asked for it", {"type": "string"}
+        ),
+    }
+    return answer
+
+
 def _request_headers(key_length: int) -> list[dict[str, Any]]:
     headers = {
         "Idempotency-Key": _header(
@@ -204,6 +216,11 @@ def _request_headers(key_length: int) -> list[dict[str, Any]]:
         ),
         "tracestate": _header(
             "W3C Trace Context: passed on with a valid traceparent, dropped without one.",
+            {"type": "string"},
+        ),
+        "Prefer": _header(
+            "respond-async (RFC 7240): checked as usual, then recorded and answered 202 pending "
+            "at once; the gateway sends it in the background.",
             {"type": "string"},
         ),
     }
@@ -311,6 +328,7 @@ def openapi_document() -> dict[str, Any]:
                                     }
                                 },
                             },
+                            "202": _pending("not settled yet"),
                             **_errors(),
                         },
                     },
@@ -345,7 +363,11 @@ def openapi_document() -> dict[str, Any]:
                         "operationId": "getCancellation",
                         "summary": "A cancellation's envelope, to the caller that made it",
                         "parameters": [_CANCELLATION_ID_PARAMETER],
-                        "responses": {"200": envelope_ok, **_errors()},
+                        "responses": {
+                            "200": envelope_ok,
+                            "202": _pending("pending: the final envelope comes later"),
+                            **_errors(),
+                        },
                     }
                 },
                 "/v1/cancellations/{cancellation_id}/events": {
@@ -356,7 +378,9 @@ def openapi_document() -> dict[str, Any]:
                         "parameters": [_CANCELLATION_ID_PARAMETER],
                         "responses": {
                             "200": _json(
-                                "CancellationEvents", "received, each attempt and probe, settled"
+                                "CancellationEvents",
+                                "received, each attempt, probe and scheduled step, settled, "
+                                "each webhook delivery",
                             ),
                             **_errors(),
                         },

@@ -15,6 +15,9 @@ from gateway.fields import Expression
 from gateway.read_spec import ObjectRead
 
 ProbeKind = Literal["cancelled", "not_cancelled", "not_found", "pending"]
+# A probe's request may name what the cancel's answer gave (a job's id): ``{answer.<name>}``
+# for each name of the resource's ``extract.provider_response``.
+ANSWER_PREFIX = "answer."
 
 
 class Probe(ObjectRead):

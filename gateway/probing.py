@@ -5,8 +5,9 @@ repeat, the resource's status probe asks the provider what became of the object.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from structlog.typing import FilteringBoundLogger
 
@@ -64,15 +65,17 @@ async def probe(
     now: Callable[[], float],
     attempt: int,
     log: FilteringBoundLogger,
+    answer: Mapping[str, Any] | None = None,
 ) -> Tried | None:
     """How the probe ended (its outcome's ``probed`` says what it found), or None when no
-    probe could be made (no time left, a request that cannot be built)."""
+    probe could be made (no time left, a request that cannot be built). ``answer``: what a
+    pending answer of the cancel gave, for a probe that names it."""
     assert outbound.reader is not None
     if deadline - now() < MIN_ATTEMPT_S:
         log.info("upstream.probe_skipped", attempt=attempt, reason="no_time_left")
         return None
     try:
-        request = outbound.reader.probe()
+        request = outbound.reader.probe(answer)
     except GatewayError as exc:
         log.warning("upstream.probe_skipped", attempt=attempt, reason=exc.message)
         return None

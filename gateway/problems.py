@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _keys_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
     for part in path:
         kind = _unwrapped(kind)
         if isinstance(kind, type) and issubclass(kind, BaseModel):
-            field = kind.model_fields.get(part)
+            field = _fields(kind).get(part)
             if field is None:
                 return []
             kind = field.annotation
@@ -74,7 +75,12 @@ def _keys_at(model: type[BaseModel], path: tuple[str, ...]) -> list[str]:
         else:
             return []
     kind = _unwrapped(kind)
-    return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+    return list(_fields(kind)) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+
+
+def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by the keys a file writes (``async`` for a field named otherwise)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
 
 
 def _unwrapped(kind: Any) -> Any:

@@ -16,6 +16,8 @@ from pydantic_core import ErrorDetails
 from gateway.errors import invalid_request
 from gateway.inbound import RequestInfo
 from gateway.models import MAX_ITEMS, CancelRequest
+from gateway.outbound import Outbound
+from gateway.resilience import Policy
 from gateway.targets import Target
 from gateway.translate.build import LineAttempts, Reader
 from gateway.translate.templates import scalar_text
@@ -34,6 +36,12 @@ class Prepared:
     # One request per line (a resource of ``items: {mode: each}``): each line's attempts.
     lines: Sequence[LineAttempts] | None = None
     reader: Reader | None = None  # the read before each attempt, for a resource that makes one
+
+    def outbound(self, policy: Policy) -> Outbound:
+        """On its way out, under the connection's ``policy``."""
+        return Outbound(
+            self.target, self.resource, policy, self.upstream, self.rebuild, self.reader
+        )
 
 
 def parse_request(data: Any) -> tuple[CancelRequest, list[tuple[str, str]]]:

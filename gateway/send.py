@@ -6,7 +6,7 @@ sent while the breaker is open or the limits are full.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -103,7 +103,8 @@ class Sender:
                 if found == "cancelled" and probed is not None:
                     outcome = probed.outcome
                 elif found == "not_cancelled":
-                    safe_now = True
+                    safe_now = True  # and, if no repeat follows, whoever goes on knows it
+                    outcome = replace(outcome, probed="not_cancelled")
             progress(
                 UpstreamInfo(
                     method=request.method,
@@ -137,6 +138,30 @@ class Sender:
                 break
             await self._clock.sleep(delay)
         return outcome
+
+    async def probe_once(
+        self,
+        outbound: Outbound,
+        log: FilteringBoundLogger,
+        record: Record,
+        answer: Mapping[str, Any],
+    ) -> Outcome | None:
+        """One status probe in the background (settling.py), within the connection's
+        budget and rate limit: its outcome (``probed`` says what it found), or None when none
+        was made."""
+        connection = outbound.target.name
+        guards = self._guards.get(connection, outbound.policy)
+        deadline = self._clock.monotonic() + outbound.policy.timeout_s
+        if outbound.reader is None or not await self._probe_admitted(guards, deadline):
+            return None
+        now = self._clock.monotonic
+        probed = await probe(self._exchange, outbound, deadline, now, 1, log, answer)
+        if probed is None or not probed.sent:
+            return None
+        found = probed.outcome.probed
+        self._metrics.probed(connection, found or "unknown")
+        record({"at": self._clock.now().timestamp(), "type": "probe", "result": found or "unknown"})
+        return probed.outcome
 
     async def _probe_admitted(self, guards: Guards, deadline: float) -> bool:
         """A probe is a request like any: it waits for the connection's rate limit (within

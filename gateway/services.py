@@ -8,7 +8,7 @@ system clock, a logger and redactor for the configuration's secrets, spans as co
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
@@ -23,6 +23,7 @@ from gateway.spans import NoSpans, OtelSpans, Spans
 from gateway.store import Store, create_store
 from gateway.tokens import Tokens
 from gateway.upstream import Transport
+from gateway.work import DueWork
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -40,6 +41,8 @@ class Services:
     guards: GuardRegistry  # breakers, budgets and limits, kept across reloads
     tokens: Tokens  # fetched tokens, per connection, kept across reloads
     rand: Callable[[], float]  # the backoff's jitter
+    # Wakes this process's settler when a step it queued falls due (settling.py).
+    work_due: DueWork = field(default_factory=DueWork)
 
 
 def build_services(

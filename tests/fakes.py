@@ -244,9 +244,18 @@ class FlakyStore:
         token: str,
         reply: StoredReply | None,
         now: float,
-    ) -> None:
+        holder: str | None = None,
+    ) -> bool:
         self._call("complete")
-        await self.inner.complete(entry, claim, token, reply, now)
+        return await self.inner.complete(entry, claim, token, reply, now, holder)
+
+    async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
+        self._call("take_due")
+        return await self.inner.take_due(holder, now, lease_s, limit)
+
+    async def pending_summary(self) -> tuple[int, float | None]:
+        self._call("pending_summary")
+        return await self.inner.pending_summary()
 
     async def record(self, entry: Entry) -> None:
         self._call("record")

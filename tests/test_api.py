@@ -283,6 +283,7 @@ async def test_a_batch_answers_each_item_in_order_with_counts(client: Api):
         "already_cancelled": 0,
         "rejected": 2,
         "failed": 0,
+        "pending": 0,
     }
 
 

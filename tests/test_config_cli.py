@@ -310,8 +310,8 @@ def test_a_builtin_replaced_by_a_definition_that_failed_is_not_used_instead(
         pytest.param(
             "timeout: 3",
             "connections.t.timeout",
-            "unknown key (did you mean timeout_s? known: attempt_timeout_s, base_url, breaker, "
-            "connect_timeout_s, credentials, limits, params, provider, retry, timeout_s)",
+            "unknown key (did you mean timeout_s? known: async, attempt_timeout_s, base_url, "
+            "breaker, connect_timeout_s, credentials, limits, params, provider, retry, timeout_s)",
             id="connection",
         ),
         pytest.param(
@@ -324,7 +324,7 @@ def test_a_builtin_replaced_by_a_definition_that_failed_is_not_used_instead(
         pytest.param(
             "colour: blue",
             "connections.t.colour",
-            "unknown key (known: attempt_timeout_s, base_url, breaker, connect_timeout_s, "
+            "unknown key (known: async, attempt_timeout_s, base_url, breaker, connect_timeout_s, "
             "credentials, limits, params, provider, retry, timeout_s)",
             id="nothing-close",
         ),

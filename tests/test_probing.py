@@ -129,6 +129,51 @@ def test_a_probe_names_only_what_a_request_may() -> None:
     assert ProviderDefinition.model_validate(data).resources["order"].probe is not None
 
 
+def test_a_pending_answer_needs_a_probe_which_may_name_what_the_answer_gave() -> None:
+    import yaml
+
+    data = yaml.safe_load(PROBED)
+    data["base_url"] = "https://api.example"
+    order = data["resources"]["order"]
+    order["pending"] = {"status": [202]}
+    order["extract"] = {"provider_response": {"job": "job.id"}}
+    order["probe"]["path"] = "/jobs/{answer.job}"
+    assert ProviderDefinition.model_validate(data).resources["order"].pending is not None
+    unknown = copy.deepcopy(data)
+    unknown["resources"]["order"]["probe"]["path"] = "/jobs/{answer.ticket}"
+    with pytest.raises(ValidationError, match=r"answer\.ticket"):
+        ProviderDefinition.model_validate(unknown)
+    in_cancel = copy.deepcopy(data)
+    in_cancel["resources"]["order"]["path"] = "/orders/{answer.job}/cancel"
+    with pytest.raises(ValidationError, match=r"answer\.job"):
+        ProviderDefinition.model_validate(in_cancel)
+    unprobed = copy.deepcopy(data)
+    del unprobed["resources"]["order"]["probe"]
+    with pytest.raises(ValidationError, match="needs a `probe`"):
+        ProviderDefinition.model_validate(unprobed)
+
+
+async def test_a_pending_rule_answers_202_pending_and_queues_a_probe(kit: Kit, tmp_path: Path):
+    pending = PROBED.replace(
+        "    success: {when: \"state == 'cancelled'\"}\n",
+        "    success: {when: \"state == 'cancelled'\"}\n"
+        "    pending: {status: [200], when: \"state == 'cancelling'\"}\n",
+    )
+    kit = make_kit(tmp_path, CONFIG, files={"probed.yaml": pending})
+    kit.transport.answer(response(200, {"state": "cancelling"}))
+    result = await cancel(kit, REQUEST)
+    assert result.http_status == 202
+    assert (result.body["status"], result.body["error"]) == ("pending", None)
+    row = await kit.store.lookup(result.body["cancellation_id"], "oms")
+    assert row is not None
+    assert row.status == "pending"
+    assert row.due_at is not None
+    assert row.work is not None
+    assert b'"kind":"probe"' in row.work
+    [logged] = kit.events("cancellation.pending")
+    assert logged["cancellation_id"] == result.body["cancellation_id"]
+
+
 async def test_a_repeat_is_made_only_with_its_probes_share_of_the_budget_left(kit: Kit):
     """The first attempt used 3.95 s of 5: what is left (1.05 s) holds the probe's share (1 s)
     but not a repeat worth sending (0.1 s at least) and its own share: the probe's

@@ -84,6 +84,9 @@ class Entry(NamedTuple):
     # and what it is (JSON, gateway/settling.py). Any process sharing the store may take it.
     due_at: float | None = None
     work: bytes | None = None
+    # How often its step was taken since it was written (by ``take_due``): more than once
+    # means that a holder lost it (died, or stalled past its lease) and may have acted on it.
+    taken: int = 0
 
 
 # What ``begin`` answers.
@@ -269,7 +272,7 @@ PENDING_SUMMARY = (
 # Ledger columns in ``Entry``'s field order, for reading rows back.
 ENTRY_COLUMNS = (
     "id, caller, connection, provider, resource, resource_id, status, created_at, error_code,"
-    " attempts, completed_at, envelope, events, due_at, work"
+    " attempts, completed_at, envelope, events, due_at, work, taken"
 )
 
 

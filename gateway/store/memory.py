@@ -78,7 +78,7 @@ class MemoryStore:
             (e for e in self._ledger.values() if e.due_at is not None and e.due_at <= now),
             key=lambda e: e.due_at or 0.0,
         )[: max(limit, 0)]
-        taken = [e._replace(due_at=now + lease_s) for e in due]
+        taken = [e._replace(due_at=now + lease_s, taken=e.taken + 1) for e in due]
         for entry in taken:
             self._ledger[entry.cancellation_id] = entry
             self._holders[entry.cancellation_id] = holder
@@ -93,7 +93,7 @@ class MemoryStore:
 
     def _write(self, entry: Entry) -> None:
         """A write of the row ends any lease on its step (the step written replaces it)."""
-        self._ledger[entry.cancellation_id] = entry
+        self._ledger[entry.cancellation_id] = entry._replace(taken=0)
         self._holders.pop(entry.cancellation_id, None)
 
     async def lookup(self, cancellation_id: str, caller: str) -> Entry | None:

@@ -104,6 +104,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS due_at DOUBLE PRECISION",
         "ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS work BYTEA",
         "ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS holder TEXT",
+        "ALTER TABLE cg_cancellations ADD COLUMN IF NOT EXISTS taken INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX IF NOT EXISTS cg_cancellations_due ON cg_cancellations (due_at)"
         " WHERE due_at IS NOT NULL",
     ],
@@ -116,11 +117,12 @@ _UPSERT_ENTRY = """INSERT INTO cg_cancellations
     attempts = EXCLUDED.attempts, completed_at = EXCLUDED.completed_at,
     envelope = EXCLUDED.envelope, connection = EXCLUDED.connection,
     provider = EXCLUDED.provider, resource = EXCLUDED.resource, events = EXCLUDED.events,
-    due_at = EXCLUDED.due_at, work = EXCLUDED.work, holder = NULL"""
+    due_at = EXCLUDED.due_at, work = EXCLUDED.work, holder = NULL, taken = 0"""
 # Up to $4 entries whose step is due, earliest first, leased to $2 until $1. Rows another
 # transaction has locked (taking or writing them) are skipped, not waited for.
 _TAKE_DUE = (
-    "UPDATE cg_cancellations SET due_at = $1, holder = $2 WHERE id IN"  # noqa: S608
+    "UPDATE cg_cancellations SET due_at = $1, holder = $2, taken = taken + 1"  # noqa: S608
+    " WHERE id IN"
     " (SELECT id FROM cg_cancellations WHERE due_at IS NOT NULL AND due_at <= $3"
     " ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED)"
     f" RETURNING {ENTRY_COLUMNS}"

@@ -58,15 +58,19 @@ _MAX_RACES = 50  # a claim read again this often has met an implausible storm of
 _LIST_PAGE = 4
 _LIST_SCAN = 50
 
-# KEYS: the due set; ARGV: now, limit, the lease's end, the holder, the holder keys' prefix.
-# The steps due, earliest first, each moved to the lease's end and marked as the holder's.
+# KEYS: the due set, the taken counts; ARGV: now, limit, the lease's end, the holder, the
+# holder keys' prefix. The steps due, earliest first, each moved to the lease's end, marked as
+# the holder's and counted: id, count, id, count, ...
 _TAKE_DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local taken = {}
 for _, id in ipairs(ids) do
     redis.call('ZADD', KEYS[1], ARGV[3], id)
     redis.call('SET', ARGV[5] .. id, ARGV[4])
+    table.insert(taken, id)
+    table.insert(taken, redis.call('HINCRBY', KEYS[2], id, 1))
 end
-return ids
+return taken
 """
 
 
@@ -156,24 +160,31 @@ class RedisStore:
             return []
         until = now + lease_s
         async with self._guard():
-            ids = cast(
-                list[bytes],
+            answered = cast(
+                list[Any],
                 await self._take_due(
-                    keys=[self._due_name()],
+                    keys=[self._due_name(), self._taken_name()],
                     args=[repr(now), limit, repr(until), holder, self._holder_name("")],
                 ),
             )
-            if not ids:
+            if not answered:
                 return []
+            ids: list[bytes] = answered[0::2]
+            counts = dict(zip(ids, answered[1::2], strict=True))
             rows = await self._client.mget([self._entry_name(i.decode()) for i in ids])
             expired = [i for i, raw in zip(ids, rows, strict=True) if raw is None]
             if expired:  # rows the ledger forgot: their steps go with them
                 async with self._client.pipeline(transaction=True) as pipe:
                     pipe.zrem(self._due_name(), *expired)
                     pipe.zrem(self._pending_name(), *expired)
+                    pipe.hdel(self._taken_name(), *expired)
                     pipe.delete(*(self._holder_name(i.decode()) for i in expired))
                     await pipe.execute()
-        return [_entry(raw)._replace(due_at=until) for raw in rows if raw is not None]
+        return [
+            _entry(raw)._replace(due_at=until, taken=int(counts[i]))
+            for i, raw in zip(ids, rows, strict=True)
+            if raw is not None
+        ]
 
     async def record(self, entry: Entry) -> None:
         async with self._guard():
@@ -227,11 +238,10 @@ class RedisStore:
         return found[: query.limit]
 
     async def pending_summary(self) -> tuple[int, float | None]:
-        async with self._guard():
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zcard(self._pending_name())
-                pipe.zrange(self._pending_name(), 0, 0, withscores=True)
-                count, oldest = await pipe.execute()
+        async with self._guard(), self._client.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._pending_name())
+            pipe.zrange(self._pending_name(), 0, 0, withscores=True)
+            count, oldest = await pipe.execute()
         return count, oldest[0][1] if oldest else None
 
     async def lease_refresh(
@@ -289,6 +299,10 @@ class RedisStore:
         """The sorted set of cancellation ids with a step, scored by when it is due."""
         return f"{self._prefix}due"
 
+    def _taken_name(self) -> str:
+        """The hash of how often each step was taken since its row was written."""
+        return f"{self._prefix}taken"
+
     def _pending_name(self) -> str:
         """The sorted set of pending cancellations' ids, scored by when each was made."""
         return f"{self._prefix}pending"
@@ -315,20 +329,26 @@ class RedisStore:
         return await self._watching(key, attempt)
 
     async def _leased(self, entries: list[Entry]) -> list[Entry]:
-        """``entries`` with their steps' due times as the due set holds them. A row keeps the
-        due time it was written with; a lease (``take_due``) moves only the set's score, so
-        that taking a step rewrites no row another replica may be writing."""
+        """``entries`` with their steps' due times and taken counts as the due set and the
+        taken hash hold them. A row keeps what it was written with; a lease (``take_due``)
+        changes only those, so that taking a step rewrites no row another replica may be
+        writing."""
         queued = [e for e in entries if e.due_at is not None]
         if not queued:
             return entries
         async with self._client.pipeline(transaction=False) as pipe:
             for e in queued:
                 pipe.zscore(self._due_name(), e.cancellation_id)
-            scores = dict(
-                zip((e.cancellation_id for e in queued), await pipe.execute(), strict=True)
-            )
+                pipe.hget(self._taken_name(), e.cancellation_id)
+            found = await pipe.execute()
+        leases = {
+            e.cancellation_id: (score, int(taken or 0))
+            for e, score, taken in zip(queued, found[0::2], found[1::2], strict=True)
+        }
         return [
-            e if e.cancellation_id not in scores else e._replace(due_at=scores[e.cancellation_id])
+            e._replace(due_at=leases[e.cancellation_id][0], taken=leases[e.cancellation_id][1])
+            if e.cancellation_id in leases
+            else e
             for e in entries
         ]
 
@@ -374,6 +394,7 @@ class RedisStore:
         else:
             pipe.zrem(self._due_name(), entry.cancellation_id)
         pipe.delete(self._holder_name(entry.cancellation_id))
+        pipe.hdel(self._taken_name(), entry.cancellation_id)
         if entry.status == PENDING:  # scored by creation: the oldest is the first
             pipe.zadd(self._pending_name(), {entry.cancellation_id: entry.created_at})
         else:

@@ -60,7 +60,7 @@ _UPSERT_ENTRY = """INSERT INTO cg_cancellations
     attempts = excluded.attempts, completed_at = excluded.completed_at,
     envelope = excluded.envelope, connection = excluded.connection,
     provider = excluded.provider, resource = excluded.resource, events = excluded.events,
-    due_at = excluded.due_at, work = excluded.work, holder = NULL"""
+    due_at = excluded.due_at, work = excluded.work, holder = NULL, taken = 0"""
 _UPSERT_KEY = """INSERT OR REPLACE INTO cg_idempotency
     (caller, key, fingerprint, token, state, lease_until, expires_at, cancellation_id,
      http_status, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
@@ -188,7 +188,8 @@ class SqliteStore:
     async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
         def apply(db: sqlite3.Connection) -> list[Entry]:
             rows = db.execute(
-                "UPDATE cg_cancellations SET due_at = ?, holder = ? WHERE id IN"  # noqa: S608
+                "UPDATE cg_cancellations SET due_at = ?, holder = ?, taken = taken + 1"  # noqa: S608
+                " WHERE id IN"
                 " (SELECT id FROM cg_cancellations WHERE due_at IS NOT NULL AND due_at <= ?"
                 f" ORDER BY due_at LIMIT ?) RETURNING {ENTRY_COLUMNS}",
                 (now + lease_s, holder, now, max(limit, 0)),

@@ -55,6 +55,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE cg_cancellations ADD COLUMN due_at REAL",
         "ALTER TABLE cg_cancellations ADD COLUMN work BLOB",
         "ALTER TABLE cg_cancellations ADD COLUMN holder TEXT",
+        "ALTER TABLE cg_cancellations ADD COLUMN taken INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX IF NOT EXISTS cg_cancellations_due ON cg_cancellations (due_at)"
         " WHERE due_at IS NOT NULL",
     ],

@@ -20,6 +20,7 @@ from gateway.definition import ParamSpec, ProviderDefinition, Resource
 from gateway.errors import invalid_request
 from gateway.line_items import LIST_NAME
 from gateway.models import CancelRequest, LineItem
+from gateway.probe_spec import ANSWER_PREFIX
 from gateway.read_spec import READ_PREFIX
 from gateway.targets import Target
 from gateway.translate.auth import auth_header, auth_query
@@ -105,7 +106,8 @@ def build_request(
     probing: bool = False,
 ) -> UpstreamRequest:
     """The request of one attempt: the cancel (with the values its read gave, ``read``), or,
-    ``reading``, the read the resource makes before it, or, ``probing``, its status probe."""
+    ``reading``, the read the resource makes before it, or, ``probing``, its status probe
+    (``read`` then holds what the cancel's answer gave, when it answered pending)."""
     definition = target.definition
     own = definition.resources[resource_name]
     resource = own
@@ -126,7 +128,8 @@ def build_request(
     }
     ctx.update(canonical_fields(own, req, ctx, problems))
     ctx.update(line_values(own, req, line, ctx, problems))
-    ctx.update({f"{READ_PREFIX}{name}": value for name, value in (read or {}).items()})
+    prefix = ANSWER_PREFIX if probing else READ_PREFIX
+    ctx.update({f"{prefix}{name}": value for name, value in (read or {}).items()})
     if problems:
         raise invalid_request(*problems)
 
@@ -201,9 +204,11 @@ class Reader:
             self.target, self.resource, self.req, self._fresh(), self.line, reading=True
         )
 
-    def probe(self) -> UpstreamRequest:
+    def probe(self, answer: Mapping[str, Any] | None = None) -> UpstreamRequest:
+        """The status probe; ``answer``: what the cancel's pending answer gave, for a probe
+        that names it (``{answer.<name>}``)."""
         return build_request(
-            self.target, self.resource, self.req, self._fresh(), self.line, probing=True
+            self.target, self.resource, self.req, self._fresh(), self.line, answer, probing=True
         )
 
     @property

@@ -96,6 +96,13 @@ def classify(
                 cancelled_at=_timestamp(_search(resource.extract.cancelled_at, body)),
                 provider_response=extracted,
             )
+        pending = resource.pending
+        if (
+            pending is not None
+            and status in pending.status
+            and (pending.when is None or _truthy(_search(pending.when, body)))
+        ):
+            return Outcome(Status.PENDING, provider_status=status, provider_response=extracted)
         success = resource.success
         json_ok = body is not _NO_JSON or not success.require_json
         if (

@@ -119,6 +119,7 @@ async def test_mixed_batch_answers_each_item_as_a_single_call_would(
         "already_cancelled": 0,
         "rejected": 4,
         "failed": 0,
+        "pending": 0,
     }
     assert result.body["request_id"] == result.headers["X-Request-ID"]
     assert {i["request_id"] for i in items} == {result.body["request_id"]}
@@ -293,6 +294,7 @@ async def test_one_hanging_item_does_not_hold_up_the_others(make_gateway: Gatewa
         "already_cancelled": 0,
         "rejected": 1,
         "failed": 1,
+        "pending": 0,
     }
     assert elapsed < 2.0
     done = [e for e in gateway.events("cancellation.completed") if e["status"] == "cancelled"]

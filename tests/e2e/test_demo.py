@@ -99,7 +99,9 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
         assert f"  gateway     {gateway_url}" in banner
         key = next(line.split()[-1] for line in banner if line.startswith("  caller key"))
         curls = [Curl.parse(line) for line in banner if line.startswith("curl ")]
-        assert len(curls) == 5  # one per provider, then the lost answer a probe settles
+        # One per provider, the lost answer a probe settles, then an asynchronous one.
+        assert len(curls) == 6
+        asynchronous = curls.pop()
 
         envelopes: list[dict[str, Any]] = []
         async with aiohttp.ClientSession() as session:
@@ -117,6 +119,26 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
                 first.method, first.url, headers=first.headers, data=first.body
             ) as resp:
                 again = await resp.json()
+            assert asynchronous.headers["Prefer"] == "respond-async"
+            async with session.request(
+                asynchronous.method,
+                asynchronous.url,
+                headers=asynchronous.headers,
+                data=asynchronous.body,
+            ) as resp:
+                assert resp.status == 202, await resp.text()
+                assert (await resp.json())["status"] == "pending"
+                location = resp.headers["Location"]
+            auth = {"Authorization": f"Bearer {key}"}
+            async with asyncio.timeout(10):
+                while True:
+                    async with session.get(gateway_url + location, headers=auth) as resp:
+                        settled = await resp.json()
+                    if resp.status == 200:
+                        break
+                    await asyncio.sleep(0.1)
+            async with session.get(f"{gateway_url}{location}/events", headers=auth) as resp:
+                events = (await resp.json())["events"]
     finally:
         stdout, stderr = await stop(process, signal.SIGINT)
 
@@ -132,12 +154,18 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
         assert envelope["upstream"]["attempts"] == 1
         assert envelope["cancelled_at"]
     assert (again["status"], again["provider"]) == ("already_cancelled", "stateset")
+    assert (settled["status"], settled["provider"]) == ("cancelled", "shipper")
+    assert [e["status"] for e in events if e["type"] == "attempt"] == [503, 503, 200]
 
     assert stdout.strip().splitlines()[-1] == "demo stopped"
     # The logs went to stderr, one JSON object per line, so stdout stays readable.
     completed = [e for e in _json_lines(stderr) if e["event"] == "cancellation.completed"]
-    assert [e["status"] for e in completed] == ["cancelled"] * 5 + ["already_cancelled"]
-    assert len({e["request_id"] for e in completed}) == 6
+    expected = ["cancelled"] * 5 + ["already_cancelled", "pending"]
+    assert [e["status"] for e in completed] == expected
+    assert len({e["request_id"] for e in completed}) == 7
+    assert [e["status"] for e in _json_lines(stderr) if e["event"] == "cancellation.settled"] == [
+        "cancelled"
+    ]
 
 
 async def test_demo_on_a_taken_port_says_so_and_exits_1() -> None:

@@ -73,14 +73,16 @@ async def test_due_steps_are_taken_once_leased_to_their_taker(make_store: StoreF
     first = await store.take_due("a", NOW, LEASE_S, 2)
     assert ids(first) == ids([late, later])  # the earliest first
     assert {e.cancellation_id: e for e in first} == {
-        e.cancellation_id: e._replace(due_at=NOW + LEASE_S) for e in (late, later)
+        e.cancellation_id: e._replace(due_at=NOW + LEASE_S, taken=1) for e in (late, later)
     }
-    assert await store.take_due("a", NOW, LEASE_S, 10) == [last._replace(due_at=NOW + LEASE_S)]
+    assert await store.take_due("a", NOW, LEASE_S, 10) == [
+        last._replace(due_at=NOW + LEASE_S, taken=1)
+    ]
     assert await store.take_due("b", NOW, LEASE_S, 10) == []
     assert await store.take_due("b", NOW + LEASE_S - 1, LEASE_S, 10) == []
     # The row read back holds the lease's end as its due time.
     found = await store.lookup(later.cancellation_id, "oms")
-    assert found == later._replace(due_at=NOW + LEASE_S)
+    assert found == later._replace(due_at=NOW + LEASE_S, taken=1)
     assert await store.take_due("b", NOW, LEASE_S, 0) == []
 
 
@@ -91,7 +93,7 @@ async def test_a_step_not_yet_due_is_not_taken(make_store: StoreFactory):
     assert await store.take_due("a", NOW, LEASE_S, 10) == []
     assert await store.take_due("a", NOW + 9.999, LEASE_S, 10) == []
     taken = await store.take_due("a", NOW + 10, LEASE_S, 10)  # due at its time exactly
-    assert taken == [soon._replace(due_at=NOW + 10 + LEASE_S)]
+    assert taken == [soon._replace(due_at=NOW + 10 + LEASE_S, taken=1)]
 
 
 async def test_twenty_concurrent_takers_take_every_step_exactly_once(make_store: StoreFactory):
@@ -120,7 +122,7 @@ async def test_a_lease_that_runs_out_lets_another_holder_take_the_step(make_stor
     assert ids(await one.take_due("a", NOW, LEASE_S, 10)) == {step.cancellation_id}
     assert await two.take_due("b", NOW + LEASE_S - 0.5, LEASE_S, 10) == []
     retaken = await two.take_due("b", NOW + LEASE_S, LEASE_S, 10)
-    assert retaken == [step._replace(due_at=NOW + 2 * LEASE_S)]
+    assert retaken == [step._replace(due_at=NOW + 2 * LEASE_S, taken=2)]
     # The first holder, late: the step is no longer its own to write.
     assert not await one.complete(settled(step), None, "", None, NOW + LEASE_S + 1, holder="a")
     assert await one.lookup(step.cancellation_id, "oms") == retaken[0]
@@ -175,7 +177,7 @@ async def test_the_holder_may_leave_a_next_step(make_store: StoreFactory):
     assert await store.complete(probe, None, "", None, NOW, holder="a")
     assert await store.take_due("b", NOW + 59, LEASE_S, 10) == []
     assert await store.take_due("b", NOW + 60, LEASE_S, 10) == [
-        probe._replace(due_at=NOW + 60 + LEASE_S)
+        probe._replace(due_at=NOW + 60 + LEASE_S, taken=1)
     ]
     assert not await store.complete(settled(step), None, "", None, NOW + 61, holder="a")
     assert await store.complete(settled(step), None, "", None, NOW + 61, holder="b")
@@ -209,7 +211,7 @@ async def test_a_write_without_holder_keeps_the_step_it_writes(make_store: Store
     again = step._replace(due_at=NOW + 5, work=PROBE)
     assert await store.complete(again, None, "", None, NOW + 1)
     assert await store.take_due("other", NOW + 5, LEASE_S, 10) == [
-        again._replace(due_at=NOW + 5 + LEASE_S)
+        again._replace(due_at=NOW + 5 + LEASE_S, taken=1)
     ]
 
 
@@ -250,11 +252,11 @@ async def test_due_steps_and_leases_outlive_the_store(make_store: StoreFactory):
     await first.close()
     reopened = await make_store()
     assert await reopened.take_due("b", NOW, LEASE_S, 10) == [
-        waiting._replace(due_at=NOW + LEASE_S)
+        waiting._replace(due_at=NOW + LEASE_S, taken=1)
     ]
     assert await reopened.complete(settled(leased), None, "", None, NOW, holder="a")
     assert await reopened.take_due("c", NOW + 10_000, LEASE_S, 10) == [
-        waiting._replace(due_at=NOW + 10_000 + LEASE_S)
+        waiting._replace(due_at=NOW + 10_000 + LEASE_S, taken=2)
     ]
 
 
@@ -280,7 +282,9 @@ async def test_a_sqlite_file_of_schema_5_is_migrated_and_keeps_its_rows(tmp_path
     assert await store.take_due("a", NOW + 10_000, LEASE_S, 10) == []
     step = due(NOW - 1)
     await store.record(step)
-    assert await store.take_due("a", NOW, LEASE_S, 10) == [step._replace(due_at=NOW + LEASE_S)]
+    assert await store.take_due("a", NOW, LEASE_S, 10) == [
+        step._replace(due_at=NOW + LEASE_S, taken=1)
+    ]
     assert await store.complete(settled(step), None, "", None, NOW, holder="a")
     await store.close()
     check = sqlite3.connect(path)
@@ -311,7 +315,9 @@ async def test_a_postgres_schema_4_is_migrated_and_keeps_its_rows(postgres_dsn: 
     assert await store.take_due("a", NOW + 10_000, LEASE_S, 10) == []
     step = due(NOW - 1)
     await store.record(step)
-    assert await store.take_due("a", NOW, LEASE_S, 10) == [step._replace(due_at=NOW + LEASE_S)]
+    assert await store.take_due("a", NOW, LEASE_S, 10) == [
+        step._replace(due_at=NOW + LEASE_S, taken=1)
+    ]
     assert await store.complete(settled(step), None, "", None, NOW, holder="a")
     await store.close()
     versions = [row[0] for row in await old.fetch("SELECT version FROM cg_schema ORDER BY 1")]
@@ -344,7 +350,9 @@ async def test_redis_drops_the_steps_of_expired_rows_when_they_come_due(redis_pr
     await asyncio.sleep(0.3)  # the row expires; its step stays queued
     kept = due(NOW - 1)
     await store.record(kept)
-    assert await store.take_due("a", NOW, LEASE_S, 10) == [kept._replace(due_at=NOW + LEASE_S)]
+    assert await store.take_due("a", NOW, LEASE_S, 10) == [
+        kept._replace(due_at=NOW + LEASE_S, taken=1)
+    ]
     assert await store._client.zrange(redis_prefix + "due", 0, -1) == [
         kept.cancellation_id.encode()
     ]

@@ -209,6 +209,7 @@ SHIPPED = Outcome(Status.REJECTED, ErrorCode.NOT_CANCELLABLE, "shipped", provide
 GONE = Outcome(Status.REJECTED, ErrorCode.NOT_FOUND, "gone")
 DOWN = Outcome(Status.FAILED, ErrorCode.PROVIDER_ERROR, "503")
 OPEN = GatewayError(ErrorCode.PROVIDER_UNAVAILABLE, "the circuit is open")
+QUEUED = Outcome(Status.PENDING, provider_response={"job": "J1"})
 
 Results = list[Outcome | GatewayError]
 
@@ -222,13 +223,16 @@ Results = list[Outcome | GatewayError]
         ([DOWN, SHIPPED, DONE], Status.REJECTED, ErrorCode.NOT_CANCELLABLE, "L1"),
         ([DONE, DOWN, OPEN], Status.FAILED, ErrorCode.PROVIDER_ERROR, "L1"),
         ([OPEN, DOWN, DONE], Status.FAILED, ErrorCode.PROVIDER_UNAVAILABLE, "L0"),
+        ([DOWN, QUEUED, DONE], Status.PENDING, None, "L1"),
+        ([QUEUED, SHIPPED, DOWN], Status.REJECTED, ErrorCode.NOT_CANCELLABLE, "L1"),
     ],
 )
 def test_lines_combine_as_the_contract_says(
     results: Results, status: Status, code: ErrorCode | None, line: str | None
 ) -> None:
     """Every line done is cancelled (already when all were); else the first refusal, in the
-    request's order; else the first failure. The error says which line it is."""
+    request's order; else the first pending line; else the first failure. The error says
+    which line it is."""
     result = combined(ITEMS, results)
     assert (result.status, result.code) == (status, code)
     if line is not None:
