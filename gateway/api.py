@@ -226,6 +226,8 @@ async def get_events(request: web.Request) -> web.Response:
     events = orjson.loads(entry.events or b"[]")
     for event in events:  # kept as unix seconds, cheaper to record: written out now
         event["at"] = format_time(datetime.fromtimestamp(event["at"], UTC))
+        if "due" in event:  # a scheduled step's
+            event["due"] = format_time(datetime.fromtimestamp(event["due"], UTC))
     body = orjson.dumps({"cancellation_id": cancellation_id, "events": events})
     return web.Response(body=body, content_type="application/json")
 

@@ -97,6 +97,10 @@ def load(path: str | Path, environ: Mapping[str, str]) -> Runtime:
     for caller in config.callers:
         if caller.key is not None:
             secrets.add(caller.key.get_secret_value())
+        if caller.webhook is not None:
+            secrets.add(caller.webhook.secret.get_secret_value())
+            password = urlsplit(caller.webhook.url).password  # user:password@ in the URL
+            secrets.update({password, unquote(password)} if password else set())
     for target in targets.values():
         secrets.update(v for v in target.credentials.values() if v)
     for address in (config.store.url, config.store.dsn):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import secrets
 import socket
@@ -38,7 +39,7 @@ from gateway.lines import send
 from gateway.live import Live
 from gateway.models import UpstreamInfo
 from gateway.outbound import Outbound
-from gateway.request import Prepared
+from gateway.request import Prepared, parse_request
 from gateway.routing import Caller
 from gateway.send import ms
 from gateway.services import Services
@@ -48,6 +49,8 @@ from gateway.webhooks import Delivery, deliver, event_body, next_delay, secret_k
 from gateway.work import Step, delay_s
 
 WEBHOOK_TIMEOUT_S = 15.0
+MAX_TAKES = 10  # a step taken this often without finishing is abandoned (a bug, logged)
+DRAIN_S = 10.0  # how long steps under way may finish when the process stops
 SUMMARY_EVERY_S = 10.0  # how often the pending gauges are read from the store
 Result = Outcome | GatewayError
 
@@ -65,9 +68,12 @@ class Settler:
         self._log = services.log
         self._poll_s = server.work_poll_s
         self._slots = server.work_concurrency
+        self._drain_s = server.drain_timeout_s or DRAIN_S
         self._running: set[asyncio.Task[None]] = set()
-        # Who holds a lease: one name per process, readable in the store.
+        # Who holds a lease: this process, readable in the store, and which of its takes (a
+        # step it took again after stalling past its lease is another holder).
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._takes = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
@@ -78,22 +84,32 @@ class Settler:
         try:
             while True:
                 due.clear()
-                if self._clock.monotonic() - summarized >= SUMMARY_EVERY_S:
-                    summarized = self._clock.monotonic()
-                    await self._summarize()
-                taken = await self._take()
+                taken = 0
+                try:
+                    if self._clock.monotonic() - summarized >= SUMMARY_EVERY_S:
+                        summarized = self._clock.monotonic()
+                        await self._summarize()
+                    taken = await self._take()
+                except Exception:  # a bug, or a row it cannot read: logged, and polled again
+                    self._log.exception("work.failed", backend=self._store.name)
                 if taken and len(self._running) < self._slots:
                     await asyncio.sleep(0)  # more may be due: take again after this turn
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(due.wait(), self._poll_s)
         finally:
-            for task in list(self._running):
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """On stopping: the steps under way get the drain timeout to finish (a step cut
+        short is taken again by another process once its lease runs out)."""
+        if self._running:
+            _, unfinished = await asyncio.wait(self._running, timeout=self._drain_s)
+            for task in unfinished:
                 task.cancel()
-            if self._running:
-                await asyncio.gather(*self._running, return_exceptions=True)
-            if self._session is not None:
-                await self._session.close()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
 
     async def _summarize(self) -> None:
         """The pending gauges: the same store-wide figures from every process."""
@@ -110,13 +126,14 @@ class Settler:
             return 0
         live = self._current()
         now = self._clock.now().timestamp()
+        holder = f"{self.holder}/{next(self._takes)}"
         try:
-            taken = await self._store.take_due(self.holder, now, _lease_s(live.canceller), free)
+            taken = await self._store.take_due(holder, now, _lease_s(live.canceller), free)
         except StoreUnavailable as exc:
             self._log.warning("work.store_unavailable", backend=self._store.name, error=str(exc))
             return 0
         for entry in taken:
-            task = asyncio.create_task(self._one(live, entry))
+            task = asyncio.create_task(self._one(live, entry, holder))
             self._running.add(task)
             task.add_done_callback(self._finished)
         return len(taken)
@@ -125,27 +142,48 @@ class Settler:
         self._running.discard(task)
         self._services.work_due.event.set()  # a slot is free: due steps may be waiting
 
-    async def _one(self, live: Live, entry: Entry) -> None:
+    async def _one(self, live: Live, entry: Entry, holder: str) -> None:
         log = self._log.bind(cancellation_id=entry.cancellation_id, caller=entry.caller)
         try:
-            if entry.work is None:
-                return
-            step = Step.decode(entry.work)
-            if step.kind == "webhook":
-                await self._webhook(live.canceller, entry, step, log)
+            step = Step.decode(entry.work) if entry.work is not None else None
+            if step is None or entry.taken > MAX_TAKES:
+                # Unreadable (written by another version), or taken again and again without
+                # ever finishing (a bug): ended, so that it does not come back for ever.
+                log.error("work.abandoned", taken=entry.taken, readable=step is not None)
+                await self._abandon(live.canceller, entry, step, holder)
+            elif step.kind == "webhook":
+                await self._webhook(live.canceller, entry, step, holder, log)
             else:
                 caller = live.callers.named(entry.caller)
-                resumed = Resumed(
-                    live.canceller, self._services, entry, step, self.holder, self._log
-                )
+                resumed = Resumed(live.canceller, self._services, entry, step, holder, self._log)
                 await resumed.run(caller)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: the lease runs out and the step is taken again later
             log.exception("work.crashed")
 
+    async def _abandon(
+        self, canceller: Canceller, entry: Entry, step: Step | None, holder: str
+    ) -> None:
+        """A step that cannot go on: a final answer already given keeps it (a webhook is
+        given up); anything else ends ``failed`` ``outcome_unknown``."""
+        now = self._clock.now().timestamp()
+        if entry.status not in ("running", "pending"):
+            ended = entry._replace(due_at=None, work=None)
+            await self._store.complete(ended, None, "", None, now, holder)
+            return
+        if step is None:
+            step = Step("recover", None, "", "0" * 32, "01", None, now)
+        resumed = Resumed(canceller, self._services, entry, step, holder, self._log)
+        await resumed.abandon()
+
     async def _webhook(
-        self, canceller: Canceller, entry: Entry, step: Step, log: FilteringBoundLogger
+        self,
+        canceller: Canceller,
+        entry: Entry,
+        step: Step,
+        holder: str,
+        log: FilteringBoundLogger,
     ) -> None:
         """Deliver the final envelope; a failure waits for the schedule's next delivery."""
         webhook = canceller.webhooks.get(entry.caller)
@@ -156,7 +194,7 @@ class Settler:
                 "",
                 None,
                 self._clock.now().timestamp(),
-                self.holder,
+                holder,
             )
             return
         if self._session is None:
@@ -204,7 +242,7 @@ class Settler:
             due_at=None if after is None else now.timestamp() + after,
             work=None if after is None else later.encode(),
         )
-        written = await self._store.complete(done, None, "", None, now.timestamp(), self.holder)
+        written = await self._store.complete(done, None, "", None, now.timestamp(), holder)
         if written and done.due_at is not None:
             self._services.work_due.at(done.due_at, now.timestamp())
 
@@ -235,11 +273,25 @@ class Resumed:
         )
         self._info: RequestInfo = step.info()
         events = orjson.loads(entry.events or b"[]")
-        self._facts = Facts(
-            entry.cancellation_id, entry.caller, entry.created_at, events=events, step=step
+        # What the row knows, for an answer given before the request is prepared again.
+        self._facts = facts = Facts(
+            entry.cancellation_id,
+            entry.caller,
+            entry.created_at,
+            connection=entry.connection,
+            provider=entry.provider,
+            resource=entry.resource,
+            resource_id=entry.resource_id,
+            events=events,
+            step=step,
         )
-        self._facts.running = True
-        self._facts.token = step.token or ""
+        facts.running = True
+        facts.token = step.token or ""
+        if isinstance(step.request, dict) and step.request.get("items") is not None:
+            facts.items = parse_request(step.request)[0].items
+        shown = orjson.loads(entry.envelope).get("upstream") if entry.envelope else None
+        self._before = UpstreamInfo.model_validate(shown) if shown else None
+        self._prepared: tuple[Prepared, Outbound] | None = None
         runtime = canceller.runtime
         if step.key is not None and step.fingerprint is not None and step.token is not None:
             self._facts.claim = KeyClaim(
@@ -251,20 +303,28 @@ class Resumed:
                 token=step.token,
             )
 
+    async def abandon(self) -> None:
+        await self._final(_unknown("the gateway could not go on settling it"))
+
     async def run(self, caller: Caller | None) -> None:
         step, facts, now = self._step, self._facts, self._clock.now().timestamp()
         if now >= step.expires_at:
             await self._final(_unknown("the provider did not settle it within async.max_age_s"))
             return
+        lost = self._entry.taken > 1
         try:
             if caller is None:
                 raise GatewayError(ErrorCode.FORBIDDEN, f"caller {facts.caller!r} is gone")
             prepared = self._canceller.prepare(caller, step.request, self._info, facts)
         except GatewayError as exc:  # the configuration changed under it
-            await self._final(_unknown(f"it can no longer be sent: {exc.message}"))
+            if step.kind == "send" and not step.pending and not lost:
+                await self._final(exc)  # never sent: the refusal is the answer
+            else:
+                await self._final(_unknown(f"it can no longer be settled: {exc.message}"))
             return
         policy = self._canceller.runtime.policies[prepared.target.name]
         outbound = prepared.outbound(policy)
+        self._prepared = prepared, outbound
         probe = prepared.target.definition.resources[prepared.resource].probe
         if probe is not None and not _can_probe(outbound, step):
             probe = None  # it names what an answer gave, and no answer came
@@ -272,7 +332,6 @@ class Resumed:
         repeatable = retry_safe and (step.asynchronous or step.pending)
         # A send taken before by a process that died (or stalled past its lease) may have
         # gone out: the probe asks first, when there is one.
-        lost = self._entry.taken > 1
         if step.kind == "send" and (not lost or (probe is None and retry_safe)):
             result = await self._send(outbound, prepared)
             await self._after_send(result, probe is not None, retry_safe)
@@ -291,9 +350,10 @@ class Resumed:
 
     async def _send(self, outbound: Outbound, prepared: Prepared) -> Result:
         facts = self._facts
+        base = facts.upstream or self._before
 
         def progress(upstream: UpstreamInfo) -> None:
-            facts.upstream = upstream
+            facts.upstream = _added(base, upstream)
 
         result, facts.lines = await send(
             self._canceller.sender,
@@ -308,7 +368,7 @@ class Resumed:
 
     def _count_probe(self, outbound: Outbound, found: Outcome | None) -> None:
         """The envelope's ``upstream`` after a probe: the cancel's figures, one probe more."""
-        self._facts.upstream = UpstreamInfo(
+        probed = UpstreamInfo(
             method=outbound.request.method,
             url=outbound.request.shown_url,
             status=None,
@@ -316,27 +376,9 @@ class Resumed:
             latency_ms=0.0,
             probes=1 if found is not None else 0,
         )
-        self._cumulate()
-
-    def _cumulate(self) -> None:
-        """``upstream`` counts every attempt and probe made for the cancellation, in every
-        step: this step's figures added to those its last envelope gave."""
-        facts = self._facts
-        if facts.upstream is None or self._entry.envelope is None:
-            return
-        before = orjson.loads(self._entry.envelope).get("upstream") or {}
-        now = facts.upstream
-        facts.upstream = now.model_copy(
-            update={
-                "attempts": before.get("attempts", 0) + now.attempts,
-                "probes": before.get("probes", 0) + now.probes,
-                "status": now.status if now.status is not None else before.get("status"),
-                "latency_ms": now.latency_ms or before.get("latency_ms", 0.0),
-            }
-        )
+        self._facts.upstream = _added(self._facts.upstream or self._before, probed)
 
     async def _after_send(self, result: Result, has_probe: bool, retry_safe: bool) -> None:
-        self._cumulate()
         if isinstance(result, GatewayError):  # refused here (breaker, limits): nothing sent
             if spec(result.code).retryable:
                 await self._again("send", result)
@@ -359,16 +401,27 @@ class Resumed:
 
     async def _after_probe(self, found: Outcome | None) -> None:
         said = found.probed if found is not None else None
+        step = self._step
         if found is not None and said in ("cancelled", "not_found"):
             await self._final(found)
-        elif said == "not_cancelled":  # not applied: sending it again is safe
-            await self._again("send", _unknown("the provider says it is not cancelled yet"))
+        elif said == "not_cancelled" and not (step.asynchronous or step.pending):
+            # Answered to nobody (its process died): the caller, who got no answer, asks
+            # again; a repeat from here could cross theirs.
+            await self._final(
+                _unknown("the gateway stopped while sending it; it is not cancelled: ask again")
+            )
+        elif said == "not_cancelled" and self._prepared is not None:
+            # Not applied: sent again at once, while the probe's word still holds.
+            prepared, outbound = self._prepared
+            result = await self._send(outbound, prepared)
+            await self._after_send(result, True, False)
         else:  # pending, or no answer that says: asked again later
             await self._again("probe", _unknown("the provider has not said how it ended"))
 
     async def _again(self, kind: str, result: Result) -> None:
         """Not settled yet: written back as pending, with its next step on the schedule."""
         step, facts = self._step, self._facts
+        facts.upstream = facts.upstream or self._before
         now = self._clock.now().timestamp()
         if now >= step.expires_at:
             await self._final(_unknown("the provider did not settle it within async.max_age_s"))
@@ -407,7 +460,7 @@ class Resumed:
                 "error_code": result.code.value if result.code else None,
             }
         )
-        facts.step = self._step.then(self._step.kind, pending=True)
+        facts.upstream = facts.upstream or self._before
         reply = self._canceller.reply(facts, result, self._info)
         due_at, work = self._canceller.next_step(facts, result, now)
         entry = self._entry_of(result, reply.body, now, due_at, work)
@@ -461,6 +514,21 @@ class Resumed:
         elif entry.due_at is not None:
             self._services.work_due.at(entry.due_at, now)
         return written
+
+
+def _added(before: UpstreamInfo | None, now: UpstreamInfo) -> UpstreamInfo:
+    """``upstream`` counts every attempt and probe made for the cancellation, in every step:
+    ``now``'s figures added to those known ``before``."""
+    if before is None:
+        return now
+    return now.model_copy(
+        update={
+            "attempts": before.attempts + now.attempts,
+            "probes": before.probes + now.probes,
+            "status": now.status if now.status is not None else before.status,
+            "latency_ms": now.latency_ms or before.latency_ms,
+        }
+    )
 
 
 def _can_probe(outbound: Outbound, step: Step) -> bool:

@@ -47,8 +47,14 @@ class Step:
         return orjson.dumps(self)
 
     @classmethod
-    def decode(cls, raw: bytes) -> Step:
-        return cls(**orjson.loads(raw))
+    def decode(cls, raw: bytes) -> Step | None:
+        """The step, or None when it cannot be read (written by another version: what this
+        one does not know is left out, what it needs must be there)."""
+        try:
+            data = orjson.loads(raw)
+            return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+        except (orjson.JSONDecodeError, TypeError, AttributeError):
+            return None
 
     def then(self, kind: Kind, **changes: Any) -> Step:
         return replace(self, kind=kind, **changes)
@@ -57,6 +63,9 @@ class Step:
         """The request's ids again, a new span of the same trace for this step."""
         trace = Trace(self.trace_id, new_span_id(), None, self.trace_flags, self.trace_state)
         return RequestInfo(self.request_id, trace, self.key, self.asynchronous)
+
+
+_FIELDS = frozenset(Step.__dataclass_fields__)
 
 
 def first_step(

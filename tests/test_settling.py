@@ -9,10 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.config import AsyncSettings
-from gateway.settling import Resumed
+from gateway.live import Live
+from gateway.settling import Resumed, Settler
 from gateway.store import Entry
 from gateway.work import Step, delay_s
 from tests.fakes import BASE_CONFIG, Kit, make_kit, response
@@ -58,6 +60,10 @@ def kit(tmp_path: Path) -> Kit:
     return make_kit(tmp_path, CONFIG, files={"jobs.yaml": JOBS})
 
 
+def live(kit: Kit) -> Live:
+    return Live(kit.runtime, kit.callers, kit.canceller())
+
+
 async def due(kit: Kit) -> list[Entry]:
     """Take what is due now and run each step, as a settler would."""
     now = kit.clock.now().timestamp()
@@ -65,6 +71,7 @@ async def due(kit: Kit) -> list[Entry]:
     for entry in taken:
         assert entry.work is not None
         step = Step.decode(entry.work)
+        assert step is not None
         resumed = Resumed(kit.canceller(), kit.services, entry, step, HOLDER, kit.services.log)
         await resumed.run(kit.caller(entry.caller))
     return taken
@@ -168,12 +175,13 @@ async def test_an_asynchronous_send_a_dead_process_took_is_probed_before_it_is_s
     kit.clock.advance(15)
     kit.transport.answer(response(200, {"state": "open"}), response(200, {"state": "cancelled"}))
     await due(kit)
-    assert paths(kit) == ["parcels/p-1"]  # probed first; not cancelled: sent again next
-    assert (await row(kit, cid)).status == "pending"
-    kit.clock.advance(4)
-    await due(kit)
-    assert paths(kit)[1:] == ["parcels/p-1/cancel"]
-    assert (await row(kit, cid)).status == "cancelled"
+    # Probed first; not cancelled: sent again at once, while the probe's word holds.
+    assert paths(kit) == ["parcels/p-1", "parcels/p-1/cancel"]
+    final = await row(kit, cid)
+    assert final.status == "cancelled"
+    assert final.envelope is not None
+    assert b'"attempts":1,' in final.envelope
+    assert b'"probes":1' in final.envelope
 
 
 async def test_a_step_taken_over_meanwhile_is_not_written(kit: Kit):
@@ -192,6 +200,7 @@ async def test_a_step_taken_over_meanwhile_is_not_written(kit: Kit):
     kit.transport.answer(stalled)
     assert mine.work is not None
     step = Step.decode(mine.work)
+    assert step is not None
     late = Resumed(kit.canceller(), kit.services, mine, step, "slow-process", kit.services.log)
     await late.run(kit.caller())
     assert (await row(kit, cid)).status == "pending"  # the late holder wrote nothing
@@ -205,3 +214,52 @@ def test_the_schedule_doubles_up_to_its_longest_wait_with_jitter() -> None:
         [1, 2, 4, 8, 10, 10], rel=1e-5
     )
     assert delay_s(settings, 3, 0.0) == 4  # at least half of it
+
+
+async def test_a_dead_request_found_not_cancelled_is_not_sent_again_by_the_gateway(kit: Kit):
+    """Its caller got no answer and asks again: a repeat from the background could cross it."""
+    arrived, _release = kit.transport.hold(response(200, {"state": "cancelled"}))
+    sending = asyncio.create_task(cancel(kit, PARCEL))
+    await arrived.wait()
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    kit.transport.answer(response(200, {"state": "open"}))
+    kit.clock.advance(15)
+    [taken] = await due(kit)
+    final = await row(kit, taken.cancellation_id)
+    assert (final.status, final.error_code) == ("failed", "outcome_unknown")
+    assert paths(kit) == ["parcels/p-1/cancel", "parcels/p-1"]
+
+
+async def test_an_answer_given_before_the_request_is_prepared_keeps_what_the_row_knew(kit: Kit):
+    kit.transport.answer(response(202, {"job_id": "J11"}), response(200, {"state": "running"}))
+    answered = await cancel(kit, REQUEST)
+    kit.clock.advance(2)
+    await due(kit)  # one probe: still running
+    kit.clock.advance(60)  # past async.max_age_s
+    await due(kit)
+    final = await row(kit, answered.body["cancellation_id"])
+    assert (final.connection, final.provider, final.resource_id) == ("jobs", "jobs", "o-1")
+    assert final.envelope is not None
+    envelope = orjson.loads(final.envelope)
+    assert envelope["error"]["code"] == "outcome_unknown"
+    assert (envelope["connection"], envelope["resource"]) == ("jobs", "order")
+    assert envelope["upstream"]["probes"] == 1  # what the earlier steps did is kept
+
+
+@pytest.mark.parametrize("work", [b'{"kind": "send", "from": "a later version"}', None])
+async def test_a_step_that_cannot_go_on_is_ended_not_taken_for_ever(
+    kit: Kit, work: bytes | None, tmp_path: Path
+):
+    settler = Settler(lambda: live(kit), kit.services, kit.runtime.config.server)
+    answered = await cancel(kit, REQUEST, info=replace(request_info(), asynchronous=True))
+    cid = answered.body["cancellation_id"]
+    [queued] = await kit.store.take_due("someone", kit.clock.now().timestamp(), 15.0, 10)
+    broken = queued._replace(work=work) if work is not None else queued._replace(taken=11)
+    await settler._one(live(kit), broken, "someone")
+    final = await row(kit, cid)
+    assert (final.status, final.error_code) == ("failed", "outcome_unknown")
+    assert (final.due_at, final.work) == (None, None)
+    assert kit.events("work.abandoned")
+    assert paths(kit) == []

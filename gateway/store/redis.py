@@ -102,7 +102,7 @@ class RedisStore:
     async def begin(self, entry: Entry, claim: KeyClaim | None, now: float) -> BeginAnswer:
         async with self._guard():
             if claim is None:
-                await self._write_entry(self._client, entry)
+                await self._write_entry(self._client, entry, new=True)
                 return Claimed("")
             key = self._key_name(claim)
 
@@ -114,11 +114,11 @@ class RedisStore:
                     return decided
                 pipe.multi()
                 _write_key(pipe, key, decided, now)
-                await self._write_entry(pipe, entry)
+                await self._write_entry(pipe, entry, new=True)
                 await pipe.execute()
                 return Claimed(decided.token)
 
-            return await self._watching(key, attempt)
+            return await self._watching([key], attempt)
 
     async def complete(
         self,
@@ -131,10 +131,8 @@ class RedisStore:
     ) -> bool:
         async with self._guard():
             if holder is not None:
-                if not await self._write_held(entry, holder):
-                    return False
-            else:
-                await self._write_entry(self._client, entry)
+                return await self._write_held(entry, holder, claim, token, reply, now)
+            await self._write_entry(self._client, entry, indexed=True)
             if claim is None:
                 return True
             key = self._key_name(claim)
@@ -146,13 +144,10 @@ class RedisStore:
                     await pipe.unwatch()
                     return
                 pipe.multi()
-                if isinstance(settled, KeyRow):
-                    _write_key(pipe, key, settled, now)
-                else:
-                    pipe.delete(key)
+                _queue_settled(pipe, key, settled, now)
                 await pipe.execute()
 
-            await self._watching(key, attempt)
+            await self._watching([key], attempt)
             return True
 
     async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
@@ -262,7 +257,7 @@ class RedisStore:
             return RefreshLease(True, row, now + lease_s)
 
         async with self._guard():
-            return await self._watching(key, attempt)
+            return await self._watching([key], attempt)
 
     async def save_refresh(self, name: str, holder: str, row: RefreshRow | None) -> bool:
         key = self._refresh_name(name)
@@ -280,7 +275,7 @@ class RedisStore:
             return True
 
         async with self._guard():
-            return await self._watching(key, attempt)
+            return await self._watching([key], attempt)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -311,22 +306,38 @@ class RedisStore:
         """Who holds the lease on a cancellation's step, while one does."""
         return f"{self._prefix}holder:{cancellation_id}"
 
-    async def _write_held(self, entry: Entry, holder: str) -> bool:
-        """Write ``entry`` only while ``holder`` holds its step's lease, atomically: the
-        transaction fails if the lease changes hands between the check and the write."""
-        key = self._holder_name(entry.cancellation_id)
+    async def _write_held(
+        self,
+        entry: Entry,
+        holder: str,
+        claim: KeyClaim | None,
+        token: str,
+        reply: StoredReply | None,
+        now: float,
+    ) -> bool:
+        """Write ``entry`` (and settle its key) only while ``holder`` holds its step's lease,
+        in one transaction: it fails if the lease changes hands, or the key changes, between
+        the check and the write."""
+        held = self._holder_name(entry.cancellation_id)
+        key = self._key_name(claim) if claim is not None else None
 
         async def attempt(pipe: Any) -> bool:
-            current = await pipe.get(key)
+            current = await pipe.get(held)
             if current is None or current.decode() != holder:
                 await pipe.unwatch()
                 return False
+            settled: KeyRow | str = NOT_OURS
+            if claim is not None and key is not None:
+                found = _key_row(claim, await pipe.hgetall(key))
+                settled = settle(found, token, reply, claim.ttl_s, now)
             pipe.multi()
-            self._queue_entry(pipe, entry)
+            self._queue_entry(pipe, entry, indexed=True)
+            if key is not None and settled != NOT_OURS:
+                _queue_settled(pipe, key, settled, now)
             await pipe.execute()
             return True
 
-        return await self._watching(key, attempt)
+        return await self._watching([held] if key is None else [held, key], attempt)
 
     async def _leased(self, entries: list[Entry]) -> list[Entry]:
         """``entries`` with their steps' due times and taken counts as the due set and the
@@ -356,17 +367,25 @@ class RedisStore:
         """The sorted set of a caller's cancellation ids, or of everyone's."""
         return f"{self._prefix}ledger" if caller is None else f"{self._prefix}ledger:{caller}"
 
-    async def _write_entry(self, target: Any, entry: Entry) -> None:
+    async def _write_entry(
+        self, target: Any, entry: Entry, *, new: bool = False, indexed: bool = False
+    ) -> None:
         """Write a ledger row and index it, in ``target``'s transaction, or in one of its own
         when ``target`` is the client (one round trip)."""
         if target is self._client:
             async with self._client.pipeline(transaction=True) as pipe:
-                self._queue_entry(pipe, entry)
+                self._queue_entry(pipe, entry, new=new, indexed=indexed)
                 await pipe.execute()
         else:
-            self._queue_entry(target, entry)
+            self._queue_entry(target, entry, new=new, indexed=indexed)
 
-    def _queue_entry(self, pipe: Any, entry: Entry) -> None:
+    def _queue_entry(
+        self, pipe: Any, entry: Entry, *, new: bool = False, indexed: bool = False
+    ) -> None:
+        """The commands that write ``entry``. A ``new`` row (``begin``) has no lease, count or
+        pending mark to clear; an ``indexed`` one (``complete``: ``begin`` wrote it) is in the
+        ledger's indexes already. Each command left out is one less on the path every
+        cancellation takes."""
         data = {
             "cancellation_id": entry.cancellation_id,
             "caller": entry.caller,
@@ -393,12 +412,15 @@ class RedisStore:
             pipe.zadd(self._due_name(), {entry.cancellation_id: entry.due_at})
         else:
             pipe.zrem(self._due_name(), entry.cancellation_id)
-        pipe.delete(self._holder_name(entry.cancellation_id))
-        pipe.hdel(self._taken_name(), entry.cancellation_id)
+        if not new:
+            pipe.delete(self._holder_name(entry.cancellation_id))
+            pipe.hdel(self._taken_name(), entry.cancellation_id)
         if entry.status == PENDING:  # scored by creation: the oldest is the first
             pipe.zadd(self._pending_name(), {entry.cancellation_id: entry.created_at})
-        else:
+        elif not new:
             pipe.zrem(self._pending_name(), entry.cancellation_id)
+        if indexed:
+            return
         # Ids older than the ledger's rows can be are dropped as new ones come, so the index
         # holds about what the ledger holds (a listing also drops the dead ids it meets).
         expired = "(" + cancellation_id_at(int(time.time() * 1000) - self._ledger_ttl_ms)
@@ -407,11 +429,11 @@ class RedisStore:
             pipe.zremrangebylex(index, "-", expired)
             pipe.pexpire(index, self._ledger_ttl_ms)  # it outlives no row it lists
 
-    async def _watching(self, key: str, attempt: Callable[[Any], Awaitable[T]]) -> T:
+    async def _watching(self, keys: list[str], attempt: Callable[[Any], Awaitable[T]]) -> T:
         async with self._client.pipeline(transaction=True) as pipe:
             for _ in range(_MAX_RACES):
                 try:
-                    await pipe.watch(key)
+                    await pipe.watch(*keys)
                     return await attempt(pipe)
                 except WatchError:
                     await pipe.reset()  # type: ignore[no-untyped-call]
@@ -449,6 +471,14 @@ def _key_row(claim: KeyClaim, raw: dict[bytes, bytes]) -> KeyRow | None:
         field["cancellation_id"].decode(),
         reply,
     )
+
+
+def _queue_settled(pipe: Any, key: str, settled: KeyRow | str, now: float) -> None:
+    """A key's completion (``settle``): the row kept for replays, or the key released."""
+    if isinstance(settled, KeyRow):
+        _write_key(pipe, key, settled, now)
+    else:
+        pipe.delete(key)
 
 
 def _write_key(pipe: Any, key: str, row: KeyRow, now: float) -> None:

@@ -66,6 +66,8 @@ _UPSERT_KEY = """INSERT OR REPLACE INTO cg_idempotency
      http_status, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 
+_ANY_DUE = "SELECT 1 FROM cg_cancellations WHERE due_at IS NOT NULL AND due_at <= ? LIMIT 1"
+
 Apply = Callable[[sqlite3.Connection], Any]
 
 
@@ -186,6 +188,11 @@ class SqliteStore:
         return written
 
     async def take_due(self, holder: str, now: float, lease_s: float, limit: int) -> list[Entry]:
+        # A read first (the partial index): an idle poll takes no write lock from the
+        # processes sharing the file.
+        if self._read(_ANY_DUE, (now,)) is None:
+            return []
+
         def apply(db: sqlite3.Connection) -> list[Entry]:
             rows = db.execute(
                 "UPDATE cg_cancellations SET due_at = ?, holder = ?, taken = taken + 1"  # noqa: S608
