@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import CALLER_KEY, CANARIES, Upstream
-from tests.services import free_port
+from tests.services import REDIS_URL, free_port
 
 START_TIMEOUT_S = 8.0
 
@@ -143,3 +143,14 @@ async def call(
         session.request(method, url, data=data, headers=headers) as resp,
     ):
         return Answer(resp.status, resp.headers, await resp.read())
+
+
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def store(request: pytest.FixtureRequest) -> str:
+    """The store section of a gateway, on each real backend (SQLite beside the config)."""
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        return f"store: {{backend: redis, url: '{REDIS_URL}', prefix: '{prefix}'}}\n"
+    if request.param == "postgres":
+        return f"store: {{backend: postgres, dsn: '{request.getfixturevalue('postgres_dsn')}'}}\n"
+    return "store: {backend: sqlite, path: ledger.db}\n"

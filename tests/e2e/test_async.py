@@ -64,9 +64,9 @@ async def test_an_asynchronous_cancel_is_answered_pending_at_once_then_settled(
 
 
 async def test_an_asynchronous_cancel_goes_through_three_503s_to_cancelled(
-    make_gateway: GatewayFactory, upstream: Upstream
+    make_gateway: GatewayFactory, upstream: Upstream, store: str
 ):
-    config = fast(BASE_CONFIG, "shipper-main").replace(
+    config = store + fast(BASE_CONFIG, "shipper-main").replace(
         "    params: {warehouse_id: WH-TGR04}\n",
         "    params: {warehouse_id: WH-TGR04}\n    retry: {max_attempts: 1}\n",
     )
@@ -94,9 +94,10 @@ async def test_an_asynchronous_cancel_goes_through_three_503s_to_cancelled(
 
 
 async def test_a_key_replays_pending_while_it_is_pending_and_the_final_envelope_after(
-    make_gateway: GatewayFactory, upstream: Upstream
+    make_gateway: GatewayFactory, upstream: Upstream, store: str
 ):
-    gateway = await make_gateway(fast(BASE_CONFIG, "shipper-main"), upstream_url=upstream.url)
+    config = store + fast(BASE_CONFIG, "shipper-main")
+    gateway = await make_gateway(config, upstream_url=upstream.url)
     hold = asyncio.Event()
     upstream.answer(200, SHIPPED, until=hold)
     body = {**SHIPPER, "id": "ORD-3"}
@@ -258,11 +259,11 @@ async def jobs_shop(
 
 
 async def test_a_pending_answer_is_settled_by_probing_the_job_it_named(
-    make_gateway: GatewayFactory, jobs_shop: tuple[JobsShop, str], tmp_path: Any
+    make_gateway: GatewayFactory, jobs_shop: tuple[JobsShop, str], tmp_path: Any, store: str
 ):
     shop, url = jobs_shop
     (tmp_path / "jobs.yaml").write_text(JOBS_PROVIDER)
-    gateway = await make_gateway(JOBS_CONFIG, upstream_url=url)
+    gateway = await make_gateway(store + JOBS_CONFIG, upstream_url=url)
     answered = await gateway.cancel({"connection": "jobs", "resource": "order", "id": "O-9"})
     assert answered.status == 202
     assert answered.body["status"] == "pending"

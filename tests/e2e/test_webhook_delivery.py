@@ -72,9 +72,13 @@ async def receiver(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> tupl
 
 
 async def start(
-    make_gateway: GatewayFactory, upstream: Upstream, receiver_url: str, all_: bool = False
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    receiver_url: str,
+    all_: bool = False,
+    store: str = "",
 ) -> Any:
-    config = CONFIG.replace("<ALL>", "true" if all_ else "false")
+    config = store + CONFIG.replace("<ALL>", "true" if all_ else "false")
     env = {"RECEIVER": receiver_url, "WEBHOOK_SECRET": SECRET}
     return await make_gateway(config, upstream_url=upstream.url, env=env)
 
@@ -104,11 +108,11 @@ async def test_a_pending_cancellation_s_final_envelope_is_delivered_signed(
 
 
 async def test_a_failed_delivery_is_retried_with_the_same_id_and_a_2xx_ends_it(
-    make_gateway: GatewayFactory, upstream: Upstream, receiver: tuple[Receiver, str]
+    make_gateway: GatewayFactory, upstream: Upstream, receiver: tuple[Receiver, str], store: str
 ):
     hooks, url = receiver
     hooks.statuses = [500]
-    gateway = await start(make_gateway, upstream, url)
+    gateway = await start(make_gateway, upstream, url, store=store)
     upstream.always(200, SHIPPED)
     answered = await gateway.cancel({**SHIPPER, "id": "ORD-W2"}, headers=ASYNC)
     await hooks.wait_for(2)
