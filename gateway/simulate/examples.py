@@ -4,15 +4,21 @@
 The object id chooses the answer: the answer example whose name, lower case with spaces as
 hyphens, equals the id (``already-cancelled``); any other id gets the resource's first example
 that is a success. A resource that reads before it cancels has its read's route too, answering
-its ``read: true`` examples the same way (the default: the first that gives the values). A
-token auth's endpoint (its URL's path, under ``/<name>``) answers a new
-token each time, and the resources answer 401 to a request without a token it issued (in the
-header or query parameter the auth names); a
-signature is not checked (its recipe is pinned by known-answer tests, not by a simulator).
+its ``read: true`` examples the same way (the default: the first that gives the values); a
+resource with a status probe has the probe's route, answering its ``probe: true`` examples
+(the default: the first that finds the object cancelled, so that an id choosing a pending
+answer is settled by the first probe). A token auth's endpoint (its URL's path, under
+``/<name>``) answers a new token each time, and the resources answer 401 to a request without
+a token it issued (in the header or query parameter the auth names); for the id
+``token-expired`` every token issued before it first came has expired (refused with the
+definition's own answer for a refused credential when it documents one), so that the gateway
+fetches another. A signature is not checked (its recipe is pinned by known-answer tests, not
+by a simulator).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Awaitable, Callable
@@ -27,13 +33,15 @@ from gateway.examples import AnswerExample
 from gateway.translate.paths import FieldChain
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EXPIRED = "token-expired"  # an id for which the tokens issued before it came have expired
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 def add_definition_routes(app: web.Application, definition: ProviderDefinition) -> None:
     """Routes that answer as ``definition``'s examples say, under ``/<definition.name>``."""
     prefix = f"/{definition.name}"
-    issued: set[str] = set()
+    issued: dict[str, int] = {}  # each token the endpoint issued, and when (1, 2, …)
+    expired = [0]  # the tokens issued up to this one have expired (set at the first such id)
     auth = definition.auth
     carrier = None  # where a fetched token must arrive: ("header" or "query", its name)
     if isinstance(auth, TokenAuth):
@@ -41,20 +49,26 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
         call = auth.token_call
         path = _token_path(call.url.source)
         app.router.add_route(call.method, prefix + path, _token_endpoint(call.token, issued))
+    answering = functools.partial(_answering, carrier=carrier, issued=issued, expired=expired)
     for name, resource in definition.resources.items():
         answers = [
             a
             for a in definition.examples.answers
             if a.resource in (None, name) or len(definition.resources) == 1
         ]
-        cancels = [a for a in answers if not a.read]
+        cancels = [a for a in answers if not a.read and not a.probe]
         route = prefix + _route(resource.path.source)
-        app.router.add_route(resource.method, route, _answering(cancels, carrier, issued))
+        app.router.add_route(resource.method, route, answering(cancels))
         if resource.read is not None:  # the read answers with the read's examples
             reads = [a for a in answers if a.read]
             route = prefix + _route(resource.read.path.source)
-            handler = _answering(reads, carrier, issued, success="read")
+            handler = answering(reads, success="read")
             app.router.add_route(resource.read.method, route, handler)
+        if resource.probe is not None:  # the probe answers with the probe's examples
+            probes = [a for a in answers if a.probe]
+            route = prefix + _route(resource.probe.path.source)
+            handler = answering(probes)
+            app.router.add_route(resource.probe.method, route, handler)
 
 
 def _token_path(url: str) -> str:
@@ -80,21 +94,39 @@ def _route(path: str) -> str:
 
 def _answering(
     answers: list[AnswerExample],
+    *,
     carrier: tuple[str, str] | None,
-    issued: set[str],
+    issued: dict[str, int],
+    expired: list[int],
     success: str = "cancelled",
 ) -> Handler:
     by_slug = {slug(a.name): a for a in answers}
-    default = next((a for a in answers if a.expect.status == success), None)
+    # A cancel that is always accepted for later (a job) answers pending by default.
+    default = next((a for a in answers if a.expect.status == success), None) or next(
+        (a for a in answers if a.expect.status == "pending"), None
+    )
+    refusal = next((a for a in answers if a.expect.code == "provider_auth_failed"), None)
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        object_id = request.match_info.get("id", "")
         if carrier is not None:
             where, name = carrier
             given = request.query if where == "query" else request.headers
             sent = given.get(name, "")
-            if not any(token in sent for token in issued):
+            held = next((issued[token] for token in issued if token in sent), None)
+            if held is None:
                 return web.json_response({"error": "unauthorized"}, status=401)
-        chosen = by_slug.get(request.match_info.get("id", "")) or default
+            if object_id == EXPIRED and expired[0] == 0:
+                expired[0] = max(issued.values())  # every token issued so far has expired
+            if object_id == EXPIRED and held <= expired[0]:  # the provider's own refusal
+                if refusal is None:
+                    return web.json_response({"error": "token expired"}, status=401)
+                return web.Response(
+                    status=refusal.status, body=refusal.raw(), headers=refusal.headers
+                )
+        # Once its token is renewed, ``token-expired`` gets the usual answer (a definition's
+        # example of the refusal may well be named so).
+        chosen = default if object_id == EXPIRED else by_slug.get(object_id) or default
         if chosen is None:
             return web.json_response({"error": "no example answers this request"}, status=501)
         return web.Response(status=chosen.status, body=chosen.raw(), headers=chosen.headers)
@@ -102,13 +134,14 @@ def _answering(
     return handler
 
 
-def _token_endpoint(where: object, issued: set[str]) -> Handler:
+def _token_endpoint(where: object, issued: dict[str, int]) -> Handler:
     counter = itertools.count(1)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         await request.read()
-        token = f"simulated-token-{next(counter)}"
-        issued.add(token)
+        number = next(counter)
+        token = f"simulated-token-{number}"
+        issued[token] = number
         body: object = token  # a bare token, as for `token: "@"`
         if isinstance(where, FieldChain):  # `access_token`, `data.token`: nested as named
             for key in reversed(where.keys):

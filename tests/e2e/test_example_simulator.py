@@ -3,6 +3,7 @@ account exists, the id choosing the documented answer, tokens issued and require
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -155,3 +156,68 @@ async def test_reads_query_tokens_and_lines_are_simulated_too(
     result = await gateway.cancel({"connection": connection, **body})
     assert result.body["status"] == status, result.body
     assert (result.body["error"] or {}).get("code") == code
+
+
+async def test_an_expired_token_is_refused_once_and_the_gateway_fetches_another(gateway: Gateway):
+    first = await gateway.cancel({"connection": "market", "id": "1", "reason": "r"})
+    assert first.body["status"] == "cancelled", first.body
+    expired = await gateway.cancel({"connection": "market", "id": "token-expired", "reason": "r"})
+    assert expired.body["status"] == "cancelled", expired.body
+    assert expired.body["upstream"]["attempts"] == 2  # refused, then sent with a new token
+    retried = [e for e in gateway.events("upstream.retry") if e["reason"] == "token_refused"]
+    assert len(retried) == 1
+
+
+# A provider that answers a cancel as a job, settled by reading the order (made up).
+JOBS = """
+name: jobs-shop
+credentials: {key: {}}
+auth: {header: X-Key, value: "{credentials.key}"}
+resources:
+  order:
+    method: POST
+    path: /orders/{id}/cancel
+    pending: {status: [202]}
+    probe:
+      path: /orders/{id}
+      cancelled: "state == 'cancelled'"
+      pending: "state == 'cancelling'"
+      not_cancelled: "state == 'open'"
+examples:
+  answers:
+    - {name: accepted, status: 202, body: {job: J1}, expect: {status: pending}}
+    - {name: refused, status: 409, body: {}, expect: {status: rejected, code: not_cancellable}}
+    - {name: open, probe: true, status: 200, body: {state: open},
+       expect: {status: not_cancelled}}
+    - {name: done, probe: true, status: 200, body: {state: cancelled},
+       expect: {status: cancelled}}
+"""
+
+
+async def test_a_pending_answer_is_settled_by_the_simulated_probe(
+    make_gateway: GatewayFactory,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    tmp_path: Path,
+):
+    jobs = ProviderDefinition.model_validate(yaml.safe_load(JOBS))
+    simulator = await aiohttp_server(create_simulator_app(definitions=[jobs]))
+    (tmp_path / "jobs.yaml").write_text(JOBS)
+    url = str(simulator.make_url("")).rstrip("/")
+    config = (
+        "providers: [jobs.yaml]\ncallers:\n  - {name: oms, key: '${OMS_API_KEY}', "
+        "connections: ['*']}\nconnections:\n  jobs:\n    provider: jobs-shop\n"
+        "    base_url: ${SIM}/jobs-shop\n    credentials: {key: jobs-key-not-real}\n"
+        "    async: {first_delay_s: 0.05, max_delay_s: 0.1}\n"
+    )
+    gateway = await make_gateway(config, env={"SIM": url})
+    answered = await gateway.cancel({"connection": "jobs", "id": "O-1"})
+    assert (answered.status, answered.body["status"]) == (202, "pending")
+    found = await gateway.request("GET", answered.headers["Location"])
+    async with asyncio.timeout(5):
+        while found.status == 202:
+            await asyncio.sleep(0.02)
+            found = await gateway.request("GET", answered.headers["Location"])
+    assert found.body["status"] == "cancelled"
+    assert found.body["upstream"]["probes"] == 1
+    refused = await gateway.cancel({"connection": "jobs", "id": "refused"})
+    assert refused.body["error"]["code"] == "not_cancellable"
