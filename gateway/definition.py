@@ -267,7 +267,9 @@ class ProviderDefinition(Strict):
             if self.auth.refresh_token is not None:
                 check("auth.refresh_token", self.auth.refresh_token, credentials_allowed=True)
             for template in call.templates():
-                also = frozenset({"refresh_token"} if spends else ())
+                # A token request may name the connection's base URL (a provider whose token
+                # comes from the API's own host: sandbox and production alike).
+                also = frozenset({"refresh_token", BASE_URL} if spends else {BASE_URL})
                 check("auth (token request)", template, credentials_allowed=True, also=also)
             # What chooses the token's host: the authority, or all before the path when the
             # URL starts with a placeholder (a param holding the scheme and host).
@@ -379,5 +381,7 @@ class ProviderDefinition(Strict):
     def errors_for(self, resource: str) -> Errors:
         return self.resources[resource].errors or self.errors
 
+
+BASE_URL = "base_url"  # the connection's base URL, in a token request's templates
 
 __all__ = ["CanonicalField", "ErrorCode", "ProviderDefinition", "Resource"]

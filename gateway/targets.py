@@ -72,7 +72,9 @@ class Target:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed_auth", _fixed_auth(self))
         params = tuple(sorted((k, str(v)) for k, v in self.params.items()))
-        fetched_by = (tuple(sorted(self.credentials.items())), params, repr(self.definition.auth))
+        auth = repr(self.definition.auth)
+        base = (self.base_url.scheme, self.base_url.authority.source, self.base_url.path.source)
+        fetched_by = (tuple(sorted(self.credentials.items())), params, auth, base)
         object.__setattr__(self, "token_key", (self.name, hash(fetched_by)))
         resources = self.definition.resources
         # A connection's own base URL may name a generated value too (in its path).

@@ -26,6 +26,7 @@ from jmespath.exceptions import JMESPathError
 
 from gateway.auth_schemes import TokenAuth, TokenCall
 from gateway.clock import Clock
+from gateway.definition import BASE_URL
 from gateway.errors import ErrorCode
 from gateway.models import CONTROL
 from gateway.redact import MIN_SECRET_LENGTH, Redactor
@@ -328,15 +329,13 @@ def _placed(auth: TokenAuth, request: UpstreamRequest, token: _Token) -> Upstrea
 
 
 def _token_context(target: Target, clock: Clock) -> dict[str, Any]:
-    """What a token request's templates may name: the connection, its params and
+    """What a token request's templates may name: the connection, its base URL, params and
     credentials, and the values made for this request."""
     params = {f"params.{k}": v for k, v in target.params.items()}
     generated = generated_values(clock.now(), str(uuid4()))
-    return dict(
-        with_credentials(
-            {"connection.name": target.name, **params, **generated}, target.credentials
-        )
-    )
+    base_url = target.base_url.render({**params, **generated})
+    named = {"connection.name": target.name, BASE_URL: base_url, **params, **generated}
+    return dict(with_credentials(named, target.credentials))
 
 
 def _token_request(
@@ -347,9 +346,9 @@ def _token_request(
         ctx["refresh_token"] = refresh_token
     try:
         url = _rendered(call.url.render(ctx, str), "url")
-        headers = [
-            (n, header_value(n, str(t.render(ctx, str) or ""))) for n, t in call.headers.items()
-        ]
+        # A header whose value is not there is left out, as a cancel's is.
+        rendered = ((n, t.render(ctx, str)) for n, t in call.headers.items())
+        headers = [(n, header_value(n, v)) for n, v in rendered if v is not None]
         body: bytes | None = None
         kind = ""
         if call.form is not None:

@@ -366,7 +366,8 @@ def test_an_unknown_provider_suggests_the_closest_known_one(
     lines = check(write(tmp_path, GOOD.replace("provider: stateset", "provider: statset")), capsys)
     assert lines == [
         f"{tmp_path / 'gateway.yaml'}: connections.stateset-main.provider: unknown provider "
-        "'statset' (did you mean stateset? known: rxuniverse, shipper, shoplazza, stateset)"
+        "'statset' (did you mean stateset? known: amazon_mcf, bigcommerce, magento, rxuniverse, "
+        "shipengine, shipper, shopee, shopify, shoplazza, stateset, walmart, woocommerce)"
     ]
 
 

@@ -17,7 +17,7 @@ from tests.translate.conftest import load_builtin_definitions
 
 @pytest.fixture(scope="module")
 def definitions() -> dict[str, ProviderDefinition]:
-    """The four built-in provider definitions, by name."""
+    """The built-in provider definitions, by name."""
     return load_builtin_definitions()
 
 
@@ -228,13 +228,21 @@ def test_structural_mistakes_are_rejected(path: str, value: Any) -> None:
 
 
 def test_every_builtin_file_loads() -> None:
-    """The four built-in definitions validate, one per file, named like the file."""
+    """The built-in definitions validate, one per file, named like the file."""
     files = builtin_files()
     assert [f.name for f in files] == [
+        "amazon_mcf.yaml",
+        "bigcommerce.yaml",
+        "magento.yaml",
         "rxuniverse.yaml",
+        "shipengine.yaml",
         "shipper.yaml",
+        "shopee.yaml",
+        "shopify.yaml",
         "shoplazza.yaml",
         "stateset.yaml",
+        "walmart.yaml",
+        "woocommerce.yaml",
     ]
     for file in files:
         definition = ProviderDefinition.model_validate(yaml.safe_load(file.read_text("utf-8")))

@@ -585,7 +585,10 @@ def test_unknown_provider_is_refused_listing_the_known_ones(tmp_path: Path):
         "connections.x.provider",
     )
     assert "no-such-provider" in problem.message
-    assert "known: rxuniverse, shipper, shoplazza, stateset" in problem.message
+    assert (
+        "known: amazon_mcf, bigcommerce, magento, rxuniverse, shipengine, shipper, shopee, "
+        "shopify, shoplazza, stateset, walmart, woocommerce"
+    ) in problem.message
 
 
 @pytest.mark.parametrize(

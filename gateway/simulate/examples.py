@@ -22,17 +22,21 @@ import functools
 import itertools
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
 from gateway.auth_schemes import TokenAuth
-from gateway.definition import ProviderDefinition
+from gateway.definition import ProviderDefinition, Resource
 from gateway.examples import AnswerExample
+from gateway.read_spec import ObjectRead
 from gateway.translate.paths import FieldChain
+from gateway.translate.templates import Template
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Request = Resource | ObjectRead  # a cancel, a read or a probe: what is sent
 EXPIRED = "token-expired"  # an id for which the tokens issued before it came have expired
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
@@ -50,25 +54,28 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
         path = _token_path(call.url.source)
         app.router.add_route(call.method, prefix + path, _token_endpoint(call.token, issued))
     answering = functools.partial(_answering, carrier=carrier, issued=issued, expired=expired)
+    # Requests that share a route (a GraphQL API: one path for every call) are told apart by
+    # the fixed texts of their bodies; the first registered there answers what matches none.
+    routes: dict[tuple[str, str], list[tuple[Request, Handler]]] = {}
     for name, resource in definition.resources.items():
         answers = [
             a
             for a in definition.examples.answers
             if a.resource in (None, name) or len(definition.resources) == 1
         ]
-        cancels = [a for a in answers if not a.read and not a.probe]
-        route = prefix + _route(resource.path.source)
-        app.router.add_route(resource.method, route, answering(cancels))
+        made: list[tuple[Request, list[AnswerExample], str]] = [
+            (resource, [a for a in answers if not a.read and not a.probe], "cancelled")
+        ]
         if resource.read is not None:  # the read answers with the read's examples
-            reads = [a for a in answers if a.read]
-            route = prefix + _route(resource.read.path.source)
-            handler = answering(reads, success="read")
-            app.router.add_route(resource.read.method, route, handler)
+            made.append((resource.read, [a for a in answers if a.read], "read"))
         if resource.probe is not None:  # the probe answers with the probe's examples
-            probes = [a for a in answers if a.probe]
-            route = prefix + _route(resource.probe.path.source)
-            handler = answering(probes)
-            app.router.add_route(resource.probe.method, route, handler)
+            made.append((resource.probe, [a for a in answers if a.probe], "cancelled"))
+        for request, examples, success in made:
+            where = (request.method, prefix + _route(request.path.source))
+            handler = answering(examples, object_id=_id_finder(request), success=success)
+            routes.setdefault(where, []).append((request, handler))
+    for (method, path), handlers in routes.items():
+        app.router.add_route(method, path, _dispatching(handlers))
 
 
 def _token_path(url: str) -> str:
@@ -92,9 +99,102 @@ def _route(path: str) -> str:
     return route.replace("{{", "{").replace("}}", "}")
 
 
+def _dispatching(handlers: list[tuple[Request, Handler]]) -> Handler:
+    """One route's handler: the request whose body's fixed texts the call carries."""
+    if len(handlers) == 1:
+        return handlers[0][1]
+    marks = [(_fixed_texts(request.body), handler) for request, handler in handlers]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            sent = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            sent = None
+        for texts, chosen in marks[1:]:
+            if texts and all(_at(sent, path) == text for path, text in texts):
+                return await chosen(request)
+        return await marks[0][1](request)
+
+    return handler
+
+
+def _fixed_texts(body: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    """Where a body template holds text with no placeholder, and that text."""
+    if isinstance(body, Template):
+        text = "".join(p for p in body.parts if isinstance(p, str))
+        return [(path, text)] if all(isinstance(p, str) for p in body.parts) else []
+    if isinstance(body, dict):
+        return [found for k, v in body.items() for found in _fixed_texts(v, (*path, k))]
+    if isinstance(body, list):
+        return [found for i, v in enumerate(body) for found in _fixed_texts(v, (*path, i))]
+    return []
+
+
+def _at(document: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        if isinstance(step, str) and isinstance(document, dict):
+            document = document.get(step)
+        elif isinstance(step, int) and isinstance(document, list) and step < len(document):
+            document = document[step]
+        else:
+            return None
+    return document
+
+
+IdFinder = Callable[[web.Request, Any], str]
+
+
+def _id_finder(request: Request) -> IdFinder:
+    """Where a request carries the object's id: its path, else a query parameter or a body
+    field whose template names ``{id}`` (``gid://shopify/Order/{id}``)."""
+    if "{id}" in request.path.source:
+        return lambda got, _: got.match_info.get("id", "")
+    places: list[tuple[str, Any, re.Pattern[str]]] = []
+    for name, template in request.query.items():
+        if "id" in template.names:
+            places.append(("query", name, _matcher(template)))
+    for path, template in _templates(request.body):
+        if "id" in template.names:
+            places.append(("body", path, _matcher(template)))
+
+    def find(got: web.Request, body: Any) -> str:
+        for where, key, pattern in places:
+            value = got.query.get(key) if where == "query" else _at(body, key)
+            matched = pattern.fullmatch(str(value)) if value is not None else None
+            if matched:
+                return matched.group("id")
+        return ""
+
+    return find
+
+
+def _templates(body: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Template]]:
+    if isinstance(body, Template):
+        return [(path, body)]
+    if isinstance(body, dict):
+        return [found for k, v in body.items() for found in _templates(v, (*path, k))]
+    if isinstance(body, list):
+        return [found for i, v in enumerate(body) for found in _templates(v, (*path, i))]
+    return []
+
+
+def _matcher(template: Template) -> re.Pattern[str]:
+    """A template as a pattern: its texts as they are, ``{id}`` captured, the rest anything."""
+    pattern = ""
+    for part in template.parts:
+        if isinstance(part, str):
+            pattern += re.escape(part)
+        else:
+            pattern += (
+                "(?P<id>.+?)" if "id" in part.alternatives and "(?P<id>" not in pattern else ".*?"
+            )
+    return re.compile(pattern)
+
+
 def _answering(
     answers: list[AnswerExample],
     *,
+    object_id: IdFinder,
     carrier: tuple[str, str] | None,
     issued: dict[str, int],
     expired: list[int],
@@ -108,7 +208,11 @@ def _answering(
     refusal = next((a for a in answers if a.expect.code == "provider_auth_failed"), None)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        object_id = request.match_info.get("id", "")
+        try:
+            sent = orjson.loads(await request.read() or b"null")
+        except orjson.JSONDecodeError:
+            sent = None
+        chosen_id = object_id(request, sent)
         if carrier is not None:
             where, name = carrier
             given = request.query if where == "query" else request.headers
@@ -116,9 +220,9 @@ def _answering(
             held = next((issued[token] for token in issued if token in sent), None)
             if held is None:
                 return web.json_response({"error": "unauthorized"}, status=401)
-            if object_id == EXPIRED and expired[0] == 0:
+            if chosen_id == EXPIRED and expired[0] == 0:
                 expired[0] = max(issued.values())  # every token issued so far has expired
-            if object_id == EXPIRED and held <= expired[0]:  # the provider's own refusal
+            if chosen_id == EXPIRED and held <= expired[0]:  # the provider's own refusal
                 if refusal is None:
                     return web.json_response({"error": "token expired"}, status=401)
                 return web.Response(
@@ -126,7 +230,7 @@ def _answering(
                 )
         # Once its token is renewed, ``token-expired`` gets the usual answer (a definition's
         # example of the refusal may well be named so).
-        chosen = default if object_id == EXPIRED else by_slug.get(object_id) or default
+        chosen = default if chosen_id == EXPIRED else by_slug.get(slug(chosen_id)) or default
         if chosen is None:
             return web.json_response({"error": "no example answers this request"}, status=501)
         return web.Response(status=chosen.status, body=chosen.raw(), headers=chosen.headers)

@@ -64,7 +64,7 @@ def make_base_url(scheme: str, authority: str, path: str = "") -> BaseUrl:
 
 @pytest.fixture(scope="session")
 def definitions() -> dict[str, ProviderDefinition]:
-    """The four built-in provider definitions, by name."""
+    """The built-in provider definitions, by name."""
     return load_builtin_definitions()
 
 
