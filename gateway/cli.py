@@ -30,6 +30,7 @@ from gateway.routing import Callers
 from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_stopped
 from gateway.services import build_services
 from gateway.simulate import SIMULATED, create_simulator_app
+from gateway.simulate.app import catalog_definitions
 from gateway.store.memory import MemoryStore
 from gateway.tracing import request_id_from, trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
@@ -307,7 +308,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"{file}: {definition.name!r} is a built-in's simulator already", file=sys.stderr)
             return 1
         definitions.append(definition)
-    served = [*SIMULATED, *(d.name for d in definitions)]
+    given = [d.name for d in definitions]
+    catalog = [d.name for d in catalog_definitions() if d.name not in given]
+    served = [*SIMULATED, *catalog, *given]
 
     def started(urls: Sequence[str]) -> None:
         log.info("simulator.started", urls=list(urls), providers=served)

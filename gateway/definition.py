@@ -83,6 +83,20 @@ class ParamSpec(Strict):
                 raise ValueError(f"invalid regular expression: {exc}") from exc
         return value
 
+    def from_text(self, value: Any) -> Any:
+        """A connection's value as the param's type when it came as text (``${VAR}`` from the
+        environment is always text): ``"42"`` for an integer, ``"true"`` for a boolean. Text
+        that is not such a value stays text, and ``problem`` says what is wrong with it."""
+        if not isinstance(value, str) or self.type == "string":
+            return value
+        if self.type == "boolean" and value in ("true", "false"):
+            return value == "true"
+        if self.type == "integer" and re.fullmatch(r"-?[0-9]{1,18}", value):
+            return int(value)
+        if self.type == "number" and re.fullmatch(r"-?[0-9]{1,18}(\.[0-9]{1,18})?", value):
+            return float(value) if "." in value else int(value)
+        return value
+
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` for this param (None is absent), or None."""
         if value is None:

@@ -12,6 +12,13 @@ DEMO_REQUESTS = [
 ]
 # The simulator applies it, then holds the answer past the connection's budget.
 LOST_ANSWER = {"connection": "stateset-demo", "id": "lostanswer-demo", "reason": "Supplier delay"}
+# Shopify's cancel as a queued job: answered pending, then settled by its probe.
+CATALOG_REQUEST = {
+    "connection": "shopify-demo",
+    "resource": "order",
+    "id": "job-queued",
+    "reason": "Customer changed their mind",
+}
 # Answered 202 pending at once; its first two sends meet a 503, the third cancels it.
 ASYNC_REQUEST = {
     "connection": "shipper-demo",
@@ -51,6 +58,14 @@ def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
         f"curl -si -X POST {gateway_url}/v1/cancellations -H 'Prefer: respond-async' "
         f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
         f"-d '{json.dumps(ASYNC_REQUEST, separators=(',', ':'))}'",
+        "",
+        "The catalog (shopify-demo, walmart-demo, amazon-mcf-demo, shopee-demo, magento-demo,",
+        "bigcommerce-demo, woocommerce-demo, shipengine-demo) is simulated from each provider's",
+        "documented examples; the id names the example (lower case, hyphens). Shopify answers",
+        "`pending` while its job runs, and its probe settles it a second later:",
+        f"curl -si -X POST {gateway_url}/v1/cancellations "
+        f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+        f"-d '{json.dumps(CATALOG_REQUEST, separators=(',', ':'))}'",
         "",
         "Ids choose simulator scenarios (notfound-1, slow-3000, flaky503x2-1, ...): see README.",
         "Ctrl-C stops everything.",

@@ -199,7 +199,8 @@ def resolve_target(
                     f"not a parameter of {definition.name} ({declared})",
                 )
             )
-        params[pname] = given
+        spec = definition.params.get(pname)
+        params[pname] = spec.from_text(given) if spec is not None else given
     for pname, pspec in definition.params.items():
         if params.get(pname) is None and pspec.per_request:
             continue  # may still come with each request

@@ -106,6 +106,51 @@ def test_the_example_config_checks_ok_with_its_variables_set(
     assert "4 connections (rxuniverse, shipper, shoplazza, stateset)" in out
 
 
+CATALOG_ENV = {
+    "SHOPIFY_SHOP": "demo-shop",
+    "SHOPIFY_ACCESS_TOKEN": "fake-shopify-token",
+    "WALMART_CLIENT_ID": "fake-walmart-client",
+    "WALMART_CLIENT_SECRET": "fake-walmart-secret",
+    "AMAZON_REGION": "eu",
+    "AMAZON_LWA_CLIENT_ID": "fake-lwa-client",
+    "AMAZON_LWA_CLIENT_SECRET": "fake-lwa-secret",
+    "AMAZON_LWA_REFRESH_TOKEN": "fake-lwa-refresh",
+    "SHOPEE_PARTNER_ID": "2001887",  # integers, from the environment as text
+    "SHOPEE_SHOP_ID": "14701711",
+    "SHOPEE_PARTNER_KEY": "fake-partner-key",
+    "SHOPEE_REFRESH_TOKEN": "fake-shopee-refresh",
+    "MAGENTO_BASE_URL": "https://shop.example.com",
+    "MAGENTO_ADMIN_USER": "admin",
+    "MAGENTO_ADMIN_PASSWORD": "fake-magento-password",
+    "BIGCOMMERCE_STORE_HASH": "abc123",
+    "BIGCOMMERCE_ACCESS_TOKEN": "fake-bigcommerce-token",
+    "WOOCOMMERCE_BASE_URL": "https://shop.example.com",
+    "WOOCOMMERCE_CONSUMER_KEY": "ck_fake_woocommerce",
+    "WOOCOMMERCE_CONSUMER_SECRET": "cs_fake_woocommerce",
+    "SHIPENGINE_API_KEY": "fake-shipengine-key",
+}
+
+
+def test_the_example_configs_catalog_connections_check_ok_once_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """Each commented catalog connection names the variables it needs, and checks with them."""
+    text = EXAMPLE.read_text()
+    head, _, catalog = text.partition("  # The catalog")
+    lines = [line.replace("  # ", "  ", 1) for line in catalog.splitlines()[1:]]
+    uncommented = head + "\n".join(line for line in lines if line.strip() != "#") + "\n"
+    named = set(re.findall(r"\$\{([A-Z_]+)", catalog))
+    assert named == set(CATALOG_ENV) | {"WALMART_ENVIRONMENT"}
+    set_env(monkeypatch, {**EXAMPLE_ENV, **CATALOG_ENV})
+
+    code = main(["check-config", "--config", str(write(tmp_path, uncommented))])
+
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "12 connections (amazon_mcf, bigcommerce, magento, rxuniverse, shipengine" in out
+    assert not any(secret in out + err for secret in CATALOG_ENV.values() if "fake" in secret)
+
+
 def test_broken_config_exits_1_with_every_problem_on_stderr(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from gateway.definition import ProviderDefinition
+from gateway.definition import ParamSpec, ProviderDefinition
 from gateway.providers import builtin_files
 from gateway.translate.templates import Template
 from tests.translate.conftest import load_builtin_definitions
@@ -359,3 +359,23 @@ def test_a_field_compared_with_a_literal_takes_the_fast_path() -> None:
     assert not isinstance(_jmespath("a == b"), FieldEquals)  # two fields: JMESPath's
     assert not isinstance(_jmespath("a[0] == `1`"), FieldEquals)
     assert not isinstance(_jmespath("a < `1`"), FieldEquals)
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "value"),
+    [
+        ("integer", "2001887", 2001887),
+        ("integer", "-3", -3),
+        ("number", "1.5", 1.5),
+        ("boolean", "true", True),
+        ("boolean", "false", False),
+        ("integer", "12abc", "12abc"),  # not a number: stays text, and is refused as such
+        ("string", "42", "42"),
+    ],
+)
+def test_a_connections_param_from_the_environment_takes_the_params_type(
+    kind: str, text: str, value: object
+) -> None:
+    spec = ParamSpec(type=kind)
+    assert spec.from_text(text) == value
+    assert type(spec.from_text(text)) is type(value)

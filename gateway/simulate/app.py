@@ -8,16 +8,20 @@ of the ``redirect`` scenario).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType, ModuleType
 
+import yaml
 from aiohttp import web
 
 from gateway.definition import ProviderDefinition
+from gateway.providers import builtin_files
 from gateway.simulate import rxuniverse, shipper, shoplazza, stateset
 from gateway.simulate.examples import add_definition_routes
 from gateway.simulate.faults import REDIRECT_TARGET, Provider, redirected
 from gateway.simulate.replies import Call, Reply, system_now
+from gateway.simulate.signatures import Account
 from gateway.simulate.state import (
     CLOCK_KEY,
     JOURNAL_KEY,
@@ -47,9 +51,13 @@ def create_simulator_app(
     state: SimulatorState | None = None,
     clock: Clock = system_now,
     definitions: Sequence[ProviderDefinition] = (),
+    accounts: Mapping[str, Account] | None = None,
 ) -> web.Application:
-    """One app that emulates every built-in provider under ``/<provider>``, and each of
-    ``definitions`` under ``/<its name>`` from its examples (``examples.py``)."""
+    """One app that emulates every built-in provider under ``/<provider>`` (the four seed
+    providers by their own emulations, the catalog's from their examples), and each of
+    ``definitions`` under ``/<its name>`` from its examples (``examples.py``): one of these
+    named like a catalog provider replaces it. ``accounts``, by provider name: the account
+    whose signatures a simulated provider checks (unchecked without one)."""
     app = web.Application(middlewares=[journal_middleware])
     app[KEYS_KEY] = keys if keys is not None else SimulatorKeys()
     app[STATE_KEY] = state if state is not None else SimulatorState()
@@ -58,8 +66,10 @@ def create_simulator_app(
     for module in MODULES:
         for path, handler in module.ROUTES:
             app.router.add_route("*", module.PREFIX + path, handler)
-    for definition in definitions:
-        add_definition_routes(app, definition)
+    given = {definition.name for definition in definitions}
+    catalog = [d for d in catalog_definitions() if d.name not in given]
+    for definition in [*definitions, *catalog]:
+        add_definition_routes(app, definition, (accounts or {}).get(definition.name))
     for name, provider in PROVIDERS.items():
         # Registered last: resolution is in order, so these only catch unknown paths.
         app.router.add_route("*", f"/{name}", unknown_path(provider))
@@ -68,6 +78,18 @@ def create_simulator_app(
     app.router.add_delete(JOURNAL_PATH, clear_journal)
     app.router.add_route("*", REDIRECT_TARGET, redirected)
     return app
+
+
+@functools.cache
+def catalog_definitions() -> tuple[ProviderDefinition, ...]:
+    """The built-in definitions without an emulation of their own (the catalog), simulated
+    from their documented examples."""
+    found = []
+    for file in builtin_files():
+        definition = ProviderDefinition.model_validate(yaml.safe_load(file.read_text("utf-8")))
+        if definition.name not in SIMULATED:
+            found.append(definition)
+    return tuple(found)
 
 
 def provider_of(path: str) -> str | None:

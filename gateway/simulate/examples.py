@@ -12,8 +12,8 @@ answer is settled by the first probe). A token auth's endpoint (its URL's path, 
 a token it issued (in the header or query parameter the auth names); for the id
 ``token-expired`` every token issued before it first came has expired (refused with the
 definition's own answer for a refused credential when it documents one), so that the gateway
-fetches another. A signature is not checked (its recipe is pinned by known-answer tests, not
-by a simulator).
+fetches another. Given the account calling it (``Account``), a provider that signs computes
+every signature again and refuses one made otherwise (signatures.py).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from gateway.auth_schemes import TokenAuth
 from gateway.definition import ProviderDefinition, Resource
 from gateway.examples import AnswerExample
 from gateway.read_spec import ObjectRead
+from gateway.simulate.signatures import Account, Verify, url_query, verifier
 from gateway.translate.paths import FieldChain
 from gateway.translate.templates import Template
 
@@ -41,8 +42,11 @@ EXPIRED = "token-expired"  # an id for which the tokens issued before it came ha
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
-def add_definition_routes(app: web.Application, definition: ProviderDefinition) -> None:
-    """Routes that answer as ``definition``'s examples say, under ``/<definition.name>``."""
+def add_definition_routes(
+    app: web.Application, definition: ProviderDefinition, account: Account | None = None
+) -> None:
+    """Routes that answer as ``definition``'s examples say, under ``/<definition.name>``;
+    with ``account``, signatures are checked (signatures.py)."""
     prefix = f"/{definition.name}"
     issued: dict[str, int] = {}  # each token the endpoint issued, and when (1, 2, …)
     expired = [0]  # the tokens issued up to this one have expired (set at the first such id)
@@ -52,7 +56,9 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
         carrier = ("query", auth.query) if auth.query else ("header", auth.header)
         call = auth.token_call
         path = _token_path(call.url.source)
-        app.router.add_route(call.method, prefix + path, _token_endpoint(call.token, issued))
+        checked = verifier(call.signature, account, url_query(call.url), call.headers)
+        handler = _token_endpoint(call.token, issued, checked)
+        app.router.add_route(call.method, prefix + path, handler)
     answering = functools.partial(_answering, carrier=carrier, issued=issued, expired=expired)
     # Requests that share a route (a GraphQL API: one path for every call) are told apart by
     # the fixed texts of their bodies; the first registered there answers what matches none.
@@ -72,7 +78,10 @@ def add_definition_routes(app: web.Application, definition: ProviderDefinition) 
             made.append((resource.probe, [a for a in answers if a.probe], "cancelled"))
         for request, examples, success in made:
             where = (request.method, prefix + _route(request.path.source))
-            handler = answering(examples, object_id=_id_finder(request), success=success)
+            checked = verifier(definition.signature, account, request.query, request.headers)
+            handler = answering(
+                examples, object_id=_id_finder(request), success=success, verify=checked
+            )
             routes.setdefault(where, []).append((request, handler))
     for (method, path), handlers in routes.items():
         app.router.add_route(method, path, _dispatching(handlers))
@@ -199,6 +208,7 @@ def _answering(
     issued: dict[str, int],
     expired: list[int],
     success: str = "cancelled",
+    verify: Verify | None = None,
 ) -> Handler:
     by_slug = {slug(a.name): a for a in answers}
     # A cancel that is always accepted for later (a job) answers pending by default.
@@ -208,26 +218,27 @@ def _answering(
     refusal = next((a for a in answers if a.expect.code == "provider_auth_failed"), None)
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
         try:
-            sent = orjson.loads(await request.read() or b"null")
+            document = orjson.loads(raw or b"null")
         except orjson.JSONDecodeError:
-            sent = None
-        chosen_id = object_id(request, sent)
+            document = None
+        chosen_id = object_id(request, document)
+        token: str | None = None
         if carrier is not None:
             where, name = carrier
             given = request.query if where == "query" else request.headers
             sent = given.get(name, "")
-            held = next((issued[token] for token in issued if token in sent), None)
-            if held is None:
+            token = next((t for t in issued if t in sent), None)
+            if token is None:
                 return web.json_response({"error": "unauthorized"}, status=401)
+            held = issued[token]
             if chosen_id == EXPIRED and expired[0] == 0:
                 expired[0] = max(issued.values())  # every token issued so far has expired
             if chosen_id == EXPIRED and held <= expired[0]:  # the provider's own refusal
-                if refusal is None:
-                    return web.json_response({"error": "token expired"}, status=401)
-                return web.Response(
-                    status=refusal.status, body=refusal.raw(), headers=refusal.headers
-                )
+                return _refused(refusal, "token expired")
+        if verify is not None and not verify(request, raw, token):
+            return _refused(refusal, "the signature does not match")
         # Once its token is renewed, ``token-expired`` gets the usual answer (a definition's
         # example of the refusal may well be named so).
         chosen = default if chosen_id == EXPIRED else by_slug.get(slug(chosen_id)) or default
@@ -238,11 +249,20 @@ def _answering(
     return handler
 
 
-def _token_endpoint(where: object, issued: dict[str, int]) -> Handler:
+def _refused(refusal: AnswerExample | None, message: str) -> web.StreamResponse:
+    """The provider's documented answer to a refused credential, or a plain 401."""
+    if refusal is None:
+        return web.json_response({"error": message}, status=401)
+    return web.Response(status=refusal.status, body=refusal.raw(), headers=refusal.headers)
+
+
+def _token_endpoint(where: object, issued: dict[str, int], verify: Verify | None) -> Handler:
     counter = itertools.count(1)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        await request.read()
+        raw = await request.read()
+        if verify is not None and not verify(request, raw, None):
+            return web.json_response({"error": "the signature does not match"}, status=403)
         number = next(counter)
         token = f"simulated-token-{number}"
         issued[token] = number

@@ -87,6 +87,23 @@ async def stop(process: asyncio.subprocess.Process, sig: int) -> tuple[str, str]
     return stdout.decode(), stderr.decode()
 
 
+async def pending_then_final(
+    session: aiohttp.ClientSession, gateway_url: str, curl: Curl, auth: dict[str, str]
+) -> tuple[str, dict[str, Any]]:
+    """Paste ``curl`` (answered 202 pending), then GET its Location until it is final."""
+    async with session.request(curl.method, curl.url, headers=curl.headers, data=curl.body) as r:
+        assert r.status == 202, await r.text()
+        assert (await r.json())["status"] == "pending"
+        location = r.headers["Location"]
+    async with asyncio.timeout(10):
+        while True:
+            async with session.get(gateway_url + location, headers=auth) as r:
+                final: dict[str, Any] = await r.json()
+                if r.status == 200:
+                    return location, final
+            await asyncio.sleep(0.1)
+
+
 def _json_lines(text: str) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -99,8 +116,10 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
         assert f"  gateway     {gateway_url}" in banner
         key = next(line.split()[-1] for line in banner if line.startswith("  caller key"))
         curls = [Curl.parse(line) for line in banner if line.startswith("curl ")]
-        # One per provider, the lost answer a probe settles, then an asynchronous one.
-        assert len(curls) == 6
+        # One per provider, the lost answer a probe settles, an asynchronous one, then a
+        # catalog provider's pending answer.
+        assert len(curls) == 7
+        catalog = curls.pop()
         asynchronous = curls.pop()
 
         envelopes: list[dict[str, Any]] = []
@@ -120,25 +139,11 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
             ) as resp:
                 again = await resp.json()
             assert asynchronous.headers["Prefer"] == "respond-async"
-            async with session.request(
-                asynchronous.method,
-                asynchronous.url,
-                headers=asynchronous.headers,
-                data=asynchronous.body,
-            ) as resp:
-                assert resp.status == 202, await resp.text()
-                assert (await resp.json())["status"] == "pending"
-                location = resp.headers["Location"]
             auth = {"Authorization": f"Bearer {key}"}
-            async with asyncio.timeout(10):
-                while True:
-                    async with session.get(gateway_url + location, headers=auth) as resp:
-                        settled = await resp.json()
-                    if resp.status == 200:
-                        break
-                    await asyncio.sleep(0.1)
+            location, settled = await pending_then_final(session, gateway_url, asynchronous, auth)
             async with session.get(f"{gateway_url}{location}/events", headers=auth) as resp:
                 events = (await resp.json())["events"]
+            _, shopify = await pending_then_final(session, gateway_url, catalog, auth)
     finally:
         stdout, stderr = await stop(process, signal.SIGINT)
 
@@ -156,16 +161,20 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
     assert (again["status"], again["provider"]) == ("already_cancelled", "stateset")
     assert (settled["status"], settled["provider"]) == ("cancelled", "shipper")
     assert [e["status"] for e in events if e["type"] == "attempt"] == [503, 503, 200]
+    assert (shopify["status"], shopify["provider"], shopify["upstream"]["probes"]) == (
+        "cancelled",
+        "shopify",
+        1,
+    )
 
     assert stdout.strip().splitlines()[-1] == "demo stopped"
     # The logs went to stderr, one JSON object per line, so stdout stays readable.
     completed = [e for e in _json_lines(stderr) if e["event"] == "cancellation.completed"]
-    expected = ["cancelled"] * 5 + ["already_cancelled", "pending"]
+    expected = ["cancelled"] * 5 + ["already_cancelled", "pending", "pending"]
     assert [e["status"] for e in completed] == expected
-    assert len({e["request_id"] for e in completed}) == 7
-    assert [e["status"] for e in _json_lines(stderr) if e["event"] == "cancellation.settled"] == [
-        "cancelled"
-    ]
+    assert len({e["request_id"] for e in completed}) == 8
+    settled_lines = [e for e in _json_lines(stderr) if e["event"] == "cancellation.settled"]
+    assert [e["status"] for e in settled_lines] == ["cancelled", "cancelled"]
 
 
 async def test_demo_on_a_taken_port_says_so_and_exits_1() -> None:
@@ -201,7 +210,9 @@ async def test_demo_serves_the_simulators_on_the_given_port_and_logs_start_and_s
     started, stopped = events["gateway.started"], events["gateway.stopped"]
     assert started["urls"] == [f"http://127.0.0.1:{port}"]
     assert started["connections"] == [
-        "rxuniverse-demo", "shipper-demo", "shoplazza-demo", "stateset-demo"
+        "amazon-mcf-demo", "bigcommerce-demo", "magento-demo", "rxuniverse-demo",
+        "shipengine-demo", "shipper-demo", "shopee-demo", "shopify-demo", "shoplazza-demo",
+        "stateset-demo", "walmart-demo", "woocommerce-demo",
     ]  # fmt: skip
     assert started["config"].endswith("demo.yaml")
     assert started["pid"] == stopped["pid"] == process.pid
@@ -267,7 +278,11 @@ async def test_simulate_serves_the_providers_until_sigterm() -> None:
     try:
         started = orjson.loads(lines[-1])
         assert started["urls"] == [f"http://127.0.0.1:{port}"]
-        assert started["providers"] == ["stateset", "shipper", "shoplazza", "rxuniverse"]
+        assert started["providers"] == [
+            "stateset", "shipper", "shoplazza", "rxuniverse",  # their own emulations
+            "amazon_mcf", "bigcommerce", "magento", "shipengine", "shopee", "shopify",
+            "walmart", "woocommerce",  # the catalog, from their examples
+        ]  # fmt: skip
         url = f"http://127.0.0.1:{port}/rxuniverse/api/v2/orders/72544"
         async with aiohttp.ClientSession(headers={"x-api-key": "sim-rxuniverse-key"}) as session:
             async with session.delete(url) as resp:
