@@ -14,6 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from gateway.envelope import (
     Reply,
+    gateway_envelope,
     render_envelope,
     reply_headers,
 )
@@ -84,6 +85,7 @@ class Canceller:
         self._metrics = services.metrics
         self._rand = services.rand
         self._work_due = services.work_due
+        self._admission = services.admission
         self.sender = Sender(services)
         self.webhooks = {c.name: c.webhook for c in runtime.config.callers if c.webhook}
 
@@ -171,7 +173,17 @@ class Canceller:
 
     async def cancel(self, caller: Caller, body: bytes | Decoded, info: RequestInfo) -> Reply:
         """One cancellation from its request body (``Decoded`` when it is already JSON: an
-        item of a batch), answered with its envelope whatever happens."""
+        item of a batch), answered with its envelope whatever happens; ``overloaded`` at once
+        when this process already works on ``server.max_in_flight`` of them."""
+        if not self._admission.enter():
+            self._metrics.overloaded()
+            return overloaded_reply(info)
+        try:
+            return await self._cancel(caller, body, info)
+        finally:
+            self._admission.leave()
+
+    async def _cancel(self, caller: Caller, body: bytes | Decoded, info: RequestInfo) -> Reply:
         started = self._clock.monotonic()
         facts = self._new_facts(caller)
         log = self._log.bind(cancellation_id=facts.cancellation_id, caller=caller.name)
@@ -428,6 +440,19 @@ class Canceller:
             if info.asynchronous:
                 headers["Preference-Applied"] = "respond-async"
         return Reply(http_status, render_envelope(envelope), headers)
+
+
+OVERLOADED = GatewayError(
+    ErrorCode.OVERLOADED,
+    "this gateway is at its limit of cancellations in flight; nothing was recorded or sent",
+    retry_after_s=1,
+)
+
+
+def overloaded_reply(info: RequestInfo) -> Reply:
+    """The refusal of a cancellation over the admission limit: no store, no log line."""
+    envelope = gateway_envelope(OVERLOADED, info.request_id, info.trace.trace_id)
+    return Reply(503, render_envelope(envelope), reply_headers(info.request_id, 1))
 
 
 def _crashed(log: FilteringBoundLogger, info: RequestInfo) -> GatewayError:

@@ -45,6 +45,9 @@ class ServerConfig(_Strict):
     # how often an idle process asks it for due steps, and how many steps it runs at once.
     work_poll_s: float = Field(default=1.0, gt=0, le=60)
     work_concurrency: int = Field(default=32, ge=1, le=1000)
+    # Cancellations one process works on at once; beyond, 503 `overloaded` at once (CONTRACT
+    # §11): a queue that grows past what the budgets allow only turns answers into timeouts.
+    max_in_flight: int = Field(default=1024, ge=1, le=100000)
 
 
 class LoggingConfig(_Strict):

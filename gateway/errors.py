@@ -75,6 +75,7 @@ class ErrorCode(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
     OUTCOME_UNKNOWN = "outcome_unknown"
+    OVERLOADED = "overloaded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ SPECS: dict[ErrorCode, CodeSpec] = {
     ErrorCode.STORE_UNAVAILABLE: CodeSpec(_F, 503, True),
     ErrorCode.INTERNAL_ERROR: CodeSpec(_F, 500, False),
     ErrorCode.OUTCOME_UNKNOWN: CodeSpec(_F, 504, True),
+    ErrorCode.OVERLOADED: CodeSpec(_F, 503, True),
 }
 
 

@@ -186,6 +186,12 @@ class Metrics:
             buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400),
             registry=registry,
         )
+        self._overloaded = Counter(
+            "cancel_gateway_overloaded",
+            "Cancellations refused at once because the process had server.max_in_flight in "
+            "flight (503 overloaded).",
+            registry=registry,
+        )
         self._webhooks = Counter(
             "cancel_gateway_webhook_deliveries",
             "Webhook deliveries by result (delivered, http_error, timeout, connection_error).",
@@ -278,6 +284,9 @@ class Metrics:
 
     def settled(self, connection: str | None, status: str, settle_s: float) -> None:
         self._settle_time.labels(connection or "", status).observe(max(settle_s, 0.0))
+
+    def overloaded(self) -> None:
+        self._overloaded.inc()
 
     def webhook_delivered(self, caller: str, result: str) -> None:
         self._webhooks.labels(caller, result).inc()

@@ -43,6 +43,26 @@ class Services:
     rand: Callable[[], float]  # the backoff's jitter
     # Wakes this process's settler when a step it queued falls due (settling.py).
     work_due: DueWork = field(default_factory=DueWork)
+    # The cancellations this process works on now, and how many it takes (server.max_in_flight).
+    admission: Admission = field(default_factory=lambda: Admission(1024))
+
+
+class Admission:
+    """Admission control (CONTRACT §11): at most ``limit`` cancellations in flight in this
+    process; one more is refused at once (``overloaded``), before the store is touched."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def enter(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
 
 def build_services(
@@ -74,4 +94,5 @@ def build_services(
         guards=GuardRegistry(clock.monotonic),
         tokens=Tokens(transport, clock, redactor, store),
         rand=rand,
+        admission=Admission(runtime.config.server.max_in_flight),
     )

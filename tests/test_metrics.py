@@ -380,6 +380,7 @@ def test_exposition_declares_every_family_with_its_type():
         "cancel_gateway_oldest_pending_age_seconds": "gauge",
         "cancel_gateway_settle_seconds": "histogram",
         "cancel_gateway_webhook_deliveries": "counter",
+        "cancel_gateway_overloaded": "counter",
         "process_cpu_seconds": "counter",
         "process_virtual_memory_bytes": "gauge",
         "process_resident_memory_bytes": "gauge",
