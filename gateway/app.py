@@ -143,6 +143,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     everything after; then the access log line and the HTTP metric."""
     app = request.app
     started = time.perf_counter()
+    arrived = app[SERVICES].clock.monotonic()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     trace = trace_from(request.headers.get("traceparent"), request.headers.get("tracestate"))
@@ -151,6 +152,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             request_id=request_id_from(request.headers.get("X-Request-ID")),
             trace=span.trace,
             idempotency_key=request.headers.get("Idempotency-Key"),
+            arrived=arrived,
         )
         request[INFO] = info
         live = app[CONFIG].current

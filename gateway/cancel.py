@@ -283,8 +283,11 @@ class Canceller:
             facts.upstream = upstream
 
         clock = self._clock.monotonic
+        # The budget counts from the request's arrival: time spent before sending (reading the
+        # body, the store, waiting for the loop) is the caller's time too (CONTRACT §11).
+        deadline = None if info.arrived is None else info.arrived + policy.timeout_s
         result, facts.lines = await send(
-            self.sender, outbound, prepared, log, progress, clock, facts.record
+            self.sender, outbound, prepared, log, progress, clock, facts.record, deadline
         )
         return result
 

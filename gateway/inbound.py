@@ -24,6 +24,9 @@ class RequestInfo:
     trace: Trace
     idempotency_key: str | None = None
     asynchronous: bool = False  # Prefer: respond-async (CONTRACT §10)
+    # When the request arrived (the services' monotonic clock): the budget counts from here,
+    # time queued in the process included (CONTRACT §11). None: from when it is sent.
+    arrived: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

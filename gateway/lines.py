@@ -34,19 +34,29 @@ async def send(
     progress: Callable[[UpstreamInfo], None],
     monotonic: Callable[[], float],
     record: Record | None = None,
+    deadline: float | None = None,
 ) -> tuple[Result, list[Result]]:
     """The cancellation's outcome, and each line's when the request names lines: the one
     request's outcome for each, or each line's own when every line is a request. ``record``
-    hears each attempt and probe."""
+    hears each attempt and probe. The budget ends at ``deadline`` when one is given (the
+    request's arrival plus the connection's timeout_s), else timeout_s from now."""
     items = prepared.request.items
     if prepared.lines is None:
-        result = await sender.send(outbound, log, progress, record=record)
+        result = await sender.send(outbound, log, progress, deadline, record)
         return result, [result] * len(items or ())
     lines = prepared.target.definition.resources[prepared.resource].items
     assert items is not None
     assert lines is not None
     results = await send_lines(
-        sender, outbound, prepared.lines, lines.concurrency, log, progress, monotonic, record
+        sender,
+        outbound,
+        prepared.lines,
+        lines.concurrency,
+        log,
+        progress,
+        monotonic,
+        record,
+        deadline,
     )
     return combined(items, results), results
 
@@ -60,12 +70,14 @@ async def send_lines(
     progress: Callable[[UpstreamInfo], None],
     monotonic: Callable[[], float],
     record: Record | None = None,
+    deadline: float | None = None,
 ) -> list[Result]:
     """Each line's outcome, in the request's order: each line its own request with its own
     attempts and classification, at most ``concurrency`` in flight, all within the one budget
     of the cancellation. ``progress`` hears the lines' attempts summed up."""
     started = monotonic()
-    deadline = started + outbound.policy.timeout_s
+    if deadline is None:
+        deadline = started + outbound.policy.timeout_s
     slots = asyncio.Semaphore(concurrency)
     seen: dict[int, UpstreamInfo] = {}
 

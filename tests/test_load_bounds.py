@@ -1,17 +1,21 @@
-"""Admission control (CONTRACT §11): beyond ``server.max_in_flight`` cancellations in flight,
-one more is answered 503 ``overloaded`` at once, with nothing recorded or sent."""
+"""What holds under load (CONTRACT §11): beyond ``server.max_in_flight`` cancellations in
+flight, one more is answered 503 ``overloaded`` at once, with nothing recorded or sent; and a
+cancellation's budget counts from the request's arrival, time queued in the process included."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 
 from tests.fakes import BASE_CONFIG, Kit, make_kit, response
-from tests.test_cancel import STATESET_CANCEL, STATESET_OK, cancel
+from tests.test_cancel import STATESET_CANCEL, STATESET_OK, cancel, request_info
 from tests.test_metrics import value
 
+SHIPPER_CANCEL = {"connection": "shipper-main", "id": "SO-1", "reason": "r"}
+SHIPPED = {"metadata": {"http_status_code": 200}}
 ONE_AT_A_TIME = BASE_CONFIG.replace("callers:", "server: {max_in_flight: 1}\ncallers:", 1)
 
 
@@ -65,3 +69,23 @@ async def test_an_overloaded_answer_is_an_envelope_the_client_can_read(tmp_path:
     assert orjson.loads(refused.raw)["error"]["code"] == "overloaded"
     assert kit.transport.sent == []
     kit.services.admission.in_flight = 0
+
+
+async def test_the_budget_counts_from_the_requests_arrival(tmp_path: Path):
+    """A request that waited 0.5 s in the process before its cancellation began has what is
+    left of its 2 s budget: its one attempt may take 1.5 s, no more."""
+    kit = make_kit(tmp_path)
+    kit.transport.answer(response(200, SHIPPED))
+    waited = replace(request_info(), arrived=kit.clock.monotonic() - 0.5)
+    await cancel(kit, SHIPPER_CANCEL, info=waited)
+    [sent] = kit.transport.sent
+    assert sent.timeout_s == 2 - 0.5
+
+
+async def test_a_request_whose_budget_was_spent_waiting_is_not_sent(tmp_path: Path):
+    kit = make_kit(tmp_path)
+    late = replace(request_info(), arrived=kit.clock.monotonic() - 2)
+    result = await cancel(kit, SHIPPER_CANCEL, info=late)
+    assert kit.transport.sent == []
+    assert result.body["status"] == "failed"
+    assert result.body["error"]["code"] == "provider_timeout"
