@@ -190,6 +190,7 @@ class TokenBucket:
     the level negative: the wait of every later request grows, so order is kept."""
 
     def __init__(self, rate: float, burst: int, now: Now) -> None:
+        self.rate, self.burst = rate, burst  # what a limit shared by replicas applies too
         self._rate = rate
         self._burst = float(burst)
         self._now = now

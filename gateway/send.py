@@ -6,7 +6,7 @@ sent while the breaker is open or the limits are full.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -18,8 +18,9 @@ from gateway.models import UpstreamInfo
 from gateway.outbound import MIN_ATTEMPT_S, Outbound, Tried
 from gateway.probing import USEFUL_ATTEMPT_S, kept_for_probe, probe, unknown
 from gateway.read_call import read_then_cancel
-from gateway.resilience import Guards, backoff_s, retry_reason
+from gateway.resilience import Guards, TokenBucket, backoff_s, retry_reason
 from gateway.services import Services
+from gateway.store import StoreUnavailable
 from gateway.tokens import TokenFailure
 from gateway.translate.classify import Outcome, classify
 from gateway.translate.sign import sent_value, without_echo
@@ -44,6 +45,7 @@ async def _acquire(slots: asyncio.Semaphore, wait_s: float) -> bool:
 
 # Hears each attempt and probe as an event of the cancellation (``GET …/{id}/events``).
 Record = Callable[[dict[str, Any]], None]
+SharedRate = Callable[[str, float, int, float], Awaitable[tuple[bool, float]]]
 
 
 class Sender:
@@ -55,6 +57,8 @@ class Sender:
         self._metrics = services.metrics
         self._spans = services.spans
         self._tokens = services.tokens
+        # A rate limit shared by replicas, when the store can keep one (Redis).
+        self._shared_rate: SharedRate | None = getattr(services.store, "reserve_rate", None)
 
     async def send(
         self,
@@ -90,7 +94,8 @@ class Sender:
                 took = ms(self._clock.monotonic() - began)
                 record(tried.event(at, request, took))
             safe_now = retry_safe  # a probe that finds the object not cancelled makes it so
-            if unknown(outbound, tried) and await self._probe_admitted(guards, deadline):
+            admitted = self._probe_admitted
+            if unknown(outbound, tried) and await admitted(connection, guards, deadline):
                 now = self._clock.monotonic
                 probed = await probe(self._exchange, outbound, deadline, now, attempts, log)
                 found = probed.outcome.probed if probed is not None else None
@@ -152,7 +157,7 @@ class Sender:
         connection = outbound.target.name
         guards = self._guards.get(connection, outbound.policy)
         deadline = self._clock.monotonic() + outbound.policy.timeout_s
-        if outbound.reader is None or not await self._probe_admitted(guards, deadline):
+        if outbound.reader is None or not await self._probe_admitted(connection, guards, deadline):
             return None
         now = self._clock.monotonic
         probed = await probe(self._exchange, outbound, deadline, now, 1, log, answer)
@@ -163,12 +168,27 @@ class Sender:
         record({"at": self._clock.now().timestamp(), "type": "probe", "result": found or "unknown"})
         return probed.outcome
 
-    async def _probe_admitted(self, guards: Guards, deadline: float) -> bool:
+    async def _reserve(
+        self, connection: str, bucket: TokenBucket, max_wait_s: float
+    ) -> tuple[bool, float]:
+        """The connection's rate limit: shared by every process and replica when the store
+        can share it (Redis), else this process's own bucket (and that one too when the
+        shared one does not answer: a limit per process is better than none)."""
+        shared = self._shared_rate
+        if shared is not None:
+            try:
+                return await shared(connection, bucket.rate, bucket.burst, max_wait_s)
+            except StoreUnavailable:
+                pass
+        return bucket.reserve(max_wait_s)
+
+    async def _probe_admitted(self, connection: str, guards: Guards, deadline: float) -> bool:
         """A probe is a request like any: it waits for the connection's rate limit (within
         the budget), or is not made."""
         if guards.bucket is None:
             return True
-        granted, wait = guards.bucket.reserve(deadline - self._clock.monotonic())
+        left = deadline - self._clock.monotonic()
+        granted, wait = await self._reserve(connection, guards.bucket, left)
         if granted and wait > 0:
             await self._clock.sleep(wait)
         return granted
@@ -202,7 +222,7 @@ class Sender:
             if limits.max_wait_s is not None:
                 limit = min(limit, limits.max_wait_s)
             if guards.bucket is not None:
-                granted, wait = guards.bucket.reserve(limit)
+                granted, wait = await self._reserve(connection, guards.bucket, limit)
                 if not granted:
                     guards.breaker.abandon()
                     return self._refuse(

@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,7 @@ class Upstream:
         self.default = Answer()
         self.url = ""
         self.probes: list[str] = []  # the paths of the status probes received
+        self.arrivals: list[float] = []  # when each request came (time.monotonic)
         self.probe_answers: list[tuple[int, Any]] = []  # queued answers to probes
 
     def answer(
@@ -209,6 +211,7 @@ class Upstream:
             hold.set()
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
         if request.method == "GET" and PROBE_PATH.search(request.path):
             # A status probe (StateSet's and Shoplazza's read the object): kept apart from the
             # cancels, answered 404 (which settles nothing) unless a test queues answers.

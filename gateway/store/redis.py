@@ -74,6 +74,25 @@ return taken
 """
 
 
+# KEYS: the limit's key; ARGV: seconds per request, burst, the longest wait. GCRA: the key holds
+# the theoretical arrival time of the next request (seconds, Redis's own clock, so every
+# replica reads one time). A request may go once TAT - burst * interval has passed; one that
+# would wait longer than the longest wait takes nothing. Answers {granted, wait}.
+_RESERVE_RATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local wait = tat + interval - burst * interval - now
+if wait < 0 then wait = 0 end
+if wait > tonumber(ARGV[3]) then return {0, tostring(wait)} end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(next_tat), 'PX', math.ceil((next_tat - now) * 1000) + 1000)
+return {1, tostring(wait)}
+"""
+
+
 class RedisStore:
     name = "redis"
 
@@ -88,6 +107,7 @@ class RedisStore:
         self._timeout_s = timeout_s
         self._ledger_ttl_ms = int(ledger_ttl_s * 1000)
         self._take_due = self._client.register_script(_TAKE_DUE)
+        self._reserve_rate = self._client.register_script(_RESERVE_RATE)
 
     async def open(self) -> None:
         await self.ping()
@@ -238,6 +258,18 @@ class RedisStore:
             pipe.zrange(self._pending_name(), 0, 0, withscores=True)
             count, oldest = await pipe.execute()
         return count, oldest[0][1] if oldest else None
+
+    async def reserve_rate(
+        self, name: str, rate_per_s: float, burst: int, max_wait_s: float
+    ) -> tuple[bool, float]:
+        """A connection's rate limit shared by every process on this Redis (GCRA): (granted,
+        wait), as a process's own token bucket answers."""
+        async with self._guard():
+            granted, wait = await self._reserve_rate(
+                keys=[f"{self._prefix}rate:{name}"],
+                args=[repr(1.0 / rate_per_s), burst, repr(max(max_wait_s, 0.0))],
+            )
+        return granted == 1, float(wait)
 
     async def lease_refresh(
         self, name: str, holder: str, now: float, lease_s: float
