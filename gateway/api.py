@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 
 from gateway.config import ServerConfig
-from gateway.envelope import Reply, gateway_envelope, reply_headers
+from gateway.envelope import Reply, gateway_envelope, render_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
 from gateway.inbound import Decoded, RequestInfo, check_idempotency_key, json_body
 from gateway.ledger_api import ledger_page
@@ -110,19 +110,17 @@ async def create_batch(request: web.Request) -> web.Response:
     caller, canceller = request[CALLER], request[CURRENT].canceller
     slots = asyncio.Semaphore(request.app[SERVER].batch_concurrency)
 
-    async def one(index: int, item: object) -> bytes:
+    async def one(index: int, item: object) -> Reply:
         key = None if info.idempotency_key is None else f"{info.idempotency_key}#{index}"
         async with slots:
             # Each item as it was decoded: checked on its own, whatever its shape or depth.
-            reply = await canceller.cancel(
-                caller, Decoded(item), replace(info, idempotency_key=key)
-            )
-        return reply.body
+            return await canceller.cancel(caller, Decoded(item), replace(info, idempotency_key=key))
 
-    bodies = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+    replies = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
     counts = dict.fromkeys((s.value for s in Status), 0)
-    for answered in bodies:
-        counts[orjson.loads(answered)["status"]] += 1
+    for answered in replies:
+        counts[answered.status] += 1
+    bodies = [answered.body for answered in replies]
     head = orjson.dumps(
         {"counts": counts, "request_id": info.request_id, "trace_id": info.trace.trace_id}
     )
@@ -341,7 +339,7 @@ def error_response(request: web.Request, exc: GatewayError) -> web.Response:
     envelope = gateway_envelope(exc, info.request_id, info.trace.trace_id)
     reply = Reply(
         spec(exc.code).http_status,
-        envelope.model_dump_json().encode(),
+        render_envelope(envelope),
         reply_headers(info.request_id, exc.retry_after_s),
     )
     if exc.code is ErrorCode.UNAUTHORIZED:

@@ -362,7 +362,7 @@ class Canceller:
                 await self._store.record(entry)
                 return
             stored = None
-            if result.status in KEPT:
+            if result.status in KEPT and facts.claim is not None:  # kept for a key's replays
                 headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
                 stored = StoredReply(reply.http_status, headers, reply.body)
             await self._store.complete(entry, facts.claim, facts.token, stored, now)
@@ -428,7 +428,7 @@ class Canceller:
         )
         headers = dict(stored.headers)
         headers["Idempotent-Replayed"] = "true"
-        return Reply(stored.http_status, stored.body, headers)
+        return Reply(stored.http_status, stored.body, headers, envelope["status"])
 
     def reply(self, facts: Facts, result: Outcome | GatewayError, info: RequestInfo) -> Reply:
         """The envelope of ``result`` and its HTTP status and headers; a pending one says
@@ -442,7 +442,7 @@ class Canceller:
             headers["Location"] = f"/v1/cancellations/{facts.cancellation_id}"
             if info.asynchronous:
                 headers["Preference-Applied"] = "respond-async"
-        return Reply(http_status, render_envelope(envelope), headers)
+        return Reply(http_status, render_envelope(envelope), headers, result.status.value)
 
 
 OVERLOADED = GatewayError(
@@ -455,7 +455,8 @@ OVERLOADED = GatewayError(
 def overloaded_reply(info: RequestInfo) -> Reply:
     """The refusal of a cancellation over the admission limit: no store, no log line."""
     envelope = gateway_envelope(OVERLOADED, info.request_id, info.trace.trace_id)
-    return Reply(503, render_envelope(envelope), reply_headers(info.request_id, 1))
+    headers = reply_headers(info.request_id, 1)
+    return Reply(503, render_envelope(envelope), headers, OVERLOADED.status.value)
 
 
 def _crashed(log: FilteringBoundLogger, info: RequestInfo) -> GatewayError:

@@ -25,13 +25,18 @@ class Reply:
     http_status: int
     body: bytes  # the envelope, serialised with every secret removed
     headers: dict[str, str] = field(default_factory=dict)
+    status: str = ""  # the envelope's status, known without reading ``body`` again
+
+
+_SERIALIZER = Envelope.__pydantic_serializer__
 
 
 def render_envelope(envelope: Envelope) -> bytes:
     """The envelope as JSON, in one call of pydantic's serializer. Its provider text was
     redacted when it was made (``provider_error``, ``AnswerRedactor.clean``)."""
     try:
-        return envelope.model_dump_json().encode()
+        # The serializer's own bytes: model_dump_json() would decode them to text first.
+        return _SERIALIZER.to_json(envelope)
     except PydanticSerializationError:  # a value JSON cannot hold: written as its text
         return orjson.dumps(envelope.model_dump(mode="json"), default=str)
 
