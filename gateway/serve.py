@@ -13,6 +13,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -116,11 +117,11 @@ async def serve_until_stopped(
             )
             await runner.setup()
             runners.append(runner)
-            site = web.TCPSite(
+            site = EagerSite(
                 runner,
                 listener.host,
                 listener.port,
-                reuse_port=listener.reuse_port or None,
+                reuse_port=listener.reuse_port,
                 backlog=listener.backlog,
             )
             try:
@@ -143,6 +144,92 @@ async def serve_until_stopped(
         # Last started, first stopped: the gateway drains before the upstreams it calls.
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+class _Listening:
+    """What aiohttp's runner asks of a site's server: its sockets, and to close."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sockets = [sock]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+class EagerSite(web.BaseSite):
+    """A TCP site that takes every connection waiting in the kernel's queue at each turn of
+    the loop. libuv (under uvloop) takes one per turn (libuv/libuv#3696): under a burst of
+    thousands, connections then wait in the queue while the accepted ones are served, and some
+    time out before they are accepted. Admission control (``server.max_in_flight``) bounds
+    what the accepted ones may start, so taking them all at once is safe: those beyond the
+    bound are answered ``overloaded`` at once instead of waiting unseen."""
+
+    __slots__ = ("_host", "_port", "_reuse_port", "_sock")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool, backlog: int
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._host, self._port, self._reuse_port = host, port, reuse_port
+        self._sock: socket.socket | None = None
+
+    @property
+    def name(self) -> str:
+        host, port = (self._sock.getsockname()[:2]) if self._sock else (self._host, self._port)
+        return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.create_server(
+            (self._host, self._port),
+            family=family,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port,
+        )
+        sock.setblocking(False)
+        self._sock = sock
+        self._server = _Listening(sock)  # type: ignore[assignment]
+        factory = self._runner.server
+        assert factory is not None
+
+        def accept_all() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # out of descriptors, say: the queue waits a moment
+                    loop.remove_reader(sock.fileno())
+                    loop.call_later(ACCEPT_PAUSE_S, watch)
+                    return
+                conn.setblocking(False)
+                task = loop.create_task(loop.connect_accepted_socket(factory, sock=conn))
+                _CONNECTING.add(task)
+                task.add_done_callback(_connected)
+
+        def watch() -> None:
+            if sock.fileno() != -1:  # not closed meanwhile
+                loop.add_reader(sock.fileno(), accept_all)
+
+        watch()
+
+    async def stop(self) -> None:
+        if self._sock is not None and self._sock.fileno() != -1:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        await super().stop()
+
+
+ACCEPT_PAUSE_S = 0.1  # after an accept that failed (no descriptor left), before the next
+_CONNECTING: set[asyncio.Task[Any]] = set()  # held until connected: tasks are weakly kept
+
+
+def _connected(task: asyncio.Task[Any]) -> None:
+    _CONNECTING.discard(task)
+    if not task.cancelled():
+        task.exception()  # seen: a client gone before its connection was set up is no error
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
