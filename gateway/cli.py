@@ -9,7 +9,7 @@ import functools
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from structlog.typing import FilteringBoundLogger
@@ -31,6 +31,7 @@ from gateway.serve import CannotListen, Listener, run, run_workers, serve_until_
 from gateway.services import build_services
 from gateway.simulate import SIMULATED, create_simulator_app
 from gateway.simulate.app import catalog_definitions
+from gateway.simulate.signatures import Account
 from gateway.store.memory import MemoryStore
 from gateway.tracing import request_id_from, trace_from
 from gateway.translate.wire import UpstreamRequest, UpstreamResponse
@@ -352,7 +353,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(demo_banner(urls[-1], urls[0], environ["DEMO_CALLER_KEY"]), flush=True)
 
     simulators = Listener(
-        create_simulator_app(), "127.0.0.1", args.simulators_port, drain_timeout_s=1.0
+        create_simulator_app(accounts=_signing_accounts(path, environ)),
+        "127.0.0.1",
+        args.simulators_port,
+        drain_timeout_s=1.0,
     )
     try:
         run(serve_until_stopped([simulators, gateway], started))
@@ -367,6 +371,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log_stopped(log, runtime.version)
     print("demo stopped", flush=True)
     return 0
+
+
+def _signing_accounts(path: Path, environ: Mapping[str, str]) -> dict[str, Account]:
+    """The demo's accounts at the simulated providers that sign: each checks the signatures
+    the demo's connection makes with its own key and params. (A configuration that does not
+    load is reported when the gateway loads it.)"""
+    try:
+        runtime = load(path, {**environ, "SIMULATOR_URL": "http://127.0.0.1:1"})
+    except ConfigError:
+        return {}
+    return {
+        target.definition.name: Account(target.credentials, target.params)
+        for target in runtime.targets.values()
+        if target.definition.signature is not None
+    }
 
 
 if __name__ == "__main__":

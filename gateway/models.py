@@ -272,7 +272,8 @@ class BatchResponse(BaseModel):
 
 
 class CancellationList(BaseModel):
-    """``GET /v1/cancellations``: one page of final cancellations, newest first."""
+    """``GET /v1/cancellations``: one page of answered cancellations (final or pending),
+    newest first."""
 
     items: list[Envelope]
     next_cursor: str | None = Field(
