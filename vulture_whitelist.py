@@ -7,6 +7,7 @@ _.handlers  # gateway/logging.py: the logging module reads a logger's handlers
 _.latency_ms  # models.py: pydantic fields, written into every answer
 _.upstream_request
 _.previous_version
+_._server  # serve.py: EagerSite's listening socket, read by aiohttp's runner (addresses, stop)
 _.next_cursor  # models.py: CancellationList, the listing's shape in the OpenAPI document
 _.critical  # log_output.py: the level methods structlog's bound logger may call
 _.debug
