@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bench import pyspy, servers, wrk
+from bench import pyspy, scrape, servers, wrk
 from bench.processes import (
     CLK_TCK,
     Children,
@@ -99,6 +99,8 @@ def load(
     if bench.profiles and (scenario.name, target) == PROFILED:
         profile = bench.profiles / f"{scenario.name}-{target}.raw"
         this_round = profile.with_name(f"{profile.stem}-round-{round_ + 1}.raw")
+    gateway = target.startswith("gateway")
+    before = scrape.scrape(port) if gateway else None
     user, system = cpu_ticks(process_tree(process.pid))
     with contextlib.ExitStack() as during:
         samples = during.enter_context(rss_sampled(process.pid)) if scenario.soak else []
@@ -115,6 +117,11 @@ def load(
     if process.poll() is not None:
         raise RuntimeError(f"the server exited with code {process.returncode}")
     requests = summary.requests
+    after = scrape.scrape(port) if gateway else None
+    overloaded = admitted_p99 = None
+    if before is not None and after is not None:
+        overloaded = scrape.overloaded_between(before, after)
+        admitted_p99 = scrape.admitted_p99_ms(before, after)
     return Result(
         scenario=scenario,
         target=target,
@@ -132,4 +139,6 @@ def load(
         processes=len(tree),
         rss_samples=tuple(samples),
         profile=profile,
+        overloaded=overloaded,
+        admitted_p99_ms=admitted_p99,
     )

@@ -74,8 +74,9 @@ def soak_table(results: Sequence[Result]) -> list[str]:
     """The soak's row, or nothing when the soak was not measured."""
     rows = [
         "| req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | in flight | non-2xx "
+        "| of them overloaded | admitted p99 ms (gateway) "
         "| socket errors | RSS MiB: start | peak | end | slope, MiB/min | CPU ms/req |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         if not r.scenario.soak or not r.rss_samples:
@@ -85,6 +86,8 @@ def soak_table(results: Sequence[Result]) -> list[str]:
         rows.append(
             f"| {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p50_ms - delay:.2f} "
             f"| {r.p99_ms - delay:.2f} | {r.rps * r.mean_ms / 1000:,.0f} | {r.non_2xx} "
+            f"| {'?' if r.overloaded is None else r.overloaded} "
+            f"| {'?' if r.admitted_p99_ms is None else f'≤ {r.admitted_p99_ms:g}'} "
             f"| {r.socket_errors}{kinds} | {mibs[0]:.1f} | {max(mibs):.1f} | {mibs[-1]:.1f} "
             f"| {'?' if slope is None else f'{slope:+.2f}'} | {r.cpu_ms_per_request:.3f} |"
         )

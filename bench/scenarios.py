@@ -71,6 +71,10 @@ class Result:
     profile: Path | None = None  # --profile: py-spy's raw output
     rounds: int = 1
     round_cpu: tuple[float, ...] = ()  # CPU ms/request of each round, in order
+    # The gateway's own counts (its /metrics): refusals `overloaded` among the non-2xx, and
+    # the admitted answers' p99 (a bucket's bound); None for the other targets.
+    overloaded: int | None = None
+    admitted_p99_ms: float | None = None
 
     @property
     def socket_errors(self) -> int:
@@ -102,6 +106,12 @@ def combined(rounds: Sequence[Result]) -> Result:
         p99_ms=statistics.median(r.p99_ms for r in rounds),
         mean_ms=sum(r.mean_ms * r.requests for r in rounds) / requests if requests else 0.0,
         non_2xx=sum(r.non_2xx for r in rounds),
+        overloaded=None
+        if any(r.overloaded is None for r in rounds)
+        else sum(r.overloaded or 0 for r in rounds),
+        admitted_p99_ms=None
+        if any(r.admitted_p99_ms is None for r in rounds)
+        else statistics.median(r.admitted_p99_ms or 0.0 for r in rounds),
         socket_errors_by_kind=dict(kinds),
         rss_mib=max(r.rss_mib for r in rounds),
         cpu_ms_per_request=sum(cpu) / requests if requests else float("nan"),

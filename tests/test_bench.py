@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import servers, targets, wrk
+from bench import scrape, servers, targets, wrk
 from bench.scenarios import SCENARIOS, Result, combined
 from bench.targets import Comparison, Figure, Target
 from gateway.loader import load
@@ -200,3 +200,34 @@ def test_a_cost_against_the_gateway_is_the_median_of_the_rounds_ratios() -> None
     ]
     value = {f.name: f.value for f in targets.figures(rows)}["signature cpu c64"]
     assert value == pytest.approx(4.0)  # rounds: +4 %, +50 %, +2 %; summed it would be +17 %
+
+
+def _scraped(overloaded: float, buckets: dict[float, float]) -> "scrape.Scrape":
+    return scrape.Scrape(overloaded, buckets)
+
+
+def test_the_admitted_p99_is_the_bucket_holding_the_99th_answer_between_two_scrapes() -> None:
+    inf = float("inf")
+    before = _scraped(3, {0.05: 10, 0.1: 10, 0.25: 10, inf: 10})
+    # 1,000 admitted since: 900 within 50 ms, 985 within 100 ms, all within 250 ms.
+    after = _scraped(503, {0.05: 910, 0.1: 995, 0.25: 1010, inf: 1010})
+    assert scrape.admitted_p99_ms(before, after) == 250.0
+    assert scrape.overloaded_between(before, after) == 500
+    assert scrape.admitted_p99_ms(after, after) is None  # none admitted meanwhile
+
+
+def test_the_soaks_errors_leave_out_its_refusals_overloaded() -> None:
+    soak_scenario = next(s for s in SCENARIOS if s.soak)
+    soak = _round(
+        1000, 60.0, 60.0, 10.0, scenario=soak_scenario, non_2xx=700, overloaded=690,
+        admitted_p99_ms=250.0, rss_samples=((0.0, 100.0), (60.0, 100.0)),
+    )  # fmt: skip
+    values = {f.name: f.value for f in targets.figures([soak])}
+    assert values["soak errors"] == 10  # the 10 non-2xx that were not overloaded
+    assert values["soak admitted p99"] == 250.0
+
+
+def test_refusals_counted_in_a_wider_window_never_make_errors_negative() -> None:
+    soak_scenario = next(s for s in SCENARIOS if s.soak)
+    soak = _round(1000, 60.0, 60.0, 10.0, scenario=soak_scenario, non_2xx=100, overloaded=130)
+    assert {f.name: f.value for f in targets.figures([soak])}["soak errors"] == 0
