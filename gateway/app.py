@@ -30,8 +30,10 @@ from gateway.api import (
     INFO,
     SERVER,
     SERVICES,
+    envelope_response,
     error_response,
 )
+from gateway.cancel import overloaded_reply
 from gateway.clock import Clock
 from gateway.envelope import gateway_envelope
 from gateway.errors import ErrorCode, GatewayError
@@ -146,6 +148,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     arrived = app[SERVICES].clock.monotonic()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
+    if route in ADMITTED and request.method == "POST" and app[SERVICES].admission.full:
+        return _overloaded(request, route, started)
     trace = trace_from(request.headers.get("traceparent"), request.headers.get("tracestate"))
     with app[SERVICES].spans.server(request.method, route, trace) as span:
         info = RequestInfo(
@@ -181,6 +185,26 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 )
     response.headers["X-Request-ID"] = info.request_id
     response.headers["X-Config-Version"] = live.version
+    return response
+
+
+# The routes that start cancellations: refused first of all when the process is at its limit.
+ADMITTED = frozenset({"/v1/cancellations", "/v1/cancellations/batch"})
+
+
+def _overloaded(request: web.Request, route: str, started: float) -> web.Response:
+    """503 ``overloaded`` before anything else is done (no authentication, no body, no span,
+    no log line): under overload a refusal must cost the loop as little as it can, or the
+    refusals crowd out the cancellations admitted. Counted in the metrics."""
+    app = request.app
+    trace = trace_from(request.headers.get("traceparent"), request.headers.get("tracestate"))
+    info = RequestInfo(request_id_from(request.headers.get("X-Request-ID")), trace)
+    response = envelope_response(overloaded_reply(info))
+    response.headers["X-Request-ID"] = info.request_id
+    response.headers["X-Config-Version"] = app[CONFIG].current.version
+    metrics = app[SERVICES].metrics
+    metrics.overloaded()
+    metrics.http_answered("POST", route, 503, time.perf_counter() - started)
     return response
 
 

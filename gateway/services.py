@@ -55,6 +55,10 @@ class Admission:
         self.limit = limit
         self.in_flight = 0
 
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= self.limit
+
     def enter(self) -> bool:
         if self.in_flight >= self.limit:
             return False

@@ -38,7 +38,15 @@ async def test_beyond_the_limit_answers_overloaded_at_once_and_health_still_answ
     batch = await gateway.request(
         "POST", "/v1/cancellations/batch", json={"items": [{**CANCEL, "id": "C-1"}]}
     )
-    assert [i["error"]["code"] for i in batch.body["items"]] == ["overloaded"]
+    assert (batch.status, batch.body["error"]["code"]) == (503, "overloaded")  # refused whole
+    unauthenticated = await gateway.cancel({**CANCEL, "id": "E-1"}, key=None)
+    assert unauthenticated.status == 503  # refused before anything else, the key included
+    assert "X-Config-Version" in unauthenticated.headers
+    refusals = [e for e in gateway.logs if e.get("status") == 503]
+    assert refusals == []  # no line each: counted in the metrics instead
+    metrics = (await gateway.session.get(gateway.url + "/metrics")).content
+    text = (await metrics.read()).decode()
+    assert "cancel_gateway_overloaded_total 6.0" in text
 
     hold.set()
     assert [r.status for r in await asyncio.gather(*held)] == [200, 200]
