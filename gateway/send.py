@@ -94,19 +94,12 @@ class Sender:
                 took = ms(self._clock.monotonic() - began)
                 record(tried.event(at, request, took))
             safe_now = retry_safe  # a probe that finds the object not cancelled makes it so
-            admitted = self._probe_admitted
-            if unknown(outbound, tried) and await admitted(connection, guards, deadline):
-                now = self._clock.monotonic
-                probed = await probe(self._exchange, outbound, deadline, now, attempts, log)
-                found = probed.outcome.probed if probed is not None else None
-                if probed is not None and probed.sent:  # counted when it may have gone out
-                    probes += 1
-                    self._metrics.probed(connection, found or "unknown")
-                    if record is not None:
-                        when = self._clock.now().timestamp()
-                        record({"at": when, "type": "probe", "result": found or "unknown"})
+            if unknown(outbound, tried):
+                probed = await self._probe(outbound, guards, deadline, attempts, log, record)
+                found = None if probed is None else probed.probed
+                probes += 0 if probed is None else 1  # counted when it may have gone out
                 if found == "cancelled" and probed is not None:
-                    outcome = probed.outcome
+                    outcome = probed
                 elif found == "not_cancelled":
                     safe_now = True  # and, if no repeat follows, whoever goes on knows it
                     outcome = replace(outcome, probed="not_cancelled")
@@ -154,18 +147,36 @@ class Sender:
         """One status probe in the background (settling.py), within the connection's
         budget and rate limit: its outcome (``probed`` says what it found), or None when none
         was made."""
-        connection = outbound.target.name
-        guards = self._guards.get(connection, outbound.policy)
+        if outbound.reader is None:
+            return None
+        guards = self._guards.get(outbound.target.name, outbound.policy)
         deadline = self._clock.monotonic() + outbound.policy.timeout_s
-        if outbound.reader is None or not await self._probe_admitted(connection, guards, deadline):
+        return await self._probe(outbound, guards, deadline, 1, log, record, answer)
+
+    async def _probe(
+        self,
+        outbound: Outbound,
+        guards: Guards,
+        deadline: float,
+        attempt: int,
+        log: FilteringBoundLogger,
+        record: Record | None,
+        answer: Mapping[str, Any] | None = None,
+    ) -> Outcome | None:
+        """A status probe within the budget and the connection's rate limit, counted and
+        recorded when it may have gone out: its outcome (``probed`` says what it found), or
+        None when none was sent."""
+        connection = outbound.target.name
+        if not await self._probe_admitted(connection, guards, deadline):
             return None
         now = self._clock.monotonic
-        probed = await probe(self._exchange, outbound, deadline, now, 1, log, answer)
+        probed = await probe(self._exchange, outbound, deadline, now, attempt, log, answer)
         if probed is None or not probed.sent:
             return None
-        found = probed.outcome.probed
-        self._metrics.probed(connection, found or "unknown")
-        record({"at": self._clock.now().timestamp(), "type": "probe", "result": found or "unknown"})
+        found = probed.outcome.probed or "unknown"
+        self._metrics.probed(connection, found)
+        if record is not None:
+            record({"at": self._clock.now().timestamp(), "type": "probe", "result": found})
         return probed.outcome
 
     async def _reserve(
