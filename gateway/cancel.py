@@ -363,8 +363,7 @@ class Canceller:
                 return
             stored = None
             if result.status in KEPT and facts.claim is not None:  # kept for a key's replays
-                headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
-                stored = StoredReply(reply.http_status, headers, reply.body)
+                stored = kept(reply)
             await self._store.complete(entry, facts.claim, facts.token, stored, now)
             if due_at is not None:
                 self._work_due.at(due_at, now)
@@ -392,8 +391,7 @@ class Canceller:
         if result.status is Status.PENDING:
             if step.kind != "send":  # the provider's pending answer: probed on the schedule
                 answered = result.provider_response if isinstance(result, Outcome) else {}
-                settings = self._runtime.config.connections[facts.connection or ""].settling
-                due_at += delay_s(settings, step.tries, self._rand())
+                due_at += self.wait_before(facts.connection, step.tries)
                 step = step.then("probe", pending=True, answer=answered)
         else:
             webhook = self.webhooks.get(facts.caller)
@@ -402,6 +400,12 @@ class Canceller:
             step = step.then("webhook")
         facts.step = step
         return due_at, step.encode()
+
+    def wait_before(self, connection: str | None, tries: int) -> float:
+        """The wait before a background send or probe, after ``tries`` of them, on the
+        connection's schedule (work.py)."""
+        settings = self._runtime.config.connections[connection or ""].settling
+        return delay_s(settings, tries, self._rand())
 
     def _replay(
         self, replay: Replay, facts: Facts, log: FilteringBoundLogger, started: float
@@ -443,6 +447,12 @@ class Canceller:
             if info.asynchronous:
                 headers["Preference-Applied"] = "respond-async"
         return Reply(http_status, render_envelope(envelope), headers, result.status.value)
+
+
+def kept(reply: Reply) -> StoredReply:
+    """An answer as the store keeps it for replays: all but the request's own id."""
+    headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
+    return StoredReply(reply.http_status, headers, reply.body)
 
 
 OVERLOADED = GatewayError(

@@ -41,10 +41,10 @@ class Services:
     guards: GuardRegistry  # breakers, budgets and limits, kept across reloads
     tokens: Tokens  # fetched tokens, per connection, kept across reloads
     rand: Callable[[], float]  # the backoff's jitter
+    # The cancellations this process works on now, and how many it takes (server.max_in_flight).
+    admission: Admission
     # Wakes this process's settler when a step it queued falls due (settling.py).
     work_due: DueWork = field(default_factory=DueWork)
-    # The cancellations this process works on now, and how many it takes (server.max_in_flight).
-    admission: Admission = field(default_factory=lambda: Admission(1024))
 
 
 class Admission:

@@ -24,14 +24,14 @@ import secrets
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 import orjson
 from structlog.typing import FilteringBoundLogger
 
-from gateway.cancel import LEASE_MARGIN_S, Canceller
+from gateway.cancel import LEASE_MARGIN_S, Canceller, kept
 from gateway.config import ServerConfig
+from gateway.envelope import Reply
 from gateway.errors import ErrorCode, GatewayError, Status, spec
 from gateway.facts import Facts
 from gateway.inbound import RequestInfo
@@ -43,10 +43,10 @@ from gateway.request import Prepared, parse_request
 from gateway.routing import Caller
 from gateway.send import ms
 from gateway.services import Services
-from gateway.store import Entry, KeyClaim, StoredReply, StoreUnavailable
+from gateway.store import Entry, KeyClaim, StoreUnavailable
 from gateway.translate.classify import Outcome
 from gateway.webhooks import Delivery, deliver, event_body, next_delay, secret_key
-from gateway.work import Step, delay_s
+from gateway.work import Step
 
 WEBHOOK_TIMEOUT_S = 15.0
 MAX_TAKES = 10  # a step taken this often without finishing is abandoned (a bug, logged)
@@ -426,8 +426,7 @@ class Resumed:
         if now >= step.expires_at:
             await self._final(_unknown("the provider did not settle it within async.max_age_s"))
             return
-        settings = self._canceller.runtime.config.connections[facts.connection or ""].settling
-        wait = delay_s(settings, step.tries + 1, self._services.rand())
+        wait = self._canceller.wait_before(facts.connection, step.tries + 1)
         answer = result.provider_response if isinstance(result, Outcome) else {}
         after = step.then(
             "probe" if kind == "probe" else "send",
@@ -497,10 +496,9 @@ class Resumed:
             work=work,
         )
 
-    async def _write(self, entry: Entry, reply: Any) -> bool:
+    async def _write(self, entry: Entry, reply: Reply) -> bool:
         """Written only while this process still holds the step's lease."""
-        headers = tuple((k, v) for k, v in reply.headers.items() if k != "X-Request-ID")
-        stored = StoredReply(reply.http_status, headers, reply.body)
+        stored = kept(reply)
         now = self._clock.now().timestamp()
         try:
             written = await self._services.store.complete(

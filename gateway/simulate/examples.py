@@ -127,16 +127,13 @@ def _dispatching(handlers: list[tuple[Request, Handler]]) -> Handler:
     return handler
 
 
-def _fixed_texts(body: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+def _fixed_texts(body: Any) -> list[tuple[tuple[Any, ...], str]]:
     """Where a body template holds text with no placeholder, and that text."""
-    if isinstance(body, Template):
-        text = "".join(p for p in body.parts if isinstance(p, str))
-        return [(path, text)] if all(isinstance(p, str) for p in body.parts) else []
-    if isinstance(body, dict):
-        return [found for k, v in body.items() for found in _fixed_texts(v, (*path, k))]
-    if isinstance(body, list):
-        return [found for i, v in enumerate(body) for found in _fixed_texts(v, (*path, i))]
-    return []
+    return [
+        (path, "".join(str(p) for p in template.parts))
+        for path, template in _templates(body)
+        if all(isinstance(p, str) for p in template.parts)
+    ]
 
 
 def _at(document: Any, path: tuple[Any, ...]) -> Any:
