@@ -169,13 +169,19 @@ class Settler:
         given up); anything else ends ``failed`` ``outcome_unknown``."""
         now = self._clock.now().timestamp()
         if entry.status not in ("running", "pending"):
-            ended = entry._replace(due_at=None, work=None)
-            await self._store.complete(ended, None, "", None, now, holder)
+            await self._end_step(entry, holder)
             return
         if step is None:
             step = Step("recover", None, "", "0" * 32, "01", None, now)
         resumed = Resumed(canceller, self._services, entry, step, holder, self._log)
         await resumed.abandon()
+
+    async def _end_step(self, entry: Entry, holder: str) -> None:
+        """The row as it is, with no step left: nothing more is done for it."""
+        now = self._clock.now().timestamp()
+        await self._store.complete(
+            entry._replace(due_at=None, work=None), None, "", None, now, holder
+        )
 
     async def _webhook(
         self,
@@ -188,14 +194,7 @@ class Settler:
         """Deliver the final envelope; a failure waits for the schedule's next delivery."""
         webhook = canceller.webhooks.get(entry.caller)
         if webhook is None or entry.envelope is None:  # the caller's webhook was removed
-            await self._store.complete(
-                entry._replace(due_at=None, work=None),
-                None,
-                "",
-                None,
-                self._clock.now().timestamp(),
-                holder,
-            )
+            await self._end_step(entry, holder)
             return
         if self._session is None:
             self._session = aiohttp.ClientSession()
