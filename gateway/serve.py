@@ -177,7 +177,7 @@ class EagerSite(web.BaseSite):
     @property
     def name(self) -> str:
         host, port = (self._sock.getsockname()[:2]) if self._sock else (self._host, self._port)
-        return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+        return _url(host, port)
 
     async def start(self) -> None:
         await super().start()
@@ -261,11 +261,11 @@ def _collect_less_often() -> None:
 
 
 def _urls(runner: web.AppRunner) -> list[str]:
-    urls = []
-    for address in runner.addresses:
-        host, port = address[0], address[1]
-        urls.append(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
-    return urls
+    return [_url(address[0], address[1]) for address in runner.addresses]
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def run_workers(count: int, target: Callable[[], int]) -> int:
