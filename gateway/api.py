@@ -246,7 +246,8 @@ async def get_cancellation(request: web.Request) -> web.Response:
 
 
 async def list_cancellations(request: web.Request) -> web.Response:
-    """The caller's final cancellations (every caller's for an admin), newest first."""
+    """The caller's answered cancellations, final or pending (every caller's for an admin),
+    newest first."""
     return await ledger_page(request.query, request[CALLER], request.app[SERVICES])
 
 
