@@ -205,7 +205,25 @@ def _overloaded(request: web.Request, route: str, started: float) -> web.Respons
     metrics = app[SERVICES].metrics
     metrics.overloaded()
     metrics.http_answered("POST", route, 503, time.perf_counter() - started)
+    _hold(request, app[SERVER].overload_hold_s)
     return response
+
+
+def _hold(request: web.Request, hold_s: float) -> None:
+    """Read nothing more from a refused connection for ``hold_s`` (the ``Retry-After``
+    second): a caller that waits as told never notices, and one that asks again at once cannot
+    keep the loop busy with refusals that crowd out the cancellations admitted. The answer
+    itself is written at once; other connections are read as before."""
+    transport = request.transport
+    if hold_s <= 0 or transport is None or transport.is_closing():
+        return
+    transport.pause_reading()
+    asyncio.get_running_loop().call_later(hold_s, _release, transport)
+
+
+def _release(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
 
 
 @web.middleware

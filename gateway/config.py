@@ -48,6 +48,8 @@ class ServerConfig(_Strict):
     # Cancellations one process works on at once; beyond, 503 `overloaded` at once (CONTRACT
     # §11): a queue that grows past what the budgets allow only turns answers into timeouts.
     max_in_flight: int = Field(default=1024, ge=1, le=100000)
+    # How long a connection refused `overloaded` is not read from (0: read again at once).
+    overload_hold_s: float = Field(default=1.0, ge=0, le=10)
 
 
 class LoggingConfig(_Strict):
