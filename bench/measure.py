@@ -91,9 +91,10 @@ def load(
     added to one file, as py-spy's raw format allows)."""
     process, port = server
     request = servers.request_for(target, port)
-    servers.probe(port, request)
+    servers.probe(port, request, refusals=scenario.refusals)
     script = wrk.write_script(folder, request)
-    wrk.run(request, script, scenario.connections, bench.warmup_s, bench.children)
+    if scenario.warmup:
+        wrk.run(request, script, scenario.connections, bench.warmup_s, bench.children)
     duration = bench.soak_s if scenario.soak else bench.duration_s / scenario.rounds
     profile = None
     if bench.profiles and (scenario.name, target) == PROFILED:
@@ -118,10 +119,14 @@ def load(
         raise RuntimeError(f"the server exited with code {process.returncode}")
     requests = summary.requests
     after = scrape.scrape(port) if gateway else None
-    overloaded = admitted_p99 = None
+    overloaded = admitted_p99 = refused_p50 = None
+    statuses: dict[str, int] = {}
     if before is not None and after is not None:
         overloaded = scrape.overloaded_between(before, after)
         admitted_p99 = scrape.admitted_p99_ms(before, after)
+        if scenario.refusals:
+            statuses = scrape.statuses_between(before, after)
+            refused_p50 = scrape.refused_p50_ms(before, after)
     return Result(
         scenario=scenario,
         target=target,
@@ -131,6 +136,7 @@ def load(
         p50_ms=summary.p50_ms,
         p99_ms=summary.p99_ms,
         mean_ms=summary.mean_ms,
+        max_ms=summary.max_ms,
         non_2xx=summary.non_2xx,
         socket_errors_by_kind=summary.socket_errors,
         rss_mib=memory_kib(tree) / 1024,
@@ -141,4 +147,6 @@ def load(
         profile=profile,
         overloaded=overloaded,
         admitted_p99_ms=admitted_p99,
+        statuses=statuses,
+        refused_p50_ms=refused_p50,
     )

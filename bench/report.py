@@ -54,17 +54,17 @@ def machine(load_before: str) -> list[str]:
 
 def table(results: Sequence[Result]) -> list[str]:
     rows = [
-        "| scenario | target | req/s | p50 ms | p99 ms | non-2xx | socket errors "
+        "| scenario | target | req/s | p50 ms | p99 ms | longest ms | non-2xx | socket errors "
         "| peak RSS MiB | CPU ms/req | of it kernel | processes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         if r.scenario.soak:
             continue
-        flag = " **FAIL**" if r.non_2xx else ""
+        flag = " **FAIL**" if r.unexpected else ""
         rows.append(
             f"| {r.scenario.name} | {r.target} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-            f"| {r.non_2xx}{flag} | {r.socket_errors} | {r.rss_mib:.1f} "
+            f"| {r.max_ms:.0f} | {r.non_2xx}{flag} | {r.socket_errors} | {r.rss_mib:.1f} "
             f"| {r.cpu_ms_per_request:.3f} | {r.system_share:.0%} | {r.processes} |"
         )
     return rows
@@ -94,6 +94,26 @@ def soak_table(results: Sequence[Result]) -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def refusals_table(results: Sequence[Result]) -> list[str]:
+    """The scenarios that measure refusals: the gateway's answers by HTTP status."""
+    rows = [
+        "| scenario | target | answers | 2xx per s | answered by the gateway, by HTTP status "
+        "| of them overloaded | refusals' p50 ms (gateway) | longest ms |",
+        "|---|---|--:|--:|---|--:|--:|--:|",
+    ]
+    for r in results:
+        if not r.scenario.refusals:
+            continue
+        said = ", ".join(f"{status}: {n:,}" for status, n in r.statuses.items()) or "?"
+        rows.append(
+            f"| {r.scenario.name} | {r.target} | {r.requests:,} | {r.ok_rps:.2f} | {said} "
+            f"| {'?' if r.overloaded is None else f'{r.overloaded:,}'} "
+            f"| {'?' if r.refused_p50_ms is None else f'≤ {r.refused_p50_ms:g}'} "
+            f"| {r.max_ms:.0f} |"
+        )
+    return rows if len(rows) > 2 else []
+
+
 def interleaved(results: Sequence[Result]) -> str:
     """What the report says of the scenarios measured in rounds."""
     scenarios = {r.scenario.name: r.rounds for r in results if r.rounds > 1}
@@ -111,7 +131,7 @@ def report(results: Sequence[Result], failed: Sequence[str], run: Run) -> str:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     notes = [f"- {r.scenario.name} {r.target}: {r.note}" for r in results if r.note]
     soak = soak_table(results)
-    flagged = [r for r in results if r.non_2xx or r.socket_errors]
+    flagged = [r for r in results if r.unexpected or r.socket_errors]
     warnings = [
         f"- **{r.scenario.name} {r.target}: {r.non_2xx} non-2xx answers, "
         f"{r.socket_errors} socket errors** {r.socket_error_kinds}".rstrip()
@@ -160,6 +180,25 @@ def report(results: Sequence[Result], failed: Sequence[str], run: Run) -> str:
             "a least-squares fit over its second half.",
             "",
             *soak,
+            "",
+        ]
+    refusals = refusals_table(results)
+    if refusals:
+        parts += [
+            "## Refusals",
+            "",
+            "`c3000-slow`: 3,000 connections against an upstream slower than the connection's "
+            "budget (`timeout_s: 5`; it answers after 6 s), the breaker and limits as they come, "
+            "measured from wrk's first request (no warm-up): every answer must come within 5.5 s "
+            "of its arrival, the breaker's refusals at once. wrk sends again at once on a "
+            "connection refused `overloaded`, which the gateway reads again only after a second "
+            "(`server.overload_hold_s`): that second is in wrk's latencies, not in the "
+            "gateway's own (from a request's arrival). `c8-limit`: `serve --workers 2` (two "
+            "processes, as two replicas would be) on one Redis, the connection "
+            "limited to 2 requests/s: the answers 200 per second are the requests sent (as the "
+            "gateway counts them), the others (if any) refusals `rate_limited`.",
+            "",
+            *refusals,
             "",
         ]
     parts += ["## Against the targets", "", *targets.lines(targets.figures(results)), ""]

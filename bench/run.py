@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         if r.profile:
             print(f"py-spy's raw profile of {r.scenario.name} {r.target}: {r.profile}")
-    return 1 if bench.failed or any(r.non_2xx for r in results) else 0
+    return 1 if bench.failed or any(r.unexpected for r in results) else 0
 
 
 if __name__ == "__main__":

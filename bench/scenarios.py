@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -21,6 +21,12 @@ class Scenario:
     # The measured time split into this many rounds, the targets taking turns within each:
     # a machine that slows down for a minute then slows every row alike.
     rounds: int = 1
+    # Refusals are what the scenario measures (a budget that runs out, a rate limit): its
+    # non-2xx answers are counted by status, not failures of the run.
+    refusals: bool = False
+    # Warmed up before the measured run; without, the measured run starts with the first
+    # request wrk sends (what happens as the load arrives is what is measured).
+    warmup: bool = True
 
 
 SCENARIOS = (
@@ -41,11 +47,17 @@ SCENARIOS = (
     ),
     Scenario("c1", 1, 0, ("direct", "baseline", "gateway")),
     Scenario("c256-20ms", 256, 20, ("direct", "baseline", "gateway")),
+    Scenario("c256-100ms", 256, 100, ("direct", "baseline", "gateway")),
     Scenario("c1000-20ms", 1000, 20, ("direct", "gateway", "gateway-w2")),
     # The soak's load against the upstream emulation alone, and through the baseline: what
     # this machine and wrk reach with no gateway at all, the floor under the soak's figures.
     Scenario("c5000-100ms", 5000, 100, ("direct", "baseline")),
     Scenario("soak", 5000, 100, ("gateway",), soak=True),
+    # An upstream slower than the budget (timeout_s 5) under 3,000 connections: timeouts, then
+    # the breaker's refusals; every answer within the budget plus 0.5 s (CONTRACT §11).
+    Scenario("c3000-slow", 3000, 6000, ("gateway-budget",), refusals=True, warmup=False),
+    # Two processes on one Redis, a provider limit of 2 requests/s: at most 2/s sent in all.
+    Scenario("c8-limit", 8, 0, ("gateway-shared",), refusals=True),
 )
 PROFILED = ("c64", "gateway")  # the row --profile records
 
@@ -60,6 +72,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     mean_ms: float
+    max_ms: float  # the longest answer (the highest of the rounds')
     non_2xx: int
     socket_errors_by_kind: dict[str, int]  # wrk's: {"connect": 12, "timeout": 3}
     rss_mib: float  # peak (VmHWM), summed over the server's process tree
@@ -71,10 +84,29 @@ class Result:
     profile: Path | None = None  # --profile: py-spy's raw output
     rounds: int = 1
     round_cpu: tuple[float, ...] = ()  # CPU ms/request of each round, in order
+    round_rps: tuple[float, ...] = ()  # req/s of each round, in order
     # The gateway's own counts (its /metrics): refusals `overloaded` among the non-2xx, and
     # the admitted answers' p99 (a bucket's bound); None for the other targets.
     overloaded: int | None = None
     admitted_p99_ms: float | None = None
+    # The gateway's answers to the cancellation route by HTTP status (its /metrics), for the
+    # scenarios whose refusals are measured; empty for the others.
+    statuses: dict[str, int] = field(default_factory=dict)
+    refused_p50_ms: float | None = None  # their refusals' (503) median, a bucket's bound
+
+    @property
+    def ok_rps(self) -> float:
+        """2xx answers per second."""
+        return (self.requests - self.non_2xx) / self.seconds if self.seconds else 0.0
+
+    @property
+    def unexpected(self) -> int:
+        """The non-2xx answers that fail the run: none where refusals are measured, and
+        never the refusals ``overloaded`` the gateway counted (an answer CONTRACT §11 allows
+        under overload; counted in a window a little wider than wrk's: never below none)."""
+        if self.scenario.refusals:
+            return 0
+        return max(0, self.non_2xx - (self.overloaded or 0))
 
     @property
     def socket_errors(self) -> int:
@@ -94,9 +126,10 @@ def combined(rounds: Sequence[Result]) -> Result:
         return first
     requests, seconds = sum(r.requests for r in rounds), sum(r.seconds for r in rounds)
     cpu = [r.cpu_ms_per_request * r.requests for r in rounds]
-    kinds = collections.Counter[str]()
+    kinds, statuses = collections.Counter[str](), collections.Counter[str]()
     for r in rounds:
         kinds.update(r.socket_errors_by_kind)
+        statuses.update(r.statuses)
     return replace(
         first,
         requests=requests,
@@ -105,6 +138,7 @@ def combined(rounds: Sequence[Result]) -> Result:
         p50_ms=statistics.median(r.p50_ms for r in rounds),
         p99_ms=statistics.median(r.p99_ms for r in rounds),
         mean_ms=sum(r.mean_ms * r.requests for r in rounds) / requests if requests else 0.0,
+        max_ms=max(r.max_ms for r in rounds),
         non_2xx=sum(r.non_2xx for r in rounds),
         overloaded=None
         if any(r.overloaded is None for r in rounds)
@@ -127,6 +161,8 @@ def combined(rounds: Sequence[Result]) -> Result:
         profile=next((r.profile for r in rounds if r.profile), None),
         rounds=len(rounds),
         round_cpu=tuple(r.cpu_ms_per_request for r in rounds),
+        round_rps=tuple(r.rps for r in rounds),
+        statuses=dict(statuses),
     )
 
 

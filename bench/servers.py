@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import redis
 import yaml
 
 from bench.processes import Children, free_port, wait_listening
@@ -42,6 +44,11 @@ class Gateway:
     workers: int = 1
     logs: bool = True
     auth: Literal["key", "token", "signed"] = "key"
+    timeout_s: float = 10
+    # The connection's breaker and limits: their defaults, or set so high nothing is refused.
+    guarded: bool = False
+    rate_per_s: float = 0  # the connection's rate limit (0: none)
+    store: Literal["sqlite", "redis"] = "sqlite"  # redis: REDIS_URL, by default on loopback
 
 
 GATEWAYS = {
@@ -50,7 +57,12 @@ GATEWAYS = {
     "gateway-no-logs": Gateway(logs=False),  # warnings and errors only, no access log
     "gateway-token": Gateway(auth="token"),
     "gateway-signed": Gateway(auth="signed"),
+    # The budget under load: a 5 s budget, the breaker and limits as they come.
+    "gateway-budget": Gateway(timeout_s=5, guarded=True),
+    # Two processes sharing one Redis (what replicas share), a provider limit of 2/s.
+    "gateway-shared": Gateway(workers=2, store="redis", rate_per_s=2),
 }
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 STATESET = Path(__file__).parents[1] / "gateway" / "providers" / "stateset.yaml"
 
 
@@ -84,7 +96,8 @@ def gateway_config(
     folder: Path, upstream_port: int, gateway: Gateway = GATEWAYS["gateway"]
 ) -> Path:
     """Every default on (SQLite ledger, JSON logs, access log) unless ``gateway`` turns the
-    logs off; limits no run reaches, so nothing is refused."""
+    logs off; limits no run reaches, so nothing is refused, unless ``gateway`` is guarded or
+    has a rate limit."""
     path = folder / "gateway.yaml"
     logging = (
         "level: info\n  access_log: true" if gateway.logs else "level: warning\n  access_log: false"
@@ -98,14 +111,22 @@ def gateway_config(
         credentials = "{client_id: bench-client-0123, client_secret: bench-secret-0123}"
     if gateway.auth == "signed":
         credentials += "\n      signing_key: bench-signing-key-0123"
+    store = "backend: sqlite\n  path: ledger.db"
+    if gateway.store == "redis":
+        store = f"backend: redis\n  url: {REDIS_URL}\n  prefix: '{redis_prefix(folder)}'"
+    guards = (
+        ""
+        if gateway.guarded
+        else "    breaker: {failures: 10000}\n"
+        f"    limits: {{concurrency: 100000, rate_per_s: {gateway.rate_per_s:g}}}\n"
+    )
     path.write_text(
         providers
         + f"""\
 server:
   host: 127.0.0.1
 store:
-  backend: sqlite
-  path: ledger.db
+  {store}
 logging:
   {logging}
 callers:
@@ -118,12 +139,25 @@ connections:
     base_url: http://127.0.0.1:{upstream_port}
     credentials:
       {credentials}
-    timeout_s: 10
-    breaker: {{failures: 10000}}
-    limits: {{concurrency: 100000, rate_per_s: 0}}
-"""
+    timeout_s: {gateway.timeout_s:g}
+{guards}"""
     )
     return path
+
+
+def redis_prefix(folder: Path) -> str:
+    """The Redis keys of one row: its own, so nothing another run left counts; removed after."""
+    return f"bench:{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}:"
+
+
+def forget_redis(folder: Path) -> None:
+    """Remove the keys a row left in Redis."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match=f"{redis_prefix(folder)}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def environment() -> dict[str, str]:
@@ -146,9 +180,9 @@ def request_for(target: str, port: int) -> Request:
     return Request(f"http://127.0.0.1:{port}", "/v1/cancellations", body, CALLER_KEY)
 
 
-def probe(port: int, request: Request) -> None:
-    """One request as wrk will send it; a server that does not answer 2xx ``cancelled`` is not
-    measured."""
+def probe(port: int, request: Request, *, refusals: bool = False) -> None:
+    """One request as wrk will send it; a server that does not answer 2xx ``cancelled`` (any
+    envelope, with ``refusals``) is not measured."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {request.key}"}
@@ -158,7 +192,11 @@ def probe(port: int, request: Request) -> None:
         text = answer.read().decode(errors="replace")
     finally:
         connection.close()
-    if answer.status // 100 != 2 or json.loads(text).get("status") != "cancelled":
+    try:
+        status = json.loads(text).get("status")
+    except ValueError:
+        status = None
+    if (status is None or not refusals) and (answer.status // 100 != 2 or status != "cancelled"):
         raise RuntimeError(f"probe of port {port} answered {answer.status}: {text[:500]}")
 
 
@@ -187,8 +225,12 @@ def server(target: str, upstream_port: int, children: Children, folder: Path) ->
         config, workers = gateway_config(folder, upstream_port, gateway), gateway.workers
         argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port)]
         argv += ["--workers", str(workers)]
-    with _listening(argv, port, workers, children, log) as process:
-        yield process, port
+    try:
+        with _listening(argv, port, workers, children, log) as process:
+            yield process, port
+    finally:
+        if target in GATEWAYS and GATEWAYS[target].store == "redis":
+            forget_redis(folder)
 
 
 @contextlib.contextmanager

@@ -65,6 +65,16 @@ TARGETS = (
     Target("soak admitted p99", Comparison.AT_MOST, 250),
     # "RSS flat over the soak": a leak of 100 bytes per request at 500 req/s is ~3 MiB/min.
     Target("soak rss slope", Comparison.AT_MOST, 1),
+    # Against the baseline in the same run: what the gateway's work costs beyond a minimal
+    # translator's.
+    Target("cpu ratio c64", Comparison.AT_MOST, 1.5),
+    Target("added p50 over baseline c1", Comparison.AT_MOST, 0.3),
+    Target("p99 ratio c256-100ms", Comparison.AT_MOST, 1.0),
+    Target("workers rps c64 lowest round", Comparison.AT_LEAST, 1.4),
+    # Every answer within timeout_s (5) + 0.5 s of its arrival, also at 3,000 connections.
+    Target("longest answer c3000-slow", Comparison.AT_MOST, 5500),
+    # Two processes on one Redis send at most the provider's 2 requests/s between them.
+    Target("sent per s c8-limit", Comparison.AT_MOST, 2),
 )
 
 
@@ -117,13 +127,53 @@ class _Rows:
         overload), plus socket errors. The gateway counts its refusals between two scrapes,
         a little wider than wrk's window: never below none."""
         row = self.get(scenario, target)
-        if row is None:
-            return None
-        return max(0, row.non_2xx - (row.overloaded or 0)) + row.socket_errors
+        return None if row is None else row.unexpected + row.socket_errors
 
     def admitted_p99(self, scenario: str, target: str) -> float | None:
         row = self.get(scenario, target)
         return row.admitted_p99_ms if row else None
+
+    def ratio(self, scenario: str, field: str, target: str, over: str) -> float | None:
+        """``target``'s figure ``field`` (a Result attribute) over ``over``'s."""
+        mine, theirs = self.get(scenario, target), self.get(scenario, over)
+        if mine is None or theirs is None or not getattr(theirs, field):
+            return None
+        return float(getattr(mine, field)) / float(getattr(theirs, field))
+
+    def lowest_round(self, scenario: str, target: str, over: str) -> float | None:
+        """The lowest of the rounds' req/s ratios (each round measures both)."""
+        mine, theirs = self.get(scenario, target), self.get(scenario, over)
+        if mine is None or theirs is None:
+            return None
+        pairs = list(zip(mine.round_rps, theirs.round_rps, strict=False))
+        if not pairs or len(mine.round_rps) != len(theirs.round_rps):
+            return mine.rps / theirs.rps if theirs.rps else None
+        return min(m / t for m, t in pairs if t) if all(t for _, t in pairs) else None
+
+    def longest(self, scenario: str, target: str) -> float | None:
+        row = self.get(scenario, target)
+        return row.max_ms if row else None
+
+    def p50_over(self, scenario: str, target: str, over: str) -> float | None:
+        """``target``'s p50 minus ``over``'s, ms."""
+        mine, theirs = self.get(scenario, target), self.get(scenario, over)
+        return mine.p50_ms - theirs.p50_ms if mine and theirs else None
+
+    def p50(self, scenario: str, target: str) -> float | None:
+        row = self.get(scenario, target)
+        return row.p50_ms if row else None
+
+    def sent_per_s(self, scenario: str, target: str) -> float | None:
+        """Cancellations sent per second: each 200 is one request sent and answered (the
+        upstream answers every request it gets), the refusals were not sent. The gateway's own
+        count when it was scraped (a request that waited for its turn is counted when answered,
+        which can fall after wrk's window), else wrk's 2xx."""
+        row = self.get(scenario, target)
+        if row is None:
+            return None
+        if row.statuses and row.seconds:
+            return row.statuses.get("200", 0) / row.seconds
+        return row.ok_rps
 
     def slope(self, scenario: str, target: str) -> float | None:
         row = self.get(scenario, target)
@@ -209,6 +259,41 @@ def figures(results: Sequence[Result]) -> list[Figure]:
             "soak rss slope",
             "soak: RSS slope over the 2nd half, MiB/min (flat)",
             rows.slope("soak", "gateway"),
+        ),
+        Figure(
+            "cpu ratio c64",
+            "gateway CPU per request / baseline's, 64 connections",
+            rows.ratio("c64", "cpu_ms_per_request", "gateway", "baseline"),
+        ),
+        Figure(
+            "added p50 over baseline c1",
+            "gateway p50 minus baseline p50, ms, 1 connection",
+            rows.p50_over("c1", "gateway", "baseline"),
+        ),
+        Figure(
+            "p99 ratio c256-100ms",
+            "gateway p99 / baseline p99, 256 conn., 100 ms",
+            rows.ratio("c256-100ms", "p99_ms", "gateway", "baseline"),
+        ),
+        Figure(
+            "workers rps c64 lowest round",
+            "--workers 2 / 1 worker req/s, 64 connections, the lowest round",
+            rows.lowest_round("c64", "gateway-w2", "gateway"),
+        ),
+        Figure(
+            "longest answer c3000-slow",
+            "longest answer ms, 3,000 conn., upstream slower than the 5 s budget",
+            rows.longest("c3000-slow", "gateway-budget"),
+        ),
+        Figure(
+            "p50 c3000-slow",
+            "p50 ms there (most answers: the breaker's refusals)",
+            rows.p50("c3000-slow", "gateway-budget"),
+        ),
+        Figure(
+            "sent per s c8-limit",
+            "two processes on one Redis, a limit of 2/s: sent per s in all",
+            rows.sent_per_s("c8-limit", "gateway-shared"),
         ),
         Figure(
             "direct added p99 c5000-100ms",

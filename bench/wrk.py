@@ -35,9 +35,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH {"requests":%d,"duration_us":%d,"status":%d,"connect":%d,"read":%d,"write":%d,' ..
-    '"timeout":%d,"p50_us":%.1f,"p99_us":%.1f,"mean_us":%.1f}\\n',
+    '"timeout":%d,"p50_us":%.1f,"p99_us":%.1f,"mean_us":%.1f,"max_us":%.1f}\\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.mean))
+    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))
 end
 """
 
@@ -64,6 +64,7 @@ class Summary:
     p50_ms: float
     p99_ms: float
     mean_ms: float
+    max_ms: float  # the longest answer
 
 
 def write_script(folder: Path, request: Request) -> Path:
@@ -87,6 +88,7 @@ def parse(output: str) -> Summary:
         p50_ms=raw["p50_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
         mean_ms=raw["mean_us"] / 1000,
+        max_ms=raw["max_us"] / 1000,
     )
 
 

@@ -21,7 +21,7 @@ def test_each_benchmarked_gateway_config_loads_with_its_features(tmp_path: Path,
     gateway = servers.GATEWAYS[name]
     runtime = load(servers.gateway_config(tmp_path, 9999, gateway), ENVIRON)
     config = runtime.config
-    assert config.store.backend == "sqlite"
+    assert config.store.backend == gateway.store
     assert config.logging.level == ("info" if gateway.logs else "warning")
     assert config.logging.access_log is gateway.logs
     assert runtime.targets[servers.CONNECTION].name == servers.CONNECTION
@@ -67,6 +67,7 @@ def _round(requests: int, seconds: float, cpu_ms: float, p50_ms: float, **more: 
         "p50_ms": p50_ms,
         "p99_ms": p50_ms * 3,
         "mean_ms": p50_ms,
+        "max_ms": p50_ms * 5,
         "non_2xx": 0,
         "socket_errors_by_kind": {},
         "rss_mib": 60.0,
@@ -109,13 +110,15 @@ def test_wrk_summary_is_read_among_its_other_output() -> None:
     output = (
         "Running 2s test @ http://127.0.0.1:1\n"
         'BENCH {"requests":3000,"duration_us":2000000,"status":5,"connect":0,"read":0,'
-        '"write":2,"timeout":7,"p50_us":1500.0,"p99_us":9000.0,"mean_us":2000.0}\n'
+        '"write":2,"timeout":7,"p50_us":1500.0,"p99_us":9000.0,"mean_us":2000.0,'
+        '"max_us":12500.0}\n'
         "Requests/sec:   1500.00\n"
     )
     summary = wrk.parse(output)
     assert (summary.requests, summary.seconds, summary.non_2xx) == (3000, 2.0, 5)
     assert summary.socket_errors == {"write": 2, "timeout": 7}  # the kinds that occurred
     assert (summary.p50_ms, summary.p99_ms, summary.mean_ms) == (1.5, 9.0, 2.0)
+    assert summary.max_ms == 12.5
 
 
 def test_wrk_output_without_a_summary_is_an_error_that_shows_it() -> None:
@@ -202,8 +205,10 @@ def test_a_cost_against_the_gateway_is_the_median_of_the_rounds_ratios() -> None
     assert value == pytest.approx(4.0)  # rounds: +4 %, +50 %, +2 %; summed it would be +17 %
 
 
-def _scraped(overloaded: float, buckets: dict[float, float]) -> "scrape.Scrape":
-    return scrape.Scrape(overloaded, buckets)
+def _scraped(
+    overloaded: float, buckets: dict[float, float], statuses: dict[str, float] | None = None
+) -> "scrape.Scrape":
+    return scrape.Scrape(overloaded, {"200": buckets}, statuses or {})
 
 
 def test_the_admitted_p99_is_the_bucket_holding_the_99th_answer_between_two_scrapes() -> None:
@@ -231,3 +236,89 @@ def test_refusals_counted_in_a_wider_window_never_make_errors_negative() -> None
     soak_scenario = next(s for s in SCENARIOS if s.soak)
     soak = _round(1000, 60.0, 60.0, 10.0, scenario=soak_scenario, non_2xx=100, overloaded=130)
     assert {f.name: f.value for f in targets.figures([soak])}["soak errors"] == 0
+
+
+def test_the_answers_by_status_between_two_scrapes_leave_out_the_statuses_not_seen_since() -> None:
+    before = _scraped(0, {}, {"200": 10, "503": 5})
+    after = _scraped(0, {}, {"200": 10, "503": 905, "504": 40})
+    assert scrape.statuses_between(before, after) == {"503": 900, "504": 40}
+
+
+def test_the_targets_against_the_baseline_come_from_the_same_runs_rows() -> None:
+    by_name = {row.name: row for row in SCENARIOS}
+    c64, c1, c256 = by_name["c64"], by_name["c1"], by_name["c256-100ms"]
+    rows = [
+        _round(1000, 1.0, 600.0, 3.0, scenario=c64),  # 0.6 ms CPU per request
+        _round(2000, 1.0, 400.0, 1.0, scenario=c64, target="baseline"),  # 0.2
+        _round(100, 1.0, 50.0, 1.25, scenario=c1),
+        _round(100, 1.0, 50.0, 0.75, scenario=c1, target="baseline"),
+        _round(100, 1.0, 50.0, 100.0, scenario=c256, p99_ms=180.0),
+        _round(100, 1.0, 50.0, 100.0, scenario=c256, target="baseline", p99_ms=120.0),
+    ]
+    values = {f.name: f.value for f in targets.figures(rows)}
+    assert values["cpu ratio c64"] == pytest.approx(3.0)
+    assert values["added p50 over baseline c1"] == pytest.approx(0.5)
+    assert values["p99 ratio c256-100ms"] == pytest.approx(1.5)
+    verdicts = {t.figure: t.met(values) for t in targets.TARGETS}
+    assert verdicts["cpu ratio c64"] is False
+    assert verdicts["p99 ratio c256-100ms"] is False
+
+
+def test_the_workers_ratio_is_the_lowest_rounds_not_the_whole_rows() -> None:
+    one = combined([_round(1000, 1.0, 1.0, 1.0), _round(1000, 1.0, 1.0, 1.0)])
+    two = combined([_round(1600, 1.0, 1.0, 1.0), _round(1300, 1.0, 1.0, 1.0)])
+    rows = [one, replace(two, target="gateway-w2")]
+    values = {f.name: f.value for f in targets.figures(rows)}
+    assert values["workers rps c64"] == pytest.approx(1.45)  # the rows: met
+    assert values["workers rps c64 lowest round"] == pytest.approx(1.3)  # a round: not met
+
+
+def test_the_refusal_scenarios_count_their_refusals_but_never_fail_the_run_for_them() -> None:
+    by_name = {row.name: row for row in SCENARIOS}
+    slow = _round(
+        9000, 10.0, 10.0, 2.0, scenario=by_name["c3000-slow"], target="gateway-budget",
+        non_2xx=8990, max_ms=5400.0, statuses={"503": 8000, "504": 990},
+    )  # fmt: skip
+    limited = _round(
+        400, 10.0, 10.0, 2.0, scenario=by_name["c8-limit"], target="gateway-shared",
+        non_2xx=380,
+    )  # fmt: skip
+    c64 = _round(1000, 1.0, 1.0, 1.0, non_2xx=3)
+    assert (slow.unexpected, limited.unexpected, c64.unexpected) == (0, 0, 3)
+    values = {f.name: f.value for f in targets.figures([slow, limited])}
+    assert values["longest answer c3000-slow"] == 5400.0
+    assert values["sent per s c8-limit"] == pytest.approx(2.0)  # 20 answered 2xx in 10 s
+    counted = replace(limited, statuses={"200": 25, "429": 400})  # as the gateway counted them
+    assert {f.name: f.value for f in targets.figures([counted])}["sent per s c8-limit"] == 2.5
+    verdicts = {t.figure: t.met(values) for t in targets.TARGETS}
+    assert verdicts["longest answer c3000-slow"] is True
+    assert verdicts["sent per s c8-limit"] is True
+
+
+def test_the_shared_row_is_two_processes_on_redis_with_a_rate_limit(tmp_path: Path) -> None:
+    gateway = servers.GATEWAYS["gateway-shared"]
+    config = load(servers.gateway_config(tmp_path, 9999, gateway), ENVIRON).config
+    assert (gateway.workers, config.store.backend) == (2, "redis")
+    assert config.store.prefix == servers.redis_prefix(tmp_path)
+    assert config.connections[servers.CONNECTION].limits.rate_per_s == 2
+    budget = load(
+        servers.gateway_config(tmp_path, 9999, servers.GATEWAYS["gateway-budget"]), ENVIRON
+    )
+    connection = budget.config.connections[servers.CONNECTION]
+    assert connection.timeout_s == 5
+    assert connection.breaker.failures == 5  # the default: the breaker opens as it would
+
+
+def test_the_refusals_median_is_read_from_the_503_answers_histogram_only() -> None:
+    inf = float("inf")
+    before = scrape.Scrape(0, {"503": {0.001: 0, 0.0025: 0, inf: 0}}, {})
+    after = scrape.Scrape(
+        0,
+        {
+            "503": {0.001: 40, 0.0025: 90, inf: 100},  # 90 of 100 refused within 2.5 ms
+            "504": {0.001: 0, 0.0025: 0, inf: 500},  # timeouts: not refusals
+        },
+        {},
+    )
+    assert scrape.refused_p50_ms(before, after) == 2.5
+    assert scrape.admitted_p99_ms(before, after) is None  # none answered 200
