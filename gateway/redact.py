@@ -99,11 +99,17 @@ class Redactor:
     def text(self, value: str) -> str:
         # Substring tests are several times faster than the regular expression, and almost
         # every string holds no secret: the expression runs only on those that do.
-        for secret in self._probes:
-            if secret in value:
-                assert self._pattern is not None
-                return self._pattern.sub(REDACTED, value)
+        if self.holds(value):
+            assert self._pattern is not None
+            return self._pattern.sub(REDACTED, value)
         return value
+
+    def holds(self, value: str) -> bool:
+        """Does ``value`` hold a secret, in any of its forms?"""
+        for secret in self._probes:  # noqa: SIM110 - a third faster than any() over a map
+            if secret in value:
+                return True
+        return False
 
     def dumps(self, value: Any) -> bytes:
         """``value`` as JSON with every secret replaced. Serialized first and searched for
@@ -230,9 +236,11 @@ class AnswerRedactor:
         self._sent = frozenset(text for text in sent if len(text) >= MIN_SECRET_LENGTH)
 
     def text(self, value: str) -> str:
-        found = {*self._redactor.found(value), *(text for text in self._sent if text in value)}
-        if not found:
+        # Almost every string holds neither a secret nor the caller's text: found without
+        # building anything.
+        if not self._redactor.holds(value) and not any(text in value for text in self._sent):
             return value
+        found = {*self._redactor.found(value), *(text for text in self._sent if text in value)}
         # One expression, longest first: a string that holds another is replaced whole.
         ordered = sorted(found, key=len, reverse=True)
         return re.compile("|".join(map(re.escape, ordered))).sub(REDACTED, value)
