@@ -6,7 +6,9 @@ happens in between (a bug included), so no record is lost.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -60,6 +62,9 @@ from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
 from gateway.work import delay_s, first_step
 
 LEASE_MARGIN_S = 10.0
+# How long past the budget the answer may wait for the ledger's last write: the contract allows
+# 0.5 s past it for everything after the send (CONTRACT §11); the rest is the answer's own.
+ANSWER_MARGIN_S = 0.4
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
 # What a replay answers again: a definite outcome, or "pending" until the final one replaces it.
 KEPT = DEFINITE | {Status.PENDING}
@@ -88,6 +93,7 @@ class Canceller:
         self._admission = services.admission
         self.sender = Sender(services)
         self.webhooks = {c.name: c.webhook for c in runtime.config.callers if c.webhook}
+        self._late_writes: set[asyncio.Future[object]] = set()  # answered before they ended
 
     @property
     def runtime(self) -> Runtime:
@@ -273,6 +279,10 @@ class Canceller:
             facts.created_at + settling.max_age_s,
             (claim.fingerprint, claim.token) if claim is not None else None,
         )
+        # The budget counts from the request's arrival: time spent before sending (reading the
+        # body, the store, waiting for the loop) is the caller's time too (CONTRACT §11).
+        if info.arrived is not None:
+            facts.deadline = info.arrived + policy.timeout_s
         await self._begin(facts, lease_s, log)
         if info.asynchronous:  # recorded: it is sent in the background (settling.py)
             facts.step = facts.step.then("send")
@@ -283,11 +293,8 @@ class Canceller:
             facts.upstream = upstream
 
         clock = self._clock.monotonic
-        # The budget counts from the request's arrival: time spent before sending (reading the
-        # body, the store, waiting for the loop) is the caller's time too (CONTRACT §11).
-        deadline = None if info.arrived is None else info.arrived + policy.timeout_s
         result, facts.lines = await send(
-            self.sender, outbound, prepared, log, progress, clock, facts.record, deadline
+            self.sender, outbound, prepared, log, progress, clock, facts.record, facts.deadline
         )
         return result
 
@@ -299,9 +306,12 @@ class Canceller:
         assert facts.step is not None
         running = facts.entry("running", due_at=now + lease_s, work=facts.step.encode())
         try:
-            answer = await self._store.begin(running, facts.claim, now)
-        except StoreUnavailable as exc:
-            log.error("store.unavailable", backend=self._store.name, error=str(exc))
+            # Not past the budget: what has no record by then is not sent.
+            async with asyncio.timeout_at(self._loop_time(facts.deadline)):
+                answer = await self._store.begin(running, facts.claim, now)
+        except (StoreUnavailable, TimeoutError) as exc:
+            error = str(exc) or "no answer within the cancellation's budget"
+            log.error("store.unavailable", backend=self._store.name, error=error)
             raise GatewayError(
                 ErrorCode.STORE_UNAVAILABLE,
                 "the idempotency store does not answer; nothing was sent",
@@ -357,26 +367,63 @@ class Canceller:
             due_at=due_at,
             work=work,
         )
-        try:
-            if not facts.running:
-                await self._store.record(entry)
-                return
+        write: Coroutine[Any, Any, object]
+        if not facts.running:
+            write = self._store.record(entry)
+        else:
             stored = None
             if result.status in KEPT and facts.claim is not None:  # kept for a key's replays
                 stored = kept(reply)
-            await self._store.complete(entry, facts.claim, facts.token, stored, now)
+            write = self._store.complete(entry, facts.claim, facts.token, stored, now)
             if due_at is not None:
                 self._work_due.at(due_at, now)
-        except Exception as exc:  # the store down, or a bug in it: the answer stands
-            bug = not isinstance(exc, StoreUnavailable)
-            envelope = orjson.loads(reply.body)
-            log.error(
-                "ledger.write_failed",
-                backend=self._store.name,
-                error=str(exc),
-                exc_info=bug,
-                envelope=envelope,
-            )
+        await self._write_in_time(write, facts, reply, log)
+
+    async def _write_in_time(
+        self,
+        write: Coroutine[Any, Any, object],
+        facts: Facts,
+        reply: Reply,
+        log: FilteringBoundLogger,
+    ) -> None:
+        """Wait for the ledger's write of the answer until the budget (and the margin the
+        contract gives it) is spent; a write still under way then goes on after the answer
+        (``ledger.write_late``), and a write that fails is logged with the envelope in full:
+        the answer stands either way."""
+        task = asyncio.ensure_future(write)
+        left = None
+        if facts.deadline is not None:
+            left = self._seconds_until(facts.deadline + ANSWER_MARGIN_S)
+        done, _ = await asyncio.wait({task}, timeout=left)
+        if task in done:
+            self._write_ended(task, reply, log)
+            return
+        log.warning("ledger.write_late", backend=self._store.name)
+        self._late_writes.add(task)
+        task.add_done_callback(self._late_writes.discard)
+        task.add_done_callback(lambda ended: self._write_ended(ended, reply, log))
+
+    def _write_ended(self, task: asyncio.Future[object], reply: Reply, log: Any) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or exc is None:
+            return
+        bug = not isinstance(exc, StoreUnavailable)  # the store down, or a bug in it
+        log.error(
+            "ledger.write_failed",
+            backend=self._store.name,
+            error=str(exc),
+            exc_info=exc if bug else False,
+            envelope=orjson.loads(reply.body),
+        )
+
+    def _loop_time(self, deadline: float | None) -> float | None:
+        """``deadline`` (the services' monotonic clock) on the event loop's clock."""
+        if deadline is None:
+            return None
+        return asyncio.get_running_loop().time() + self._seconds_until(deadline)
+
+    def _seconds_until(self, deadline: float) -> float:
+        return max(0.0, deadline - self._clock.monotonic())
 
     def next_step(
         self, facts: Facts, result: Outcome | GatewayError, now: float

@@ -40,6 +40,8 @@ class Facts:
     lines: Sequence[Outcome | GatewayError] = ()
     events: list[dict[str, Any]] = field(default_factory=list)
     step: Step | None = None  # what any process needs to go on with it (work.py)
+    # When the answer is due: the budget's end (the services' monotonic clock), None unknown.
+    deadline: float | None = None
 
     def entry(self, status: str, **more: Any) -> Entry:
         return Entry(
