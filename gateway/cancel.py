@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from structlog.typing import FilteringBoundLogger
@@ -61,10 +61,14 @@ from gateway.translate.build import (
 from gateway.translate.classify import MAX_PROVIDER_MESSAGE, Outcome
 from gateway.work import delay_s, first_step
 
+_T = TypeVar("_T")
+
 LEASE_MARGIN_S = 10.0
 # How long past the budget the answer may wait for the ledger's last write: the contract allows
 # 0.5 s past it for everything after the send (CONTRACT §11); the rest is the answer's own.
 ANSWER_MARGIN_S = 0.4
+# A store operation ends within store.timeout_s, give or take the loop's turn.
+STORE_TIMEOUT_SLACK_S = 0.1
 DEFINITE = frozenset({Status.CANCELLED, Status.ALREADY_CANCELLED, Status.REJECTED})
 # What a replay answers again: a definite outcome, or "pending" until the final one replaces it.
 KEPT = DEFINITE | {Status.PENDING}
@@ -84,6 +88,7 @@ class Canceller:
         self._runtime = runtime
         self._store = services.store
         self._key_ttl_s = runtime.config.store.key_ttl_s
+        self._store_timeout_s = runtime.config.store.timeout_s
         self._log = services.log
         self._clock = services.clock
         self._redactor = services.redactor
@@ -307,8 +312,7 @@ class Canceller:
         running = facts.entry("running", due_at=now + lease_s, work=facts.step.encode())
         try:
             # Not past the budget: what has no record by then is not sent.
-            async with asyncio.timeout_at(self._loop_time(facts.deadline)):
-                answer = await self._store.begin(running, facts.claim, now)
+            answer = await self._by(facts.deadline, self._store.begin(running, facts.claim, now))
         except (StoreUnavailable, TimeoutError) as exc:
             error = str(exc) or "no answer within the cancellation's budget"
             log.error("store.unavailable", backend=self._store.name, error=error)
@@ -390,10 +394,18 @@ class Canceller:
         contract gives it) is spent; a write still under way then goes on after the answer
         (``ledger.write_late``), and a write that fails is logged with the envelope in full:
         the answer stands either way."""
-        task = asyncio.ensure_future(write)
         left = None
         if facts.deadline is not None:
             left = self._seconds_until(facts.deadline + ANSWER_MARGIN_S)
+        if left is None or left > self._store_timeout_s + STORE_TIMEOUT_SLACK_S:
+            # The store's own timeout ends the write first: waited for as it is (the usual
+            # case, and the cheapest: no task, no timer).
+            try:
+                await write
+            except Exception as exc:
+                self._write_failed(exc, reply, log)
+            return
+        task = asyncio.ensure_future(write)
         done, _ = await asyncio.wait({task}, timeout=left)
         if task in done:
             self._write_ended(task, reply, log)
@@ -405,8 +417,10 @@ class Canceller:
 
     def _write_ended(self, task: asyncio.Future[object], reply: Reply, log: Any) -> None:
         exc = None if task.cancelled() else task.exception()
-        if task.cancelled() or exc is None:
-            return
+        if exc is not None:
+            self._write_failed(exc, reply, log)
+
+    def _write_failed(self, exc: BaseException, reply: Reply, log: Any) -> None:
         bug = not isinstance(exc, StoreUnavailable)  # the store down, or a bug in it
         log.error(
             "ledger.write_failed",
@@ -416,11 +430,14 @@ class Canceller:
             envelope=orjson.loads(reply.body),
         )
 
-    def _loop_time(self, deadline: float | None) -> float | None:
-        """``deadline`` (the services' monotonic clock) on the event loop's clock."""
-        if deadline is None:
-            return None
-        return asyncio.get_running_loop().time() + self._seconds_until(deadline)
+    async def _by(self, deadline: float | None, call: Coroutine[Any, Any, _T]) -> _T:
+        """The store's answer to ``call``, or TimeoutError at ``deadline`` (the services'
+        monotonic clock). A deadline further than the store's own timeout needs no timer."""
+        left = None if deadline is None else self._seconds_until(deadline)
+        if left is None or left > self._store_timeout_s + STORE_TIMEOUT_SLACK_S:
+            return await call
+        async with asyncio.timeout(left):
+            return await call
 
     def _seconds_until(self, deadline: float) -> float:
         return max(0.0, deadline - self._clock.monotonic())

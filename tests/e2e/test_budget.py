@@ -85,3 +85,28 @@ async def test_a_store_that_holds_the_last_write_still_answers_in_time_and_write
     assert after.body["status"] == "cancelled", after.body
     assert gateway.events("ledger.write_late")
     assert len(upstream.received) == 1
+
+
+async def test_a_late_write_that_fails_in_the_end_logs_the_answer_in_full(
+    private_redis: PrivateRedis, make_gateway: GatewayFactory, upstream: Upstream
+):
+    gateway = await make_gateway(_gateway_config(private_redis), upstream_url=upstream.url)
+    release = asyncio.Event()
+    upstream.answer(200, RX_OK, until=release)
+    running = asyncio.create_task(gateway.cancel(RX_CANCEL))
+    await upstream.wait_for(1)
+    client = await _pause_writes(private_redis)
+    release.set()
+    async with asyncio.timeout(10):
+        answer = await running
+    assert answer.body["status"] == "cancelled"
+    assert gateway.events("ledger.write_late")
+    private_redis.stop()  # the held write is lost with the server
+    await client.aclose()
+    for _ in range(100):
+        if gateway.events("ledger.write_failed"):
+            break
+        await asyncio.sleep(0.05)
+    [failed] = gateway.events("ledger.write_failed")
+    assert failed["envelope"]["cancellation_id"] == answer.body["cancellation_id"]
+    assert failed["envelope"]["status"] == "cancelled"
