@@ -161,8 +161,9 @@ def report(results: Sequence[Result], failed: Sequence[str], run: Run) -> str:
         "the logs cost; `gateway-token` fetches an OAuth2 token from the upstream and sends it "
         "(cached), `gateway-signed` signs each request with HMAC-SHA256, to tell what each "
         "costs. Scenario "
-        "`cN` is N connections against an immediate upstream, `cN-20ms` against one that "
-        "answers after 20 ms. RSS and CPU are of the server's whole process tree (upstream "
+        "`cN` is N connections against an immediate upstream, `cN-20ms` and `cN-100ms` against "
+        "one that answers after 20 or 100 ms; `gateway-budget` and `gateway-shared` are told of "
+        "under Refusals. RSS and CPU are of the server's whole process tree (upstream "
         "excluded, except for `direct`).",
         "",
         *table(results),
