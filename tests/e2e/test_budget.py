@@ -10,7 +10,7 @@ import asyncio
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import GatewayFactory, Upstream
+from tests.conftest import Gateway, GatewayFactory, Result, Upstream
 from tests.e2e.test_idempotency import RX_CANCEL, RX_OK, config, store_yaml
 from tests.services import PrivateRedis
 
@@ -54,21 +54,33 @@ async def test_a_store_that_holds_the_first_write_is_answered_within_the_budget_
     assert gateway.events("store.unavailable")
 
 
-async def test_a_store_that_holds_the_last_write_still_answers_in_time_and_writes_it_later(
-    private_redis: PrivateRedis, make_gateway: GatewayFactory, upstream: Upstream
-):
-    gateway = await make_gateway(_gateway_config(private_redis), upstream_url=upstream.url)
+async def _answered_with_the_last_write_held(
+    server: PrivateRedis, make_gateway: GatewayFactory, upstream: Upstream
+) -> tuple[Gateway, redis.Redis, Result]:
+    """A cancellation recorded and sent, then its provider's answer released while the store
+    holds every write: the gateway, the client holding them, and the answer."""
+    gateway = await make_gateway(_gateway_config(server), upstream_url=upstream.url)
     release = asyncio.Event()
     upstream.answer(200, RX_OK, until=release)
     running = asyncio.create_task(gateway.cancel(RX_CANCEL))
     await upstream.wait_for(1)  # recorded as running, and sent
-    client = await _pause_writes(private_redis)
+    client = await _pause_writes(server)
+    release.set()
+    async with asyncio.timeout(10):  # without the bound: the pause's 20 s
+        answer = await running
+    assert answer.status == 200, answer.body
+    assert answer.body["status"] == "cancelled"
+    assert gateway.events("ledger.write_late")
+    return gateway, client, answer
+
+
+async def test_a_store_that_holds_the_last_write_still_answers_in_time_and_writes_it_later(
+    private_redis: PrivateRedis, make_gateway: GatewayFactory, upstream: Upstream
+):
+    gateway, client, answer = await _answered_with_the_last_write_held(
+        private_redis, make_gateway, upstream
+    )
     try:
-        release.set()
-        async with asyncio.timeout(10):
-            answer = await running
-        assert answer.status == 200, answer.body
-        assert answer.body["status"] == "cancelled"
         # Answered while the store still holds the write: the ledger (read, which goes on)
         # still has the cancellation running.
         cancellation_id = answer.body["cancellation_id"]
@@ -83,24 +95,15 @@ async def test_a_store_that_holds_the_last_write_still_answers_in_time_and_write
             break
         await asyncio.sleep(0.05)
     assert after.body["status"] == "cancelled", after.body
-    assert gateway.events("ledger.write_late")
     assert len(upstream.received) == 1
 
 
 async def test_a_late_write_that_fails_in_the_end_logs_the_answer_in_full(
     private_redis: PrivateRedis, make_gateway: GatewayFactory, upstream: Upstream
 ):
-    gateway = await make_gateway(_gateway_config(private_redis), upstream_url=upstream.url)
-    release = asyncio.Event()
-    upstream.answer(200, RX_OK, until=release)
-    running = asyncio.create_task(gateway.cancel(RX_CANCEL))
-    await upstream.wait_for(1)
-    client = await _pause_writes(private_redis)
-    release.set()
-    async with asyncio.timeout(10):
-        answer = await running
-    assert answer.body["status"] == "cancelled"
-    assert gateway.events("ledger.write_late")
+    gateway, client, answer = await _answered_with_the_last_write_held(
+        private_redis, make_gateway, upstream
+    )
     private_redis.stop()  # the held write is lost with the server
     await client.aclose()
     for _ in range(100):
