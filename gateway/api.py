@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from gateway.config import ServerConfig
 from gateway.envelope import Reply, gateway_envelope, render_envelope, reply_headers
 from gateway.errors import ErrorCode, GatewayError, Status, invalid_request, spec
+from gateway.health import MINUTE_S, WINDOW_MINUTES
 from gateway.inbound import Decoded, RequestInfo, check_idempotency_key, json_body
 from gateway.ledger_api import ledger_page
 from gateway.live import Live, LiveConfig
@@ -23,9 +24,13 @@ from gateway.models import (
     CANCELLATION_ID,
     MAX_BATCH,
     MAX_BATCH_KEY,
+    ConnectionHealthInfo,
     ConnectionInfo,
     Connections,
+    ConnectionsHealth,
     Health,
+    Latency,
+    MinuteOutcomes,
     ParamInfo,
     Readiness,
     Reloaded,
@@ -55,6 +60,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/cancellations/{cancellation_id:(?!batch$)[^/]+}", get_cancellation)
     app.router.add_get("/v1/cancellations/{cancellation_id}/events", get_events)
     app.router.add_get("/v1/connections", list_connections)
+    app.router.add_get("/v1/connections/health", connections_health)
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -292,6 +298,46 @@ async def list_connections(request: web.Request) -> web.Response:
         if caller.may_use(name)
     ]
     return _model(Connections(connections=listed))
+
+
+async def connections_health(request: web.Request) -> web.Response:
+    """Each connection the caller may use (all for an admin) as this process saw it lately:
+    its breaker, what is in flight, the last minutes' outcomes and the upstream's latency."""
+    caller, services = request[CALLER], request.app[SERVICES]
+    breakers = {name: g.breaker.effective_state().value for name, g in services.guards.items()}
+    health = services.metrics.health
+    listed = []
+    for name, target in sorted(request[CURRENT].runtime.targets.items()):
+        if not (caller.admin or caller.may_use(name)):
+            continue
+        window = health.window(name)
+        totals: dict[str, int] = {}
+        for _, outcomes in window.minutes:
+            for status, count in outcomes.items():
+                totals[status] = totals.get(status, 0) + count
+        listed.append(
+            ConnectionHealthInfo(
+                connection=name,
+                provider=target.definition.name,
+                breaker=breakers.get(name, "closed"),
+                in_flight=window.in_flight,
+                outcomes=totals,
+                minutes=[
+                    MinuteOutcomes(start=_unix_time(start), outcomes=outcomes)
+                    for start, outcomes in window.minutes
+                ],
+                latency=Latency(p50_ms=window.p50_ms, p95_ms=window.p95_ms),
+                rate_limited=window.rate_limited,
+                unmapped_errors=window.unmapped,
+            )
+        )
+    window_s = MINUTE_S * WINDOW_MINUTES
+    now = format_time(datetime.now(UTC))
+    return _model(ConnectionsHealth(window_s=window_s, generated_at=now, connections=listed))
+
+
+def _unix_time(seconds: float) -> str:
+    return format_time(datetime.fromtimestamp(seconds, UTC))
 
 
 async def healthz(_: web.Request) -> web.Response:

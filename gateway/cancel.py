@@ -93,6 +93,7 @@ class Canceller:
         self._clock = services.clock
         self._redactor = services.redactor
         self._metrics = services.metrics
+        self._health = services.metrics.health
         self._rand = services.rand
         self._work_due = services.work_due
         self._admission = services.admission
@@ -197,6 +198,15 @@ class Canceller:
     async def _cancel(self, caller: Caller, body: bytes | Decoded, info: RequestInfo) -> Reply:
         started = self._clock.monotonic()
         facts = self._new_facts(caller)
+        try:
+            return await self._answer(caller, body, info, facts, started)
+        finally:
+            if facts.in_flight:  # routed: counted among its connection's cancellations
+                self._health.left(facts.in_flight)
+
+    async def _answer(
+        self, caller: Caller, body: bytes | Decoded, info: RequestInfo, facts: Facts, started: float
+    ) -> Reply:
         log = self._log.bind(cancellation_id=facts.cancellation_id, caller=caller.name)
         result: Outcome | GatewayError  # the provider's outcome, or the gateway's decision
         try:
@@ -264,6 +274,8 @@ class Canceller:
                     resource_id=facts.resource_id,
                     with_idempotency_key=info.idempotency_key is not None,
                 )
+        facts.in_flight = prepared.target.name
+        self._health.entered(facts.in_flight)
         policy = self._runtime.policies[prepared.target.name]
         # Longer than the request can run, so a live claim is never taken over.
         lease_s = policy.timeout_s + LEASE_MARGIN_S

@@ -42,6 +42,7 @@ class Facts:
     step: Step | None = None  # what any process needs to go on with it (work.py)
     # When the answer is due: the budget's end (the services' monotonic clock), None unknown.
     deadline: float | None = None
+    in_flight: str | None = None  # the connection it is counted in flight on (health.py)
 
     def entry(self, status: str, **more: Any) -> Entry:
         return Entry(

@@ -40,6 +40,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.health import ConnectionHealth
 from gateway.resilience import BreakerState, Guards
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -78,6 +79,9 @@ class Metrics:
         # switch is the client's, for the whole process: every Metrics turns it off alike.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self._breaker_states: dict[str, BreakerState] = {}
+        # The same events, kept for the console by connection and minute (GET
+        # /v1/connections/health): what a scrape cannot give a page without Prometheus.
+        self.health = ConnectionHealth()
         self._served: tuple[str, str] | None = None
         self.registry = registry = CollectorRegistry()
         self._http = Counter(
@@ -243,6 +247,8 @@ class Metrics:
         self, connection: str | None, provider: str | None, status: str, error_code: str | None
     ) -> None:
         self._cancellations_child(connection or "", provider or "", status, error_code or "").inc()
+        if connection:
+            self.health.outcome(connection, status)
 
     def replayed(self) -> None:
         self._replays.inc()
@@ -259,6 +265,7 @@ class Metrics:
         result = f"{http_status // 100}xx" if http_status is not None else failure or "error"
         self._attempts_child(connection, provider, result).inc()
         self._latency_child(connection).observe(latency_s)
+        self.health.latency(connection, latency_s)
 
     def retried(self, connection: str, reason: str) -> None:
         self._retries.labels(connection, reason).inc()
@@ -271,6 +278,8 @@ class Metrics:
 
     def refused(self, connection: str, reason: str) -> None:
         self._refusals.labels(connection, reason).inc()
+        if reason == "rate_limit":
+            self.health.rate_limited(connection)
 
     def breaker_seen(self, connection: str, state: BreakerState) -> None:
         """Called around every attempt: the gauge is written only when the state changed."""
@@ -294,6 +303,7 @@ class Metrics:
     def unmapped_error(self, connection: str, provider: str, provider_status: int | None) -> None:
         status = "" if provider_status is None else str(provider_status)
         self._unmapped.labels(connection, provider, status).inc()
+        self.health.unmapped(connection)
 
     def exposition(self, guards: Iterable[tuple[str, Guards]] = ()) -> bytes:
         """The text format; ``guards`` refreshes the breaker states first (an open breaker

@@ -320,6 +320,41 @@ class Connections(BaseModel):
     connections: list[ConnectionInfo]
 
 
+class MinuteOutcomes(BaseModel):
+    start: str = Field(description="RFC 3339: the minute's first second, UTC")
+    outcomes: dict[str, int] = Field(description="cancellations answered, by status")
+
+
+class Latency(BaseModel):
+    p50_ms: float | None = Field(description="upstream attempts' latency; null without one")
+    p95_ms: float | None
+
+
+class ConnectionHealthInfo(BaseModel):
+    connection: str
+    provider: str
+    breaker: Literal["closed", "half_open", "open"]
+    in_flight: int = Field(description="cancellations this process works on now")
+    outcomes: dict[str, int] = Field(description="the window's cancellations, by status")
+    minutes: list[MinuteOutcomes] = Field(description="every minute of the window, oldest first")
+    latency: Latency
+    rate_limited: int = Field(
+        description="attempts the connection's own rate limit refused in the window"
+    )
+    unmapped_errors: int = Field(
+        description="provider answers no rule of the definition reads (a rule to add)"
+    )
+
+
+class ConnectionsHealth(BaseModel):
+    """``GET /v1/connections/health``: each connection this caller may use (every one for an
+    admin), as this process saw it over the last ``window_s`` seconds."""
+
+    window_s: int
+    generated_at: str
+    connections: list[ConnectionHealthInfo]
+
+
 class Health(BaseModel):
     status: str
 

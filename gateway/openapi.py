@@ -32,6 +32,7 @@ from gateway.models import (
     CancellationList,
     CancelRequest,
     Connections,
+    ConnectionsHealth,
     Envelope,
     Health,
     Preview,
@@ -50,6 +51,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (CancellationList, "serialization"),
     (CancellationEvents, "serialization"),
     (Connections, "serialization"),
+    (ConnectionsHealth, "serialization"),
     (Health, "serialization"),
     (Readiness, "serialization"),
     (Reloaded, "serialization"),
@@ -391,6 +393,22 @@ def openapi_document() -> dict[str, Any]:
                         "operationId": "listConnections",
                         "summary": "The connections this caller may use",
                         "responses": {"200": _json("Connections", "no secrets"), **_errors()},
+                    }
+                },
+                "/v1/connections/health": {
+                    "get": {
+                        "operationId": "connectionsHealth",
+                        "summary": "How each connection this caller may use is doing, as this "
+                        "process saw it over the last 15 minutes",
+                        "description": "Breaker state, cancellations in flight, each minute's "
+                        "outcomes, the upstream's p50 and p95 latency, rate-limit refusals and "
+                        "unmapped provider errors. Kept by each process in memory: with "
+                        "`--workers`, the worker that answers tells of the requests it served. "
+                        "An admin caller sees every connection. The operator console reads it.",
+                        "responses": {
+                            "200": _json("ConnectionsHealth", "no secrets"),
+                            **_errors(),
+                        },
                     }
                 },
                 "/admin/reload": {
