@@ -276,6 +276,10 @@ class Canceller:
                 )
         facts.in_flight = prepared.target.name
         self._health.entered(facts.in_flight)
+        # What a retry would send again (the console's "retry" curl): the request as sent.
+        facts.events[0]["request"] = data
+        if info.idempotency_key is not None:
+            facts.events[0]["idempotency_key"] = info.idempotency_key
         policy = self._runtime.policies[prepared.target.name]
         # Longer than the request can run, so a live claim is never taken over.
         lease_s = policy.timeout_s + LEASE_MARGIN_S

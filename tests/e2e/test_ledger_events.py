@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Gateway, GatewayFactory, Upstream
+from tests.conftest import CANARIES, Gateway, GatewayFactory, Upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -74,3 +74,28 @@ async def test_another_callers_cancellation_has_no_events_to_show(
     assert unknown.status == 404
     malformed = await events_of(gateway, "not-an-id")
     assert malformed.status == 404
+
+
+async def test_the_receipt_keeps_the_request_and_its_key_for_a_retry_secrets_masked(
+    gateway: Gateway, upstream: Upstream
+):
+    upstream.answer(400, {"error": {"type": "invalid_request_error", "message": "no"}})
+    # A caller that pastes the provider's credential into its reason: shown back masked.
+    body = {
+        "connection": "stateset-main",
+        "id": "asn_1",
+        "reason": f"x {CANARIES['STATESET_API_KEY']}",
+    }
+    done = await gateway.cancel(body, headers={"Idempotency-Key": "retry-me-1"})
+    assert done.body["status"] in ("rejected", "failed"), done.body
+    received = (await events_of(gateway, done.body["cancellation_id"])).body["events"][0]
+    assert received["type"] == "received"
+    assert received["idempotency_key"] == "retry-me-1"
+    assert received["request"] == {**body, "reason": "x [REDACTED]"}
+    assert CANARIES["STATESET_API_KEY"] not in gateway.log_text
+
+
+async def test_a_request_found_invalid_keeps_no_body(gateway: Gateway):
+    refused = await gateway.cancel({"connection": "stateset-main", "id": "asn_1"})  # no reason
+    received = (await events_of(gateway, refused.body["cancellation_id"])).body["events"][0]
+    assert "request" not in received
