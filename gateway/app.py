@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_request import BaseRequest
 from structlog.typing import FilteringBoundLogger
 
-from gateway import api
+from gateway import api, console
 from gateway.api import (
     ACCESS_LOG,
     CALLER,
@@ -136,6 +136,8 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
+    if server.console:
+        console.add_routes(app)
     return app
 
 

@@ -50,6 +50,8 @@ class ServerConfig(_Strict):
     max_in_flight: int = Field(default=1024, ge=1, le=100000)
     # How long a connection refused `overloaded` is not read from (0: read again at once).
     overload_hold_s: float = Field(default=1.0, ge=0, le=10)
+    # The operator console at /console: static pages that read the API with a caller key.
+    console: bool = True
 
 
 class LoggingConfig(_Strict):
