@@ -15,3 +15,5 @@ _.err
 _.fatal
 _.warn
 _.markdown_table  # simulate/scenarios.py: a test keeps the README's scenario table equal to it
+_.unmapped_errors  # models.py: ConnectionsHealth, the console's JSON, keyword-built in api.py
+_.generated_at

@@ -33,6 +33,8 @@ def demo_banner(gateway_url: str, simulator_url: str, key: str) -> str:
         f"  gateway     {gateway_url}",
         f"  simulators  {simulator_url}",
         f"  caller key  {key}",
+        f"  console     {gateway_url}/console  (paste the caller key: every cancellation sent,",
+        "              its timeline, and each connection's health, refreshed as you go)",
         "",
         "Paste one of these; each answers a `cancelled` envelope (pasted again, StateSet and",
         "RxUniverse answer `already_cancelled`):",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,9 @@ from tests.services import unavailable
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-SHOTS = Path(os.environ.get("CONSOLE_SCREENSHOTS", Path(__file__).parents[1] / "artifacts" / "console"))
+SHOTS = Path(
+    os.environ.get("CONSOLE_SCREENSHOTS", Path(__file__).parents[1] / "artifacts" / "console")
+)
 # Root runs Chromium without its sandbox; the network flags keep it off this closed network.
 ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync",
@@ -43,7 +44,8 @@ async def test_the_console_is_served_with_a_strict_policy_and_small_assets(
             body = await answer.read()
             total += len(body)
             policy = answer.headers["Content-Security-Policy"]
-            assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+            assert "script-src 'self'" in policy
+            assert "unsafe-inline" not in policy
             assert "frame-ancestors 'none'" in policy
             assert answer.headers["X-Frame-Options"] == "DENY"
             assert answer.headers["X-Content-Type-Options"] == "nosniff"
@@ -67,9 +69,13 @@ async def test_the_console_can_be_turned_off(make_gateway: GatewayFactory, upstr
         assert answer.status == 404
 
 
+def _chromium_installed() -> bool:
+    return Path(CHROMIUM).exists()
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[object]:
-    if not Path(CHROMIUM).exists():
+    if not _chromium_installed():
         unavailable("chromium", f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)")
     try:
         from playwright.async_api import async_playwright
@@ -99,8 +105,12 @@ async def _console(browser, gateway: Gateway, key: str | None = CALLER_KEY, **co
     return tab
 
 
-async def _shot(tab, name: str) -> None:
+def _shots_folder() -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
+
+
+async def _shot(tab, name: str) -> None:
+    _shots_folder()
     await tab.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 

@@ -122,8 +122,13 @@ async def test_demo_cancels_on_every_provider_and_stops_on_sigint() -> None:
         catalog = curls.pop()
         asynchronous = curls.pop()
 
+        console = next(line.split()[1] for line in banner if line.startswith("  console"))
+        assert console == f"{gateway_url}/console"
         envelopes: list[dict[str, Any]] = []
         async with aiohttp.ClientSession() as session:
+            async with session.get(console) as page:
+                assert page.status == 200
+                assert "console.js" in await page.text()
             for curl in curls:
                 assert curl.url == f"{gateway_url}/v1/cancellations"
                 assert curl.headers["Authorization"] == f"Bearer {key}"
