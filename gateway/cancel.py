@@ -276,8 +276,9 @@ class Canceller:
                 )
         facts.in_flight = prepared.target.name
         self._health.entered(facts.in_flight)
-        # What a retry would send again (the console's "retry" curl): the request as sent.
-        facts.events[0]["request"] = data
+        # What a retry would send again (the console's "retry" curl): the request as sent,
+        # the values of sensitive keys masked by their names (never by value: no oracle).
+        facts.events[0]["request"] = self._redactor.masked_by_name(data)
         if info.idempotency_key is not None:
             facts.events[0]["idempotency_key"] = info.idempotency_key
         policy = self._runtime.policies[prepared.target.name]

@@ -36,7 +36,6 @@ def add_routes(app: web.Application) -> None:
     folder = resources.files("gateway") / "console"
     app[FILES] = {name: (folder / name).read_bytes() for name in ASSETS}
     app.router.add_get("/console", _page)
-    app.router.add_get("/console/", _page)
     app.router.add_get("/console/{name}", _asset)
 
 

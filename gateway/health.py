@@ -4,9 +4,10 @@ its rate limit, the provider errors no rule of its definition reads, and the can
 flight now. Kept in this process's memory, in one-minute buckets: with ``--workers``, each
 worker answers for the requests it served.
 
-Latencies go into a histogram of logarithmic buckets (each 20 % wider than the one before, from
-0.5 ms to a minute), so a minute holds a fixed 70 counters whatever the load; a percentile is
-read by interpolating inside its bucket, within 10 % of the true value.
+Latencies go into a histogram of logarithmic buckets (each bound 10 % above the one before,
+from 0.5 ms to 2 minutes; one more for anything slower), so a minute holds a fixed 132 counters
+whatever the load; a percentile is read by interpolating inside its bucket, so it is off by at
+most the bucket's width: 10 %.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 
 MINUTE_S = 60
 WINDOW_MINUTES = 15
-_SMALLEST_MS, _RATIO = 0.5, 1.2
+_SMALLEST_MS, _RATIO = 0.5, 1.1
 _BOUNDS_MS: tuple[float, ...] = tuple(
-    _SMALLEST_MS * _RATIO**k for k in range(math.ceil(math.log(120_000) / math.log(_RATIO)) + 1)
+    _SMALLEST_MS * _RATIO**k for k in range(math.ceil(math.log(240_000) / math.log(_RATIO)) + 1)
 )  # the upper bound of each bucket; a last bucket holds everything beyond
 
 

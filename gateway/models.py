@@ -283,8 +283,8 @@ class CancellationList(BaseModel):
 
 class Event(BaseModel):
     """One thing that happened to a cancellation; each type has its own fields besides these
-    (received, once the request was found valid: request, the body as sent with every
-    configured secret masked, and idempotency_key when one was given; an attempt: method, url,
+    (received, once the request was found valid: request, the body as sent, the values of
+    sensitive keys masked by name, and idempotency_key when one was given; an attempt: method, url,
     status, error_code, latency_ms; a probe: result; scheduled:
     step, due (unix seconds); settled: status, error_code; webhook: status, error,
     latency_ms; with lines, the line's index)."""

@@ -450,6 +450,51 @@ def openapi_document() -> dict[str, Any]:
                         },
                     }
                 },
+                "/console": {
+                    "get": {
+                        "operationId": "console",
+                        "summary": "The operator console's page (unless server.console is false)",
+                        "description": "Static HTML: it asks for a caller key in the browser and "
+                        "reads this API with it. No data and no secret in the page itself.",
+                        "security": public,
+                        "responses": {
+                            "200": {
+                                "description": "the page",
+                                "content": {"text/html": {"schema": {"type": "string"}}},
+                            }
+                        },
+                    }
+                },
+                "/console/{name}": {
+                    "get": {
+                        "operationId": "consoleFile",
+                        "summary": "One of the console's files",
+                        "security": public,
+                        "parameters": [
+                            {
+                                "name": "name",
+                                "in": "path",
+                                "required": True,
+                                "schema": {
+                                    "type": "string",
+                                    "enum": [
+                                        "console.js",
+                                        "console.css",
+                                        "favicon.svg",
+                                        "index.html",
+                                    ],
+                                },
+                            }
+                        ],
+                        "responses": {
+                            "200": {
+                                "description": "the file (JavaScript, CSS, SVG or HTML)",
+                                "content": {"*/*": {"schema": {"type": "string"}}},
+                            },
+                            "404": _json("Envelope", "no such file: `unknown_endpoint`"),
+                        },
+                    }
+                },
                 "/openapi.json": {
                     "get": {
                         "operationId": "openapi",

@@ -153,6 +153,21 @@ class Redactor:
             return all(self.plain(item) for item in value)
         return False
 
+    def masked_by_name(self, value: Any) -> Any:
+        """``value`` (decoded JSON) with the values under sensitive keys masked, and nothing
+        else changed: the caller's own text shown back as sent, so that nothing shown depends on
+        whether a value equals a secret (no oracle), as in a preview."""
+        if self.plain(value):
+            return value
+        if isinstance(value, dict):
+            return {
+                key: REDACTED if self.masked_key(key) else self.masked_by_name(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [self.masked_by_name(item) for item in value]
+        return value
+
     def _learn_safe(self, key: Any) -> bool:
         """A key of JSON (a str) whose value is not masked? Remembered when it is."""
         if type(key) is not str or self.masked_key(key):

@@ -162,3 +162,23 @@ def test_a_provider_response_value_that_is_the_callers_own_string_is_kept() -> N
     answer = Redactor([SECRET]).answer(("ORDER-2024-000123",))
     cleaned = answer.clean({"orderNumber": "ORDER-2024-000123", "note": "ORDER-2024-000123 ok"})
     assert cleaned == {"orderNumber": "ORDER-2024-000123", "note": f"{REDACTED} ok"}
+
+
+def test_a_receipt_masks_values_by_their_key_names_only():
+    """What the ledger keeps of a request (its receipt) masks values under sensitive names,
+    whatever they hold, and shows every other value as sent, a secret's text included: masking
+    by value would tell a caller that a guess equals a secret."""
+    secret = "sk_live_receipt_0123456789"
+    redactor = Redactor([secret])
+    request = {
+        "reason": f"pasted {secret}",
+        "params": {"api_key": "anything", "Authorization": "Bearer x", "shop": "s"},
+        "items": [{"id": "L-1", "password": "p"}],
+    }
+    assert redactor.masked_by_name(request) == {
+        "reason": f"pasted {secret}",
+        "params": {"api_key": "[REDACTED]", "Authorization": "[REDACTED]", "shop": "s"},
+        "items": [{"id": "L-1", "password": "[REDACTED]"}],
+    }
+    plain = {"connection": "c", "id": "1"}
+    assert redactor.masked_by_name(plain) is plain  # nothing to mask: not copied

@@ -80,3 +80,12 @@ def test_in_flight_counts_what_entered_and_has_not_left() -> None:
     health.left("a")
     health.left("a")
     assert health.window("a").in_flight == 0
+
+
+def test_one_latency_repeated_is_read_back_within_the_buckets_width() -> None:
+    health = ConnectionHealth(Now())
+    for _ in range(20):
+        health.latency("a", 0.1)
+    window = health.window("a")
+    assert window.p50_ms == pytest.approx(100, rel=0.1)
+    assert window.p95_ms == pytest.approx(100, rel=0.1)

@@ -9,7 +9,13 @@ const CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz";
 const ID = /^cxl_[0-9a-z]{26}$/;
 
 const $ = (id) => document.getElementById(id);
-const state = { cursors: [null], page: 0, query: {}, timer: null, refresh: true, connections: null };
+// nav: bumped by every navigation; a load that finds it changed after an await drops its
+// answer, and only a timer of the current view may run.
+const state = { nav: 0, cursors: [null], page: 0, query: {}, timer: null, refresh: true, connections: null, shown: "" };
+
+function fresh(nav) {
+  return nav === state.nav;
+}
 
 class ApiError extends Error {
   constructor(status, message) {
@@ -20,6 +26,7 @@ class ApiError extends Error {
 
 async function api(path) {
   const key = sessionStorage.getItem(KEY);
+  if (!key) throw new ApiError(401, "no caller key");
   let answer;
   try {
     answer = await fetch(path, { headers: { Authorization: `Bearer ${key}`, Accept: "application/json" } });
@@ -61,11 +68,10 @@ function idTime(id) {
   return new Date(ms);
 }
 
+// Times are UTC everywhere, as in the gateway's logs.
 function shortTime(date) {
-  const pad = (n) => String(n).padStart(2, "0");
-  const today = new Date().toDateString() === date.toDateString();
-  const time = `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
-  return today ? time : `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${time}`;
+  const [day, time] = date.toISOString().slice(0, 19).split("T");
+  return day === new Date().toISOString().slice(0, 10) ? time : `${day} ${time}`;
 }
 
 function showError(node, error) {
@@ -109,9 +115,9 @@ async function login(event) {
 
 function forget() {
   sessionStorage.removeItem(KEY);
-  state.connections = null;
-  location.hash = "#/login";
-  route();
+  Object.assign(state, { cursors: [null], page: 0, query: {}, connections: null, shown: "" });
+  if (location.hash === "#/login") route();
+  else location.hash = "#/login";
 }
 
 // --- the list ---------------------------------------------------------------------------------
@@ -158,35 +164,34 @@ function clearFilters() {
 
 async function loadConnections() {
   if (state.connections) return state.connections;
-  const { body } = await api("/v1/connections");
-  state.connections = body.connections.map((c) => c.name);
+  // The health list names every connection an admin may read, not only those it may use.
+  const { body } = await api("/v1/connections/health");
+  state.connections = body.connections.map((c) => c.connection);
   const select = $("f-connection");
   select.replaceChildren(el("option", { value: "", text: "any" }));
   for (const name of state.connections) select.append(el("option", { value: name, text: name }));
   return state.connections;
 }
 
-async function showList(query) {
-  const sameQuery = JSON.stringify(query) === JSON.stringify(state.query);
-  if (!sameQuery) {
-    state.query = query;
-    state.cursors = [null];
-    state.page = 0;
+async function showList(query, nav) {
+  if (JSON.stringify(query) !== JSON.stringify(state.query)) {
+    Object.assign(state, { query, cursors: [null], page: 0, shown: "" });
   }
   try {
     await loadConnections();
   } catch (error) {
-    showError($("list-state"), error);
+    if (fresh(nav)) showError($("list-state"), error);
     return;
   }
+  if (!fresh(nav)) return;
   fillFilters(query);
-  await loadPage();
-  schedule();
+  await loadPage(state.page, nav);
 }
 
-async function loadPage() {
+// One page of the list (0: the newest); the page changes only once its answer is in.
+async function loadPage(wanted, nav) {
   const params = new URLSearchParams(state.query);
-  const cursor = state.cursors[state.page];
+  const cursor = state.cursors[wanted];
   if (cursor) params.set("cursor", cursor);
   params.set("limit", "25");
   const node = $("list-state");
@@ -194,29 +199,46 @@ async function loadPage() {
   try {
     ({ body } = await api(`/v1/cancellations?${params}`));
   } catch (error) {
-    showError(node, error);
+    if (fresh(nav)) {
+      showError(node, error);
+      schedule(nav);
+    }
     return;
   }
-  const rows = body.items.map(row);
-  $("list").querySelector("tbody").replaceChildren(...rows);
-  state.cursors[state.page + 1] = body.next_cursor;
+  if (!fresh(nav)) return;
+  state.page = wanted;
+  state.cursors[wanted + 1] = body.next_cursor;
   $("older").disabled = !body.next_cursor;
-  $("newer").disabled = state.page === 0;
-  const filtered = Object.keys(state.query).length > 0;
-  if (rows.length === 0) {
-    showState(node, filtered
-      ? "No cancellation matches these filters. Clear them, or widen the time range."
-      : "No cancellations yet. Send one with POST /v1/cancellations (the demo prints a curl for each provider) and it appears here.");
-  } else {
-    showState(node, `${rows.length} shown, newest first${state.page ? `, page ${state.page + 1}` : ""}${state.refresh && state.page === 0 ? "; refreshed every 5 s" : ""}.`);
+  $("newer").disabled = wanted === 0;
+  // Drawn again only when something changed: a refresh keeps the focus where it is.
+  const drawn = JSON.stringify([wanted, body.items]);
+  if (drawn !== state.shown) {
+    state.shown = drawn;
+    $("list").querySelector("tbody").replaceChildren(...body.items.map(row));
   }
+  const filtered = Object.keys(state.query).length > 0;
+  let text;
+  if (body.items.length === 0) {
+    text = filtered
+      ? "No cancellation matches these filters. Clear them, or widen the time range."
+      : "No cancellations yet. Send one with POST /v1/cancellations (the demo prints a curl for each provider) and it appears here.";
+  } else {
+    text = `${body.items.length} shown, newest first${wanted ? `, page ${wanted + 1}` : ""}${state.refresh && wanted === 0 ? "; refreshed every 5 s" : ""}.`;
+  }
+  if (node.textContent !== text || node.classList.contains("error")) showState(node, text);
+  schedule(nav);
 }
 
 function row(envelope) {
   const id = envelope.cancellation_id;
   const upstream = envelope.upstream || {};
   const when = id ? idTime(id) : null;
-  const link = el("a", { href: `#/cancellations/${id}`, title: id, text: when ? shortTime(when) : id });
+  const link = el("a", {
+    href: `#/cancellations/${id}`,
+    title: id,
+    "aria-label": `${envelope.resource_id || id}, ${envelope.status}${when ? `, ${shortTime(when)} UTC` : ""}`,
+    text: when ? shortTime(when) : id,
+  });
   return el(
     "tr", { "data-id": id },
     el("td", {}, link),
@@ -230,57 +252,53 @@ function row(envelope) {
   );
 }
 
-function schedule() {
+function schedule(nav) {
   clearTimeout(state.timer);
   state.timer = null;
-  if (state.refresh && state.page === 0 && currentView() === "cancellations") {
-    state.timer = setTimeout(async () => {
-      await loadPage();
-      schedule();
-    }, REFRESH_MS);
+  if (fresh(nav) && state.refresh && state.page === 0 && currentView() === "cancellations") {
+    state.timer = setTimeout(() => loadPage(0, nav), REFRESH_MS);
   }
 }
 
 function toggleRefresh() {
   state.refresh = !state.refresh;
-  const button = $("refresh-toggle");
-  button.setAttribute("aria-pressed", String(state.refresh));
-  button.textContent = state.refresh ? "Pause auto-refresh" : "Resume auto-refresh";
-  schedule();
-  if (state.refresh) loadPage();
+  $("refresh-toggle").textContent = state.refresh ? "Pause auto-refresh" : "Resume auto-refresh";
+  if (state.refresh) loadPage(state.page, state.nav);
+  else schedule(state.nav);
 }
 
-async function page(step) {
-  state.page = step > 0 ? state.page + 1 : 0;
-  await loadPage();
-  schedule();
+function page(step) {
+  loadPage(step > 0 ? state.page + 1 : 0, state.nav);
 }
 
 // --- search -------------------------------------------------------------------------------
 
 async function search(event) {
   event.preventDefault();
-  const text = $("search-input").value.trim();
+  let text = $("search-input").value.trim();
   if (!text) return;
+  if (/^cxl_/i.test(text)) text = text.toLowerCase();
   if (ID.test(text)) {
     location.hash = `#/cancellations/${text}`;
     return;
   }
+  const nav = state.nav;
   try {
     const { body } = await api(`/v1/cancellations?resource_id=${encodeURIComponent(text)}&limit=2`);
+    if (!fresh(nav)) return;
     if (body.items.length === 1) {
       location.hash = `#/cancellations/${body.items[0].cancellation_id}`;
       return;
     }
   } catch (error) {
-    // The list below says what went wrong.
+    // The list it leads to says what went wrong.
   }
-  location.hash = `#/cancellations?resource_id=${encodeURIComponent(text)}`;
+  if (fresh(nav)) location.hash = `#/cancellations?resource_id=${encodeURIComponent(text)}`;
 }
 
 // --- one cancellation -----------------------------------------------------------------------
 
-async function showDetail(id) {
+async function showDetail(id, nav) {
   const node = $("detail-state");
   $("detail-title").textContent = `Cancellation ${id}`;
   $("detail-body").hidden = true;
@@ -293,6 +311,7 @@ async function showDetail(id) {
       api(`/v1/cancellations/${encodeURIComponent(id)}/events`),
     ]);
   } catch (error) {
+    if (!fresh(nav)) return;
     if (error.status === 404) {
       node.textContent = `No cancellation ${id} for this caller: check the id, or use a key that may see it.`;
       node.classList.add("error");
@@ -303,6 +322,7 @@ async function showDetail(id) {
     }
     return;
   }
+  if (!fresh(nav)) return;
   showState(node, "");
   facts(envelope);
   timeline(events.events);
@@ -379,8 +399,10 @@ function retry(envelope, events) {
     "  -H 'Content-Type: application/json'",
   ];
   if (received.idempotency_key) lines.push(`  -H ${shellQuote(`Idempotency-Key: ${received.idempotency_key}`)}`);
-  lines.push(`  -d ${shellQuote(JSON.stringify(received.request))}`);
+  const body = JSON.stringify(received.request);
+  lines.push(`  -d ${shellQuote(body)}`);
   $("retry-curl").textContent = lines.join(" \\\n");
+  $("retry-masked").hidden = !body.includes("[REDACTED]");
   box.hidden = false;
 }
 
@@ -399,16 +421,17 @@ async function copy(event) {
 
 // --- connections ------------------------------------------------------------------------------
 
-async function showConnections() {
+async function showConnections(nav) {
   const node = $("connections-state");
   let body;
   try {
     ({ body } = await api("/v1/connections/health"));
   } catch (error) {
-    showError(node, error);
+    if (fresh(nav)) showError(node, error);
     return;
   }
-  $("connections-window").textContent = `The last ${body.window_s / 60} minutes as this gateway process saw them, at ${body.generated_at}.`;
+  if (!fresh(nav)) return;
+  $("connections-window").textContent = `The last ${body.window_s / 60} minutes (UTC) as this gateway process saw them, at ${body.generated_at}; refreshed every 10 s.`;
   if (body.connections.length === 0) {
     showState(node, "This caller may use no connection: add one to its callers[].connections in the configuration.");
   } else {
@@ -416,7 +439,7 @@ async function showConnections() {
   }
   $("cards").replaceChildren(...body.connections.map(card));
   clearTimeout(state.timer);
-  state.timer = setTimeout(() => { if (currentView() === "connections") showConnections(); }, REFRESH_MS * 2);
+  state.timer = setTimeout(() => showConnections(nav), REFRESH_MS * 2);
 }
 
 function card(health) {
@@ -488,6 +511,7 @@ function legend() {
 // --- routing ----------------------------------------------------------------------------------
 
 function currentView() {
+  if (!signedIn()) return "login";
   const hash = location.hash || "#/cancellations";
   if (hash.startsWith("#/connections")) return "connections";
   if (/^#\/cancellations\/[^?]+/.test(hash)) return "detail";
@@ -507,17 +531,30 @@ function show(view) {
 }
 
 function route() {
+  state.nav += 1;
+  const nav = state.nav;
   clearTimeout(state.timer);
-  if (!signedIn()) {
-    show("login");
-    $("key").focus();
-    return;
-  }
+  state.timer = null;
   const view = currentView();
   show(view);
-  if (view === "connections") showConnections();
-  else if (view === "detail") showDetail(decodeURIComponent(location.hash.slice("#/cancellations/".length)));
-  else showList(queryFromHash());
+  if (view === "login") {
+    $("key").focus();
+  } else if (view === "connections") {
+    showConnections(nav);
+  } else if (view === "detail") {
+    let id;
+    try {
+      id = decodeURIComponent(location.hash.slice("#/cancellations/".length));
+    } catch (error) {
+      showState($("detail-state"), "This address names no cancellation: go back to the list.");
+      $("detail-body").hidden = true;
+      return;
+    }
+    showDetail(id, nav);
+  } else {
+    showList(queryFromHash(), nav);
+  }
+  return view;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -531,8 +568,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search").addEventListener("submit", search);
   document.addEventListener("click", copy);
   window.addEventListener("hashchange", () => {
-    route();
-    $("main").focus({ preventScroll: true });
+    if (route() !== "login") $("main").focus({ preventScroll: true });
+  });
+  $("skip").addEventListener("click", (event) => {
+    event.preventDefault(); // the address stays the view's
+    $("main").focus();
   });
   route();
 });

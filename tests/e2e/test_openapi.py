@@ -61,7 +61,8 @@ def test_error_codes_are_an_enum_of_the_contract():
 
 
 def test_the_caller_key_is_the_security_scheme_except_on_public_endpoints():
-    """Bearer auth everywhere but health, readiness, metrics and the document itself."""
+    """Bearer auth everywhere but health, readiness, metrics, the document itself and the
+    console's static files."""
     document = openapi_document()
     assert document["components"]["securitySchemes"]["callerKey"]["scheme"] == "bearer"
     public = {
@@ -69,7 +70,14 @@ def test_the_caller_key_is_the_security_scheme_except_on_public_endpoints():
         for path, operations in document["paths"].items()
         if all(op.get("security") == [] for op in operations.values())
     }
-    assert public == {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+    assert public == {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/console",  # static pages: what they show comes from the API, with a key
+        "/console/{name}",
+    }
 
 
 async def test_the_served_document_is_the_generated_one(gateway: Gateway):
