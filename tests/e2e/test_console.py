@@ -123,6 +123,8 @@ async def test_a_wrong_key_says_what_to_do_instead_of_a_blank_page(
     gateway = await make_gateway(upstream_url=upstream.url)
     tab = await _console(browser, gateway, key=None)
     await expect(tab.locator("#login")).to_be_visible()
+    for signed_in_only in ("#nav", "#search", "#forget"):
+        await expect(tab.locator(signed_in_only)).to_be_hidden()
     await tab.fill("#key", "not-a-caller-key-0123456789")
     await tab.press("#key", "Enter")  # the keyboard alone
     await expect(tab.locator("#login-error")).to_contain_text("refused (401)")
