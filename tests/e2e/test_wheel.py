@@ -138,6 +138,8 @@ def test_the_wheel_holds_the_package_its_data_and_the_licence(built: Built) -> N
     assert {name.partition("/")[0] for name in names} == {"gateway", dist_info}
     assert "gateway/demo.yaml" in names
     assert {f"gateway/providers/{p}.yaml" for p in ("stateset", "shipper")} <= names
+    console = ("index.html", "console.js", "console.css", "favicon.svg")
+    assert {f"gateway/console/{name}" for name in console} <= names
     assert fields["License-Expression"] == "Apache-2.0"
     assert fields.get_all("License-File") == ["LICENSE"]
     assert "Apache License" in licence
