@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import async_playwright, expect
 from yarl import URL
 
 from tests.conftest import BASE_CONFIG, CALLER_KEY, Gateway, GatewayFactory, Upstream
@@ -78,10 +79,6 @@ def _chromium_installed() -> bool:
 async def browser() -> AsyncIterator[object]:
     if not _chromium_installed():
         unavailable("chromium", f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        unavailable("playwright", "the dev extra is not installed")
     async with async_playwright() as driver:
         launched = await driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         yield launched
@@ -91,8 +88,6 @@ async def browser() -> AsyncIterator[object]:
 async def _console(browser, gateway: Gateway, key: str | None = CALLER_KEY, **context):
     """A new tab on the console; signed in with ``key`` unless it is None. Console errors of
     the page fail the test."""
-    from playwright.async_api import expect
-
     tab = await (await browser.new_context(**context)).new_page()
     errors: list[str] = []
     tab.on("console", lambda message: message.type == "error" and errors.append(message.text))
@@ -110,6 +105,14 @@ def _shots_folder() -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
 
 
+async def _one_cancelled(make_gateway: GatewayFactory, upstream: Upstream) -> Gateway:
+    """A live gateway whose first caller cancelled one StateSet ASN, `asn-1`."""
+    gateway = await make_gateway(upstream_url=upstream.url)
+    upstream.answer(200, STATESET_OK)
+    assert (await gateway.cancel({**STATESET, "id": "asn-1"})).status == 200
+    return gateway
+
+
 async def _shot(tab, name: str) -> None:
     _shots_folder()
     await tab.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -118,8 +121,6 @@ async def _shot(tab, name: str) -> None:
 async def test_a_wrong_key_says_what_to_do_instead_of_a_blank_page(
     browser, make_gateway: GatewayFactory, upstream: Upstream
 ):
-    from playwright.async_api import expect
-
     gateway = await make_gateway(upstream_url=upstream.url)
     tab = await _console(browser, gateway, key=None)
     await expect(tab.locator("#login")).to_be_visible()
@@ -136,11 +137,7 @@ async def test_a_wrong_key_says_what_to_do_instead_of_a_blank_page(
 async def test_cancellations_appear_filter_and_open_on_their_timeline(
     browser, make_gateway: GatewayFactory, upstream: Upstream
 ):
-    from playwright.async_api import expect
-
-    gateway = await make_gateway(upstream_url=upstream.url)
-    upstream.answer(200, STATESET_OK)
-    assert (await gateway.cancel({**STATESET, "id": "asn-1"})).status == 200
+    gateway = await _one_cancelled(make_gateway, upstream)
     tab = await _console(browser, gateway)
     rows = tab.locator("#list tbody tr")
     await expect(rows).to_have_count(1)
@@ -184,11 +181,7 @@ async def test_cancellations_appear_filter_and_open_on_their_timeline(
 async def test_a_connection_shows_its_breaker_open_after_failures(
     browser, make_gateway: GatewayFactory, upstream: Upstream
 ):
-    from playwright.async_api import expect
-
-    gateway = await make_gateway(upstream_url=upstream.url)
-    upstream.answer(200, STATESET_OK)
-    await gateway.cancel({**STATESET, "id": "asn-1"})
+    gateway = await _one_cancelled(make_gateway, upstream)
     upstream.always(503, {"error": "unavailable"})
     for n in range(2):  # three attempts each: the breaker opens after five failures
         await gateway.cancel({**SHIPPER, "id": f"SO-{n}"})
@@ -209,11 +202,7 @@ async def test_a_connection_shows_its_breaker_open_after_failures(
 async def test_a_limited_caller_sees_only_its_own_and_the_page_fits_a_phone_in_the_dark(
     browser, make_gateway: GatewayFactory, upstream: Upstream
 ):
-    from playwright.async_api import expect
-
-    gateway = await make_gateway(upstream_url=upstream.url)
-    upstream.answer(200, STATESET_OK)
-    await gateway.cancel({**STATESET, "id": "asn-1"})  # the oms caller's
+    gateway = await _one_cancelled(make_gateway, upstream)  # the oms caller's
     small = {"viewport": {"width": 360, "height": 740}, "color_scheme": "dark"}
     tab = await _console(browser, gateway, key=LIMITED_KEY, **small)
     await expect(tab.locator("#list-state")).to_contain_text("No cancellations yet")
@@ -232,8 +221,6 @@ async def test_pages_go_older_and_back_and_nothing_is_asked_after_the_key_is_for
     browser, make_gateway: GatewayFactory, upstream: Upstream
 ):
     import asyncio
-
-    from playwright.async_api import expect
 
     gateway = await make_gateway(upstream_url=upstream.url)
     upstream.always(200, STATESET_OK)
