@@ -316,7 +316,8 @@ async function showDetail(id, nav) {
       node.textContent = `No cancellation ${id} for this caller: check the id, or use a key that may see it.`;
       node.classList.add("error");
     } else if (error.status === 409) {
-      showState(node, "It is still running: it appears here once it has an answer.");
+      showState(node, "It is still running: it appears here once it has an answer (asked again every 2 s).");
+      state.timer = setTimeout(() => showDetail(id, nav), 2000);
     } else {
       showError(node, error);
     }

