@@ -258,6 +258,21 @@ async def test_due_steps_and_leases_outlive_the_store(make_store: StoreFactory):
     ]
 
 
+async def _migrated_and_working(store: Store, kept: Entry) -> None:
+    """Opened on an older schema: the old row is read back as it was, and the due work of the
+    new one is taken and completed."""
+    await store.open()
+    assert await store.lookup(kept.cancellation_id, "oms") == kept
+    assert await store.take_due("a", NOW + 10_000, LEASE_S, 10) == []
+    step = due(NOW - 1)
+    await store.record(step)
+    assert await store.take_due("a", NOW, LEASE_S, 10) == [
+        step._replace(due_at=NOW + LEASE_S, taken=1)
+    ]
+    assert await store.complete(settled(step), None, "", None, NOW, holder="a")
+    await store.close()
+
+
 async def test_a_sqlite_file_of_schema_5_is_migrated_and_keeps_its_rows(tmp_path: Path):
     path = tmp_path / "ledger.db"
     old = sqlite3.connect(path, isolation_level=None)
@@ -274,17 +289,7 @@ async def test_a_sqlite_file_of_schema_5_is_migrated_and_keeps_its_rows(tmp_path
         kept[:13],  # every column but the step's, in ``Entry``'s order
     )
     old.close()
-    store = sqlite.SqliteStore(path, 2.0)
-    await store.open()
-    assert await store.lookup(kept.cancellation_id, "oms") == kept
-    assert await store.take_due("a", NOW + 10_000, LEASE_S, 10) == []
-    step = due(NOW - 1)
-    await store.record(step)
-    assert await store.take_due("a", NOW, LEASE_S, 10) == [
-        step._replace(due_at=NOW + LEASE_S, taken=1)
-    ]
-    assert await store.complete(settled(step), None, "", None, NOW, holder="a")
-    await store.close()
+    await _migrated_and_working(sqlite.SqliteStore(path, 2.0), kept)
     check = sqlite3.connect(path)
     versions = [row[0] for row in check.execute("SELECT version FROM cg_schema ORDER BY version")]
     indexes = {row[0] for row in check.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -307,17 +312,7 @@ async def test_a_postgres_schema_4_is_migrated_and_keeps_its_rows(postgres_dsn: 
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         *kept[:13],
     )
-    store = postgres.PostgresStore(postgres_dsn, 5)
-    await store.open()
-    assert await store.lookup(kept.cancellation_id, "oms") == kept
-    assert await store.take_due("a", NOW + 10_000, LEASE_S, 10) == []
-    step = due(NOW - 1)
-    await store.record(step)
-    assert await store.take_due("a", NOW, LEASE_S, 10) == [
-        step._replace(due_at=NOW + LEASE_S, taken=1)
-    ]
-    assert await store.complete(settled(step), None, "", None, NOW, holder="a")
-    await store.close()
+    await _migrated_and_working(postgres.PostgresStore(postgres_dsn, 5), kept)
     versions = [row[0] for row in await old.fetch("SELECT version FROM cg_schema ORDER BY 1")]
     indexes = {row[0] for row in await old.fetch("SELECT indexname FROM pg_indexes")}
     await old.close()
