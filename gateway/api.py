@@ -311,17 +311,13 @@ async def connections_health(request: web.Request) -> web.Response:
         if not (caller.admin or caller.may_use(name)):
             continue
         window = health.window(name)
-        totals: dict[str, int] = {}
-        for _, outcomes in window.minutes:
-            for status, count in outcomes.items():
-                totals[status] = totals.get(status, 0) + count
         listed.append(
             ConnectionHealthInfo(
                 connection=name,
                 provider=target.definition.name,
                 breaker=breakers.get(name, "closed"),
                 in_flight=window.in_flight,
-                outcomes=totals,
+                outcomes=window.outcomes,
                 minutes=[
                     MinuteOutcomes(start=_unix_time(start), outcomes=outcomes)
                     for start, outcomes in window.minutes

@@ -47,6 +47,14 @@ class ConnectionWindow:
     unmapped: int
     in_flight: int
 
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """The window's outcomes, by status."""
+        totals: collections.Counter[str] = collections.Counter()
+        for _, outcomes in self.minutes:
+            totals.update(outcomes)
+        return dict(totals)
+
 
 class ConnectionHealth:
     """The window of every connection that saw a cancellation, and what is in flight now."""
