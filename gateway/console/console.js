@@ -97,8 +97,9 @@ async function login(event) {
   const key = $("key").value.trim();
   if (!key) return;
   sessionStorage.setItem(KEY, key);
+  state.connections = null;
   try {
-    await api("/v1/connections");
+    await loadConnections(); // the key's first use: refused here, or the filter's options
   } catch (error) {
     sessionStorage.removeItem(KEY);
     $("login-error").textContent = error.status === 401
@@ -443,8 +444,13 @@ async function showConnections(nav) {
   state.timer = setTimeout(() => showConnections(nav), REFRESH_MS * 2);
 }
 
+// Cancellations of every status in an {status: count} object.
+function counted(outcomes) {
+  return Object.values(outcomes).reduce((a, b) => a + b, 0);
+}
+
 function card(health) {
-  const total = Object.values(health.outcomes).reduce((a, b) => a + b, 0);
+  const total = counted(health.outcomes);
   const latency = (value) => (value == null ? "—" : `${Math.round(value)} ms`);
   const stats = el("dl", {});
   const stat = (name, value, attention) => stats.append(el("dt", { text: name }), el("dd", { class: attention ? "attention" : null, text: value }));
@@ -473,12 +479,12 @@ function bars(health) {
   svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("class", "spark");
   svg.setAttribute("role", "img");
-  const most = Math.max(1, ...health.minutes.map((m) => Object.values(m.outcomes).reduce((a, b) => a + b, 0)));
+  const most = Math.max(1, ...health.minutes.map((m) => counted(m.outcomes)));
   const described = [];
   health.minutes.forEach((minute, index) => {
     let y = 40;
     const x = index * 10 + 1;
-    const count = Object.values(minute.outcomes).reduce((a, b) => a + b, 0);
+    const count = counted(minute.outcomes);
     if (count === 0) {
       const empty = document.createElementNS(SVG, "rect");
       for (const [name, value] of [["x", x], ["y", 38], ["width", 8], ["height", 2], ["class", "s-empty"]]) empty.setAttribute(name, value);
