@@ -88,13 +88,11 @@ class _Rows:
         return self._rows.get((scenario, target))
 
     def rps(self, scenario: str, target: str, over: str) -> float | None:
-        mine, theirs = self.get(scenario, target), self.get(scenario, over)
-        return mine.rps / theirs.rps if mine and theirs else None
+        return self.ratio(scenario, "rps", target, over)
 
     def added_p50(self, target: str) -> float | None:
         """p50 ms beyond the upstream's own, one connection."""
-        mine, direct = self.get("c1", target), self.get("c1", "direct")
-        return mine.p50_ms - direct.p50_ms if mine and direct else None
+        return self.p50_over("c1", target, "direct")
 
     def cpu(self, target: str) -> float | None:
         row = self.get("c64", target)
